@@ -1,0 +1,291 @@
+"""The Bridging Phase (paper §3.1): synthesize a pseudo-winning response ỹ_w by targeted modification of y_l.
+
+For every pair (x, y_w, y_l) an editor LLM rewrites y_l only where it is wrong, with y_w as reference. For QA and
+math it first says whether y_l is already good enough (such pairs are *filtered*), and ỹ_w must reach the known
+final answer (else the row *fails*, with the reason). Every call goes through an on-disk cache, so a killed run
+started again finishes with no row lost and no paid call repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from tqdm.auto import tqdm
+
+from . import schema as S
+from .concurrency import map_concurrently, run_sync
+from .answers import check_answer, extract_answer
+from .loading import Layout, LoadedPairs, OnInvalid, load_pairs
+from .parsing import ReplyFormatError, Verdict, parse_reply
+from .providers.base import ChatRequest, ChatResponse, Provider, ProviderError
+from .schema import PreferencePair, Status, Task
+from .templates import Template, load_template
+
+logger = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BMC_CACHE_DIR", Path.home() / ".cache" / "bmc"))
+
+
+@dataclass(frozen=True)
+class RowResult:
+    status: Status
+    reason: str
+    pseudo_chosen: str | None = None  # ỹ_w when bridged
+    calls: int = 0
+
+
+@dataclass
+class BridgeSummary:
+    """What a bridging run did: counts by status, top reasons, calls, tokens and cost."""
+
+    total: int
+    counts: dict[str, int]
+    reasons: dict[str, dict[str, int]]
+    provider: dict[str, Any]
+    prompt_version: str
+    usage: dict[str, Any]
+    elapsed_s: float
+    skipped_input_rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+    def __str__(self) -> str:
+        lines = [f"bridged {self.total} pair(s) in {self.elapsed_s:.1f}s with {self.provider.get('provider')}:"
+                 f"{self.provider.get('model')} (prompt {self.prompt_version})"]
+        for status in Status:
+            n = self.counts.get(status.value, 0)
+            pct = 100.0 * n / self.total if self.total else 0.0
+            lines.append(f"  {status.value:<9}{n:>7}  ({pct:5.1f}%)")
+            for reason, count in list(self.reasons.get(status.value, {}).items())[:3]:
+                lines.append(f"      {count:>5} × {reason[:100]}")
+        u = self.usage
+        lines.append(f"  calls: {u.get('calls', 0)} made, {u.get('cached_calls', 0)} from cache, "
+                     f"{u.get('retries', 0)} retries; tokens in/out: {u.get('input_tokens', 0)}/{u.get('output_tokens', 0)}; "
+                     f"estimated cost ${u.get('cost_usd', 0.0):.4f}")
+        if self.skipped_input_rows:
+            lines.append(f"  {self.skipped_input_rows} invalid input row(s) skipped")
+        return "\n".join(lines)
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons that differ only in row-specific quoted values."""
+    return reason.split(": '", 1)[0].split(" '", 1)[0] if len(reason) > 80 else reason
+
+
+class Bridger:
+    """Runs targeted modification for one task with one provider and template."""
+
+    def __init__(self, provider: Provider, template: Template, task: Task, *, max_tokens: int = 2048,
+                 temperature: float = 0.0, seed: int | None = 0, check_answers: bool = True):
+        self.provider, self.template, self.task = provider, template, task
+        self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
+        self.check_answers = check_answers
+
+    def _request(self, messages: list[dict[str, str]]) -> ChatRequest:
+        return ChatRequest(messages=tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature,
+                           seed=self.seed)
+
+    async def _call(self, messages: list[dict[str, str]]) -> ChatResponse:
+        response = await self.provider.complete(self._request(messages))
+        if response.truncated:
+            raise ProviderError(f"reply truncated at max_tokens={self.max_tokens} (finish_reason=length)")
+        return response
+
+    async def bridge(self, pair: PreferencePair) -> RowResult:
+        messages = self.template.render(prompt=pair.prompt_text(), chosen=pair.chosen, rejected=pair.rejected)
+        calls = 0
+        try:
+            calls += 1
+            reply = await self._call(messages)
+            try:
+                parsed = parse_reply(reply.text, requires_verdict=self.template.requires_verdict)
+            except ReplyFormatError as first_error:
+                # one repair turn: show the model its reply and why it could not be used
+                repair = messages + [{"role": "assistant", "content": reply.text},
+                                     {"role": "user", "content": self.template.render_repair(str(first_error))}]
+                calls += 1
+                reply = await self._call(repair)
+                try:
+                    parsed = parse_reply(reply.text, requires_verdict=self.template.requires_verdict)
+                except ReplyFormatError as error:
+                    return RowResult(Status.FAILED, f"unparsable reply after one repair: {error}", calls=calls)
+        except ProviderError as error:
+            return RowResult(Status.FAILED, f"provider error: {error}", calls=calls)
+
+        gold = self._gold_answer(pair)
+        if parsed.verdict is Verdict.GOOD:
+            if gold is not None and self.check_answers:
+                ok, why = check_answer(pair.rejected, gold, self.task)
+                if not ok:
+                    return RowResult(Status.FAILED, f"editor judged the rejected response good enough, but it {why}", calls=calls)
+            return RowResult(Status.FILTERED, "editor judged the rejected response already good enough", calls=calls)
+        assert parsed.revised is not None
+        if gold is not None and self.check_answers:
+            ok, why = check_answer(parsed.revised, gold, self.task)
+            if not ok:
+                return RowResult(Status.FAILED, f"pseudo-winning response {why}", calls=calls)
+        if parsed.revised.strip() == pair.rejected.strip():
+            return RowResult(Status.FAILED, "pseudo-winning response is identical to the rejected response", calls=calls)
+        return RowResult(Status.BRIDGED, "", parsed.revised, calls=calls)
+
+    def _gold_answer(self, pair: PreferencePair) -> str | None:
+        if not self.task.has_ground_truth:
+            return None
+        return pair.answer if pair.answer else extract_answer(pair.chosen)
+
+
+async def abridge_pairs(pairs: list[PreferencePair], bridger: Bridger, *, concurrency: int = 16,
+                        progress: bool = True) -> list[RowResult]:
+    """Bridge `pairs` with at most `concurrency` rows in flight; results come back in input order."""
+    return await map_concurrently(
+        pairs, bridger.bridge, concurrency=concurrency, desc="Bridging", progress=progress,
+        on_error=lambda i, error: RowResult(Status.FAILED, f"unexpected error: {type(error).__name__}: {error}"),
+        status_of=lambda r: r.status.value,
+    )
+
+
+def _wrap_response(value: str, conversational: bool) -> Any:
+    return [{"role": "assistant", "content": value}] if conversational else value
+
+
+def results_to_dataset(pairs: LoadedPairs | list[PreferencePair], results: list[RowResult], *, task: Task,
+                       template: Template, provider: Provider) -> datasets.Dataset:
+    pair_list = list(pairs)
+    conversational = {p.is_conversational for p in pair_list}
+    if len(conversational) > 1:
+        raise ValueError("the pairs mix plain-text and chat-message prompts; convert them to one layout first")
+    conv = conversational.pop() if conversational else False
+    identity = provider.identity()
+    indices = getattr(pairs, "source_indices", None) or list(range(len(pair_list)))
+    rows = []
+    for pair, result, index in zip(pair_list, results, indices):
+        chosen = result.pseudo_chosen if result.status is Status.BRIDGED else pair.chosen
+        rows.append({
+            S.PROMPT: pair.prompt_messages() if conv else pair.prompt,
+            S.CHOSEN: _wrap_response(chosen, conv),
+            S.REJECTED: _wrap_response(pair.rejected, conv),
+            S.ORIGINAL_CHOSEN: _wrap_response(pair.chosen, conv),
+            S.STATUS: result.status.value,
+            S.REASON: result.reason,
+            S.PROMPT_VERSION: template.version_id,
+            S.PROVIDER: str(identity.get("provider", provider.name)),
+            S.MODEL: str(identity.get("model", provider.model)),
+            S.ID: pair.id if pair.id is not None else str(index),
+            S.TASK: task.value,
+            S.ANSWER: pair.answer,
+            "bmc_source_index": index,
+        })
+    features = None
+    if not rows:
+        features = datasets.Features({c: datasets.Value("string") for c in (*S.BRIDGED_COLUMNS, S.ID, S.TASK, S.ANSWER)})
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def _wrap_with_cache(provider: Provider, cache_dir: Path | None, template: Template) -> Provider:
+    if cache_dir is None:
+        return provider
+    from .cache import CachedProvider, CallCache
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return CachedProvider(provider, CallCache(cache_dir / "calls.sqlite"), namespace=template.version_id)
+
+
+def _summary(provider: Provider, results: list[RowResult], template: Template, elapsed: float,
+             skipped: int) -> BridgeSummary:
+    counts = Counter(r.status.value for r in results)
+    reasons: dict[str, Counter[str]] = {}
+    for r in results:
+        if r.reason:
+            reasons.setdefault(r.status.value, Counter())[_reason_key(r.reason)] += 1
+    usage = provider.usage.as_dict()
+    return BridgeSummary(
+        total=len(results), counts=dict(counts),
+        reasons={k: dict(v.most_common()) for k, v in reasons.items()},
+        provider={k: v for k, v in provider.identity().items() if isinstance(v, (str, int, float, bool, type(None)))},
+        prompt_version=template.version_id, usage=usage, elapsed_s=elapsed, skipped_input_rows=skipped,
+    )
+
+
+def bridge_dataset(
+    data: Any,
+    *,
+    task: Task | str,
+    provider: Provider | None = None,
+    template: Template | str | Path | None = None,
+    cache_dir: str | Path | None | bool = None,
+    concurrency: int = 16,
+    max_tokens: int = 2048,
+    temperature: float = 0.0,
+    seed: int | None = 0,
+    check_answers: bool = True,
+    layout: Layout = "auto",
+    split: str = "train",
+    limit: int | None = None,
+    on_invalid: OnInvalid = "raise",
+    progress: bool = True,
+    summary_path: str | Path | None = None,
+    return_summary: bool = False,
+) -> datasets.Dataset | tuple[datasets.Dataset, BridgeSummary]:
+    """Bridge every pair of `data` and return one row per (valid) input row, in input order.
+
+    Args:
+        data: a `datasets.Dataset`/`DatasetDict`, Hub repo id, local file/folder, DataFrame or list of dicts
+            (see `bmc_data.loading` for the layouts), or a list of `PreferencePair`.
+        task: "qa", "math" or "instruction"; QA/math get the good-enough verdict and the ground-truth check.
+        provider: any `bmc_data.providers` provider; default: the embedded SmolLM2-135M-Instruct (weak; for
+            real data point this at a strong model, see the README).
+        template: a `Template`, a path to a template file, or None for the newest bundled one for `task`.
+        cache_dir: where LLM calls are cached (default `$BMC_CACHE_DIR` or `~/.cache/bmc`); `False` disables.
+        concurrency: rows in flight at once (the provider's own limits also apply).
+        check_answers: for QA/math, require ỹ_w to reach the known final answer.
+        on_invalid: "raise" on the first bad input row, or "skip" and report it.
+        summary_path: also write the run summary there as JSON.
+        return_summary: return `(dataset, BridgeSummary)` instead of the dataset alone.
+
+    Columns: prompt, chosen (ỹ_w when bridged, else y_w), rejected (y_l), original_chosen (y_w), bmc_status
+    (bridged / filtered / failed), bmc_reason, bmc_prompt_version, bmc_provider, bmc_model, id, task, answer,
+    bmc_source_index.
+    """
+    task = Task(task)
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if isinstance(data, list) and data and all(isinstance(p, PreferencePair) for p in data):
+        pairs: LoadedPairs = LoadedPairs(list(data[:limit] if limit else data), "pairs", [], list(range(len(data))))
+    else:
+        pairs = load_pairs(data, task=task, layout=layout, split=split, limit=limit, on_invalid=on_invalid)
+    if not isinstance(template, Template):
+        template = load_template(task) if template is None else load_template(path=template)
+    if task not in template.tasks:
+        raise ValueError(f"template {template.version_id} is for tasks {[t.value for t in template.tasks]}, not {task.value!r}")
+    if provider is None:
+        from .providers import get_provider
+
+        provider = get_provider("embedded")
+    if cache_dir is None:
+        cache_dir = default_cache_dir()
+    cached = _wrap_with_cache(provider, Path(cache_dir) if cache_dir is not False else None, template)
+    bridger = Bridger(cached, template, task, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                      check_answers=check_answers)
+    start = time.perf_counter()
+    results = run_sync(abridge_pairs(list(pairs), bridger, concurrency=concurrency, progress=progress))
+    summary = _summary(cached, results, template, time.perf_counter() - start, len(pairs.skipped))
+    dataset = results_to_dataset(pairs, results, task=task, template=template, provider=provider)
+    logger.info("%s", summary)
+    if progress:
+        tqdm.write(str(summary))
+    if summary_path is not None:
+        Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(summary_path).write_text(json.dumps(summary.to_dict(), indent=2))
+    return (dataset, summary) if return_summary else dataset

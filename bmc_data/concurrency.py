@@ -1,0 +1,77 @@
+"""A bounded async worker pool with a progress bar, and a sync entry point that also works in notebooks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def map_concurrently(
+    items: Sequence[T],
+    fn: Callable[[T], Awaitable[R]],
+    *,
+    concurrency: int,
+    on_error: Callable[[int, BaseException], R],
+    desc: str = "",
+    progress: bool = True,
+    status_of: Callable[[R], str] | None = None,
+) -> list[R]:
+    """`[await fn(x) for x in items]` with at most `concurrency` in flight, results in input order.
+
+    An exception in one item becomes `on_error(index, exc)`: one bad row never loses the others.
+    """
+    results: list[Any] = [None] * len(items)
+    next_index = iter(range(len(items)))
+    counts: Counter[str] = Counter()
+    bar = tqdm(total=len(items), desc=desc, unit="row", disable=not progress, dynamic_ncols=True)
+
+    async def worker() -> None:
+        for i in next_index:  # a shared iterator: each index is taken by exactly one worker
+            try:
+                result = await fn(items[i])
+            except Exception as error:
+                logger.exception("row %d: unexpected error", i)
+                result = on_error(i, error)
+            results[i] = result
+            if status_of is not None:
+                counts[status_of(result)] += 1
+                bar.set_postfix(counts, refresh=False)
+            bar.update(1)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(items))))))
+    finally:
+        bar.close()
+    return results
+
+
+def run_sync(coro: Awaitable[R]) -> R:
+    """`asyncio.run`, also inside an already running loop (Jupyter) by using a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)  # type: ignore[arg-type]
+        except BaseException as error:  # re-raised in the caller's thread
+            box["error"] = error
+
+    thread = threading.Thread(target=target, name="bmc-async")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
