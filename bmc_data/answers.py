@@ -12,8 +12,8 @@ import string
 
 from .schema import Task
 
-_ANSWER_IS = re.compile(r"the (?:final )?answer is[:\s]*(.+)", flags=re.I)
-_HASHES = re.compile(r"####\s*(.+)")
+_ANSWER_IS = re.compile(r"the (?:final )?answer is[:\s]*", flags=re.I)
+_HASHES = re.compile(r"####\s*")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
@@ -41,9 +41,12 @@ def extract_answer(text: str) -> str | None:
     if boxed is not None:
         return boxed.strip()
     for pattern in (_HASHES, _ANSWER_IS):
-        matches = pattern.findall(text)
-        if matches:
-            answer = matches[-1].strip().splitlines()[0].strip()
+        last = None
+        for last in pattern.finditer(text):
+            pass
+        if last is not None:
+            rest = text[last.end():].strip()
+            answer = rest.splitlines()[0].strip() if rest else ""
             return answer.rstrip(".").strip().strip("*").strip() or None
     return None
 

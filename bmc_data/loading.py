@@ -100,6 +100,16 @@ def read_rows(source: Any, *, split: str = "train") -> datasets.Dataset:
                     "path, Hub repo id, pandas DataFrame or list of dicts")
 
 
+def _python_rows(source: Any, *, split: str) -> list[dict[str, Any]]:
+    """Rows as plain dicts. In-memory lists and DataFrames skip Arrow, so a mistyped cell reaches our
+    row-level validation (with its row index) instead of failing the whole Arrow conversion."""
+    if isinstance(source, pd.DataFrame):
+        return source.to_dict("records")
+    if isinstance(source, (list, tuple)):
+        return [r.model_dump() if isinstance(r, PreferencePair) else dict(r) for r in source]
+    return read_rows(source, split=split).to_list()
+
+
 def detect_layout(columns: Iterable[str], first_row: Mapping[str, Any] | None = None) -> str:
     cols = set(columns)
     if {"problem", "solution"} <= cols or {"question", "answer"} <= cols and "chosen" not in cols:
@@ -206,14 +216,14 @@ def load_pairs(
     if on_invalid not in ("raise", "skip"):
         raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
     task = Task(task) if task is not None else None
-    table = read_rows(source, split=split)
+    rows = _python_rows(source, split=split)
     if limit is not None:
-        table = table.select(range(min(limit, len(table))))
-    if len(table) == 0:
+        rows = rows[:limit]
+    if not rows:
         return LoadedPairs([], layout if layout != "auto" else "standard")
-    resolved = detect_layout(table.column_names, table[0]) if layout == "auto" else layout
+    resolved = detect_layout(rows[0].keys(), rows[0]) if layout == "auto" else layout
     pairs, skipped, indices = [], [], []
-    for index, row in enumerate(table):
+    for index, row in enumerate(rows):
         try:
             pair = row_to_pair(row, index, resolved, task=task, rejected_column=rejected_column)
         except InvalidRowError as err:
@@ -231,6 +241,6 @@ def load_pairs(
         pairs.append(pair)
         indices.append(index)
     if skipped:
-        logger.warning("skipped %d invalid row(s) of %d; first: row %d field %r: %s", len(skipped), len(table),
+        logger.warning("skipped %d invalid row(s) of %d; first: row %d field %r: %s", len(skipped), len(rows),
                        skipped[0].index, skipped[0].field, skipped[0].message)
     return LoadedPairs(pairs, resolved, skipped, indices)

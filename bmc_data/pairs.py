@@ -1,0 +1,121 @@
+"""Build QA/math preference pairs the way the paper does (App. A.2): y_w is the ground-truth solution and
+y_l is the SFT model's own answer to the problem."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+
+from .answers import check_answer, extract_answer
+from .concurrency import map_concurrently, run_sync
+from .loading import read_rows
+from .providers.base import ChatRequest, Provider, ProviderError
+from .schema import Task
+
+logger = logging.getLogger(__name__)
+
+ANSWER_INSTRUCTION = "Solve the problem step by step. End your reply with a line of the form 'The answer is <answer>'."
+_NAMESPACE = "make_pairs-v1"
+
+
+def _problem_fields(row: dict[str, Any], index: int) -> tuple[str, str, str | None]:
+    """(problem, solution, answer) from the QA layout (problem/solution/answer), GSM8K (question/answer
+    with '#### X') or MAWPS (input/target)."""
+    if "problem" in row and "solution" in row:
+        return row["problem"], row["solution"], (str(row["answer"]) if row.get("answer") is not None else extract_answer(row["solution"]))
+    if "question" in row and "answer" in row:
+        return row["question"], row["answer"], extract_answer(row["answer"])
+    if "input" in row and "target" in row:
+        target = row["target"]
+        answer = str(int(target)) if isinstance(target, float) and target.is_integer() else str(target)
+        return row["input"], f"The answer is {answer}", answer
+    raise ValueError(f"row {index}: expected problem/solution/answer, question/answer (GSM8K) or input/target "
+                     f"(MAWPS) fields, got {sorted(row)}")
+
+
+def make_pairs(
+    problems: Any,
+    *,
+    model: Provider | str | None = None,
+    task: Task | str = Task.QA,
+    keep: Literal["all", "wrong"] = "all",
+    instruction: str = ANSWER_INSTRUCTION,
+    max_tokens: int = 512,
+    temperature: float = 0.0,
+    seed: int | None = 0,
+    concurrency: int = 8,
+    limit: int | None = None,
+    split: str = "train",
+    cache_dir: str | Path | None | bool = None,
+    progress: bool = True,
+) -> datasets.Dataset:
+    """Sample y_l from `model` for each problem and pair it with the ground-truth solution y_w.
+
+    `model` is a provider, a provider name ("embedded", "openai", ...), a local transformers model path, or None
+    for the embedded SmolLM2. Returns a standard-layout dataset (prompt, chosen, rejected, answer, task, id)
+    plus `rejected_correct` (does y_l reach the known answer?) ready for `bridge_dataset`. With keep="wrong",
+    pairs whose y_l is already correct are left out (the count is logged), as in the paper's QA setup; rows
+    whose generation failed are always left out and logged.
+    """
+    task = Task(task)
+    if not task.has_ground_truth:
+        raise ValueError("make_pairs builds QA/math pairs from ground truth; task must be 'qa' or 'math'")
+    table = read_rows(problems, split=split)
+    if limit is not None:
+        table = table.select(range(min(limit, len(table))))
+    records = [(i, *_problem_fields(row, i)) for i, row in enumerate(table)]
+    provider = _resolve_model(model)
+    if cache_dir is not False:
+        from .bridge import default_cache_dir
+        from .cache import CachedProvider, CallCache
+
+        folder = Path(cache_dir) if cache_dir else default_cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        provider = CachedProvider(provider, CallCache(folder / "calls.sqlite"), namespace=_NAMESPACE)
+
+    async def answer(record: tuple[int, str, str, str | None]) -> str | ProviderError:
+        _, problem, _, _ = record
+        request = ChatRequest(messages=({"role": "user", "content": f"{problem}\n\n{instruction}"},),
+                              max_tokens=max_tokens, temperature=temperature, seed=seed)
+        try:
+            return (await provider.complete(request)).text.strip()
+        except ProviderError as error:
+            return error
+
+    outputs = run_sync(map_concurrently(records, answer, concurrency=concurrency, desc="Sampling y_l",
+                                        progress=progress, on_error=lambda i, e: ProviderError(str(e))))
+    rows, failed, correct_dropped = [], 0, 0
+    for (index, problem, solution, gold), output in zip(records, outputs):
+        if isinstance(output, ProviderError) or not output:
+            failed += 1
+            continue
+        correct = check_answer(output, gold, task)[0] if gold else False
+        if keep == "wrong" and correct:
+            correct_dropped += 1
+            continue
+        rows.append({"id": str(table[index].get("id", table[index].get("idx", index))), "prompt": problem,
+                     "chosen": solution, "rejected": output, "answer": gold, "task": task.value,
+                     "rejected_correct": correct})
+    if failed:
+        logger.warning("make_pairs: generation failed for %d of %d problem(s); they are not in the result", failed, len(records))
+    if correct_dropped:
+        logger.info("make_pairs: %d of %d model answer(s) were already correct and were left out (keep='wrong')",
+                    correct_dropped, len(records))
+    features = datasets.Features({"id": datasets.Value("string"), "prompt": datasets.Value("string"),
+                                  "chosen": datasets.Value("string"), "rejected": datasets.Value("string"),
+                                  "answer": datasets.Value("string"), "task": datasets.Value("string"),
+                                  "rejected_correct": datasets.Value("bool")})
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def _resolve_model(model: Provider | str | None) -> Provider:
+    if isinstance(model, Provider):
+        return model
+    from .providers import get_provider
+
+    if model is None or model in ("embedded", "openai", "anthropic"):
+        return get_provider(model)
+    return get_provider("transformers", model=model)

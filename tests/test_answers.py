@@ -1,0 +1,49 @@
+import json
+
+import pytest
+
+from bmc_data.answers import answers_match, check_answer, extract_answer
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("reasoning\nThe answer is have knowledge", "have knowledge"),
+    ("so the final answer is: 42.", "42"),
+    ("Janet makes 18 dollars.\n#### 18", "18"),
+    ("We get \\boxed{\\frac{1}{2}} at the end", "\\frac{1}{2}"),
+    ("The answer is 3. Wait, no. The answer is 5", "5"),
+    ("no final answer here", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_math_answers_compare_numerically():
+    assert answers_match("$1,200.00", "1200", "math")
+    assert not answers_match("1201", "1200", "math")
+
+
+def test_qa_answers_compare_normalised():
+    assert answers_match("The Bedroom.", "bedroom", "qa")
+    assert not answers_match("kitchen", "bedroom", "qa")
+
+
+def test_check_answer_reasons():
+    assert check_answer("The answer is 5", "6", "math") == (False, "final answer '5' does not match the ground truth '6'")
+    ok, why = check_answer("no answer", "6", "math")
+    assert not ok and "states no final answer" in why
+
+
+def test_every_shared_solution_reaches_its_own_answer(shared_data):
+    """The extraction must agree with the real data's own ground truth (ECQA, QASC, OpenBookQA, GSM8K)."""
+    checked = 0
+    for name in ("ecqa-train", "qasc-train", "openbookqa-train"):
+        for line in (shared_data / "qa" / f"{name}.jsonl").read_text().splitlines()[:300]:
+            row = json.loads(line)
+            assert check_answer(row["solution"], row["answer"], "qa")[0], row
+            checked += 1
+    for line in (shared_data / "math" / "gsm8k-test.jsonl").read_text().splitlines()[:300]:
+        row = json.loads(line)
+        gold = row["answer"].rsplit("####", 1)[1].strip()
+        assert check_answer(row["answer"], gold, "math")[0]
+        checked += 1
+    assert checked == 1200
