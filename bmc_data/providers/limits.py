@@ -1,0 +1,251 @@
+"""Limits shared by the HTTP providers: concurrency, requests/tokens per minute, timeouts and retries.
+
+One `CallGate` per provider bounds what is in flight and paces calls; `call_with_retries` runs one
+logical call through tenacity, sleeping for the server's `Retry-After` when it sends one and for an
+exponential backoff with jitter otherwise. Only transient failures are retried (408/409/429/5xx/529,
+connection errors, timeouts, malformed bodies a few times); a 400/401/403/404 fails at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity.wait import wait_base
+
+from .base import ProviderError, Usage
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Statuses worth repeating: timeouts, conflicts, rate limits, server errors, Anthropic's 529 "overloaded".
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+#: A malformed body is retried at most this many attempts in total: it rarely heals.
+MALFORMED_MAX_ATTEMPTS = 3
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in RETRYABLE_STATUSES or status >= 500
+
+
+class ProviderLimits(BaseModel):
+    """How hard one provider may be driven. Defaults suit a paid API at a modest tier.
+
+    Args:
+        max_concurrency: requests in flight at once.
+        requests_per_minute: pace requests to this rate (None: no pacing).
+        tokens_per_minute: pace by estimated tokens (prompt characters / 4 + `max_tokens`, settled
+            with the real count when the reply arrives), as the OpenAI/Anthropic limits count them.
+        timeout_s: limit for one attempt (connect + wait for the whole reply).
+        max_retries: attempts after the first before giving up.
+        backoff_base_s / backoff_max_s: exponential backoff `base * 2**n + jitter`, capped.
+        retry_after_max_s: the longest server-requested `Retry-After` we honour (longer is capped).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_concurrency: int = Field(16, ge=1)
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+    retry_after_max_s: float = Field(120.0, ge=0)
+
+
+class RetryableError(ProviderError):
+    """One failed attempt that may succeed when repeated; `retry_after` is the server's hint in seconds."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 max_attempts: int | None = None):
+        super().__init__(message, retryable=True, status=status)
+        self.retry_after = retry_after
+        self.max_attempts = max_attempts
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `retry-after-ms` (OpenAI/Anthropic) or `Retry-After` (seconds or HTTP date)."""
+    if not headers:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def estimate_tokens(messages: tuple[dict[str, str], ...] | list[dict[str, str]], max_tokens: int) -> int:
+    """Upper-ish estimate of the tokens a call consumes, before it is made (≈4 characters per token)."""
+    chars = sum(len(m.get("content", "")) + len(m.get("role", "")) + 4 for m in messages)
+    return chars // 4 + max_tokens
+
+
+class TokenBucket:
+    """Paces a rate (per minute) with reservations, so waiters are served in arrival order.
+
+    `acquire(n)` takes `n` at once, letting the balance go negative, and sleeps until the balance would
+    have refilled to zero: no lock is held while sleeping and no waiter can starve another. The burst
+    allowance is one second's worth of the rate, which is how OpenAI enforces per-minute limits.
+    """
+
+    def __init__(self, per_minute: float, *, clock: Callable[[], float] = time.monotonic):
+        if per_minute <= 0:
+            raise ValueError(f"rate must be > 0 per minute, got {per_minute}")
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self._clock = clock
+        self._tokens = self.capacity
+        self._updated = clock()
+        self._lock = threading.Lock()  # the bucket may be shared by event loops in several threads
+
+    def _reserve(self, amount: float) -> float:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            self._tokens -= amount
+            return max(0.0, -self._tokens / self.rate)
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        delay = self._reserve(amount)
+        if delay > 0:
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                self.give_back(amount)
+                raise
+
+    def give_back(self, amount: float) -> None:
+        """Return (or, when negative, take more of) a reservation, e.g. once the real token count is known."""
+        with self._lock:
+            self._tokens = min(self.capacity, self._tokens + amount)
+
+
+class CallGate:
+    """The concurrency bound and rate pacing of one provider, shared by all of its calls.
+
+    asyncio primitives belong to one event loop, and a provider may outlive several (`asyncio.run`
+    per dataset), so the semaphore is kept per loop; the buckets are plain clocks and are shared.
+    """
+
+    def __init__(self, limits: ProviderLimits):
+        self.limits = limits
+        self.requests = TokenBucket(limits.requests_per_minute) if limits.requests_per_minute else None
+        self.tokens = TokenBucket(limits.tokens_per_minute) if limits.tokens_per_minute else None
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        semaphore = self._semaphores.get(loop)
+        if semaphore is None:
+            semaphore = self._semaphores[loop] = asyncio.Semaphore(self.limits.max_concurrency)
+        return semaphore
+
+    @asynccontextmanager
+    async def slot(self, estimated_tokens: int = 0) -> AsyncIterator[None]:
+        """Hold one concurrency slot, after waiting for the request and token budgets."""
+        async with self._semaphore():
+            if self.requests is not None:
+                await self.requests.acquire(1)
+            if self.tokens is not None and estimated_tokens:
+                await self.tokens.acquire(estimated_tokens)
+            yield
+
+    def settle_tokens(self, estimated: int, actual: int) -> None:
+        """Correct a token reservation once the real count is known."""
+        if self.tokens is not None and estimated:
+            self.tokens.give_back(estimated - actual)
+
+
+class _wait_retry_after_or_backoff(wait_base):
+    """The server's Retry-After when it gave one (capped), else exponential backoff with jitter."""
+
+    def __init__(self, limits: ProviderLimits):
+        self.limits = limits
+        self.backoff = wait_exponential_jitter(
+            multiplier=limits.backoff_base_s, max=limits.backoff_max_s, jitter=limits.backoff_base_s
+        )
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        hint = getattr(error, "retry_after", None)
+        if hint is not None:
+            return min(float(hint), self.limits.retry_after_max_s)
+        return self.backoff(retry_state)
+
+
+def _stop(limits: ProviderLimits) -> Callable[[RetryCallState], bool]:
+    def stop(retry_state: RetryCallState) -> bool:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        allowed = limits.max_retries + 1
+        cap = getattr(error, "max_attempts", None)
+        if cap is not None:
+            allowed = min(allowed, cap)
+        return retry_state.attempt_number >= allowed
+
+    return stop
+
+
+async def call_with_retries(attempt: Callable[[], Awaitable[T]], *, limits: ProviderLimits, usage: Usage,
+                            describe: str) -> T:
+    """Run `attempt` until it succeeds, retrying `RetryableError`s; raise `ProviderError` when it cannot.
+
+    `describe` names the call in logs and errors (e.g. "openai gpt-4o"); it must not contain secrets.
+    Each retry is counted in `usage.retries`, each call that fails for good in `usage.failures`.
+    """
+
+    def before_sleep(retry_state: RetryCallState) -> None:
+        usage.retries += 1
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        logger.info("%s: %s; retrying in %.2fs (attempt %d of at most %d)", describe, error, wait,
+                    retry_state.attempt_number + 1, limits.max_retries + 1)
+
+    attempts = 0
+
+    async def counted() -> T:
+        nonlocal attempts
+        attempts += 1
+        return await attempt()
+
+    retrying = AsyncRetrying(
+        stop=_stop(limits),
+        wait=_wait_retry_after_or_backoff(limits),
+        retry=retry_if_exception_type(RetryableError),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        return await retrying(counted)
+    except RetryableError as error:
+        usage.failures += 1
+        raise ProviderError(f"{describe}: gave up after {attempts} attempt(s): {error}", retryable=True,
+                            status=error.status) from error
+    except ProviderError:
+        usage.failures += 1
+        raise
