@@ -18,6 +18,7 @@ import contextlib
 import fnmatch
 import hashlib
 import json
+import os
 import socket
 import threading
 import time
@@ -673,9 +674,11 @@ class HubServer:
 
 
 @contextlib.contextmanager
-def hub_endpoint(server: HubServer) -> Iterator[str]:
-    """Point huggingface_hub and datasets (already imported or not) at `server` for the duration, in-process."""
-    import os
+def hub_endpoint(server: HubServer, cache_dir: "str | os.PathLike[str] | None" = None) -> Iterator[str]:
+    """Point huggingface_hub and datasets (already imported or not) at `server` for the duration, in-process.
+
+    With `cache_dir`, the Hub download cache and the datasets cache also live there (never ~/.cache).
+    """
 
     import datasets.config
     import huggingface_hub.constants as hc
@@ -688,6 +691,15 @@ def hub_endpoint(server: HubServer) -> Iterator[str]:
         (datasets.config, "HF_ENDPOINT"): datasets.config.HF_ENDPOINT,
         (datasets.config, "HUB_DATASETS_URL"): datasets.config.HUB_DATASETS_URL,
     }
+    if cache_dir is not None:
+        from pathlib import Path
+
+        root = Path(cache_dir)
+        for module, name, value in ((hc, "HF_HUB_CACHE", str(root / "hub")),
+                                    (datasets.config, "HF_DATASETS_CACHE", root / "datasets"),
+                                    (datasets.config, "DOWNLOADED_DATASETS_PATH", root / "datasets" / "downloads")):
+            saved[(module, name)] = getattr(module, name)
+            setattr(module, name, value)
     os.environ["HF_ENDPOINT"] = server.url
     os.environ["HF_HUB_DISABLE_XET"] = "1"
     hc.ENDPOINT = server.url

@@ -8,6 +8,7 @@ connection errors, timeouts, malformed bodies a few times); a 400/401/403/404 fa
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import email.utils
 import logging
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 from tenacity.wait import wait_base
 
-from .base import ProviderError, Usage
+from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError, Usage
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -223,7 +224,7 @@ async def call_with_retries(attempt: Callable[[], Awaitable[T]], *, limits: Prov
         usage.retries += 1
         error = retry_state.outcome.exception() if retry_state.outcome else None
         wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        logger.info("%s: %s; retrying in %.2fs (attempt %d of at most %d)", describe, error, wait,
+        logger.info("%s; retrying in %.2fs (attempt %d of at most %d)", error, wait,
                     retry_state.attempt_number + 1, limits.max_retries + 1)
 
     attempts = 0
@@ -249,3 +250,71 @@ async def call_with_retries(attempt: Callable[[], Awaitable[T]], *, limits: Prov
     except ProviderError:
         usage.failures += 1
         raise
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with every secret replaced, for error messages that quote a server or an exception."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def api_error_message(body: object, fallback: str) -> str:
+    """The human message of an API error body (`{"error": {"message": ...}}` and similar shapes)."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+    return fallback
+
+
+def status_error(status: int, message: str, headers: Mapping[str, str] | None, *, describe: str) -> ProviderError:
+    """The error for an HTTP error reply: retryable (with the server's Retry-After) or final."""
+    text = f"{describe}: HTTP {status}: {message[:300]}"
+    if is_retryable_status(status):
+        return RetryableError(text, status=status, retry_after=parse_retry_after(headers))
+    return ProviderError(text, retryable=False, status=status)
+
+
+def malformed_error(describe: str, detail: str) -> RetryableError:
+    return RetryableError(f"{describe}: malformed reply body ({detail[:200]})", max_attempts=MALFORMED_MAX_ATTEMPTS)
+
+
+class RemoteProvider(Provider):
+    """A provider behind an HTTP API: every call goes through the limits, the retries and usage accounting.
+
+    Subclasses implement `_attempt` (one HTTP call) and raise `RetryableError` for transient failures and
+    `ProviderError` for final ones.
+    """
+
+    def __init__(self, model: str, *, limits: ProviderLimits | None = None, pricing: Pricing | None = None):
+        super().__init__(model, pricing=pricing)
+        self.limits = limits or ProviderLimits()
+        self._gate = CallGate(self.limits)
+
+    @property
+    def describe(self) -> str:
+        return f"{self.name} {self.model}"
+
+    @abc.abstractmethod
+    async def _attempt(self, request: ChatRequest) -> ChatResponse:
+        """One HTTP call, with no retries."""
+
+    async def _bounded_attempt(self, request: ChatRequest, estimate: int) -> ChatResponse:
+        async with self._gate.slot(estimate):
+            # The SDK enforces timeout_s per read; this also bounds a server that trickles bytes forever.
+            try:
+                return await asyncio.wait_for(self._attempt(request), self.limits.timeout_s + 1.0)
+            except asyncio.TimeoutError as error:
+                raise RetryableError(f"{self.describe}: no complete reply within {self.limits.timeout_s:g}s") from error
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        estimate = estimate_tokens(request.messages, request.max_tokens) if self._gate.tokens else 0
+        response = await call_with_retries(
+            lambda: self._bounded_attempt(request, estimate), limits=self.limits, usage=self.usage,
+            describe=self.describe,
+        )
+        self._gate.settle_tokens(estimate, response.input_tokens + response.output_tokens)
+        self.record(response)
+        return response

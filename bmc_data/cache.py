@@ -1,0 +1,232 @@
+"""An on-disk cache of LLM calls, so a killed or repeated run never pays for the same call twice.
+
+One SQLite row per call, committed as soon as the reply arrives (WAL journal: a SIGKILL loses at most the
+call in flight, never a committed row). The key is the SHA-256 of canonical JSON of the provider identity
+(model, endpoint; never credentials), a namespace (the prompt template version) and everything in the
+request that changes the answer.
+
+    cache = CallCache("~/.cache/bmc/calls.sqlite")
+    provider = CachedProvider(OpenAIProvider("gpt-4o-mini"), cache, namespace=template.version_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .providers.base import ChatRequest, ChatResponse, Provider, ProviderError
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    request TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def request_payload(request: ChatRequest) -> dict[str, Any]:
+    """`request.cache_payload()` with numbers normalised, so `temperature=0` and `0.0` share a key."""
+    payload = request.cache_payload()
+    for name in ("temperature", "top_p"):
+        if isinstance(payload.get(name), (int, float)) and not isinstance(payload.get(name), bool):
+            payload[name] = float(payload[name])
+    return payload
+
+
+def cache_key(identity: dict[str, Any], namespace: str, request: ChatRequest) -> str:
+    """SHA-256 hex of canonical JSON of {identity, namespace, request payload}."""
+    blob = _canonical({"identity": identity, "namespace": namespace, "request": request_payload(request)})
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _response_to_json(response: ChatResponse) -> str:
+    return _canonical({
+        "text": response.text, "finish_reason": response.finish_reason, "input_tokens": response.input_tokens,
+        "output_tokens": response.output_tokens, "model": response.model,
+    })
+
+
+class CallCache:
+    """SQLite store of call results, safe to share between asyncio tasks, threads and processes.
+
+    Each write is its own committed transaction. One connection guarded by a lock serves all threads
+    of this process; other processes coordinate through SQLite's own locking.
+    """
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 30.0):
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # autocommit (isolation_level=None): every INSERT is committed when it returns
+        self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL survives a killed process (only an OS crash may lose the last commits)
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(_SCHEMA)
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                self._conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            elif version != _SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path}: cache schema version {version}, expected {_SCHEMA_VERSION}; "
+                                   "delete the file or point the cache elsewhere")
+        self.hits = 0
+        self.misses = 0
+        self.writes = 0
+
+    def get(self, key: str) -> ChatResponse | None:
+        """The cached response for `key` (with `cached=True`), or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT response FROM calls WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            try:
+                data = json.loads(row[0])
+                response = ChatResponse(
+                    text=data["text"], finish_reason=data["finish_reason"], input_tokens=data["input_tokens"],
+                    output_tokens=data["output_tokens"], model=data.get("model", ""), cached=True,
+                )
+            except (ValueError, KeyError, TypeError) as error:
+                logger.warning("%s: unreadable cache entry %s (%s); calling again", self.path, key[:12], error)
+            else:
+                self.hits += 1
+                return response
+        self.misses += 1
+        return None
+
+    def put(self, key: str, response: ChatResponse, *, namespace: str, identity: dict[str, Any],
+            request: ChatRequest) -> None:
+        """Store one call result (committed before this returns)."""
+        values = (key, namespace, str(identity.get("provider", "")), str(identity.get("model", "")),
+                  _canonical(request_payload(request)), _response_to_json(response), time.time())
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+        self.writes += 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+    def stats(self) -> dict[str, Any]:
+        """Entries on disk (total and per namespace) and this session's hits, misses and writes."""
+        with self._lock:
+            rows = self._conn.execute("SELECT namespace, COUNT(*) FROM calls GROUP BY namespace").fetchall()
+        return {
+            "path": str(self.path),
+            "entries": sum(n for _, n in rows),
+            "by_namespace": dict(rows),
+            "hits": self.hits,
+            "misses": self.misses,
+            "writes": self.writes,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> CallCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CallCache({str(self.path)!r})"
+
+
+class CachedProvider(Provider):
+    """Serves repeated calls from a `CallCache`; everything else goes to the wrapped provider.
+
+    A hit returns the stored reply with `cached=True` and counts `usage.cached_calls`; a miss calls the
+    provider (which counts the call, its tokens and cost) and stores the reply. Truncated replies are
+    stored (they were paid for); failed calls are not. Identical requests in flight at the same time
+    make one call. `usage` is the wrapped provider's own `Usage`, so one object has the whole account.
+    """
+
+    def __init__(self, provider: Provider, cache: CallCache, namespace: str):
+        super().__init__(provider.model, pricing=provider.pricing)
+        self.name = provider.name
+        self.inner = provider
+        self.cache = cache
+        self.namespace = namespace
+        self.usage = provider.usage
+        self._in_flight: dict[str, asyncio.Future[ChatResponse]] = {}
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    def key(self, request: ChatRequest) -> str:
+        return cache_key(self.inner.identity(), self.namespace, request)
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        key = self.key(request)
+        while True:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.usage.cached_calls += 1
+                return hit
+            pending = self._in_flight.get(key)
+            if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+                break
+            try:
+                response = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if pending.cancelled():  # the caller that made the call gave up: try again ourselves
+                    continue
+                raise
+            self.usage.cached_calls += 1
+            return dataclasses.replace(response, cached=True)
+        return await self._call_and_store(key, request)
+
+    async def _call_and_store(self, key: str, request: ChatRequest) -> ChatResponse:
+        future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            response = await self.inner.complete(request)
+            self._store(key, request, response)
+        except ProviderError as error:
+            future.set_exception(error)
+            future.exception()  # mark retrieved: nobody may be waiting on it
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        else:
+            future.set_result(response)
+            return response
+        finally:
+            self._in_flight.pop(key, None)
+
+    def _store(self, key: str, request: ChatRequest, response: ChatResponse) -> None:
+        try:
+            self.cache.put(key, response, namespace=self.namespace, identity=self.inner.identity(), request=request)
+        except sqlite3.Error as error:  # the reply is paid for and good: use it, even if it cannot be kept
+            logger.error("%s: could not store a call result (%s); it will be made again next run", self.cache.path, error)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.cache.stats(), "usage": self.usage.as_dict()}
+
+    def __repr__(self) -> str:
+        return f"CachedProvider({self.inner!r}, cache={self.cache!r}, namespace={self.namespace!r})"

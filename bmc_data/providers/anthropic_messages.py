@@ -1,0 +1,136 @@
+"""Anthropic Messages API (Claude), through the official `anthropic` SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from typing import Any
+
+import anthropic
+
+from .base import ChatRequest, ChatResponse, Pricing, ProviderError
+from .limits import ProviderLimits, api_error_message, RemoteProvider, RetryableError, malformed_error, redact, status_error
+
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+#: stop_reason -> the OpenAI-style finish_reason every provider reports
+_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                   "model_context_window_exceeded": "length", "refusal": "content_filter", "tool_use": "tool_calls"}
+
+
+def split_system(messages: tuple[dict[str, str], ...] | list[dict[str, str]]) -> tuple[str | None, list[dict[str, str]]]:
+    """Anthropic takes system text as a parameter: pull system turns out (joined), keep the rest in order."""
+    system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
+    rest = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] not in ("system", "developer")]
+    return ("\n\n".join(system) if system else None), rest
+
+
+class AnthropicProvider(RemoteProvider):
+    """Claude through the Messages API, with our own limits and retries (529 "overloaded" is retried).
+
+    Args:
+        model: e.g. "claude-sonnet-4-5".
+        api_key: default `$ANTHROPIC_API_KEY`.
+        base_url: default `$ANTHROPIC_BASE_URL` or https://api.anthropic.com.
+        limits, pricing: as for `OpenAIProvider`.
+        send_sampling_params: also send `temperature` (and `top_p` when not 1) in the request body. The
+            installed SDK no longer types them and current Claude models fix their own sampling, so by default
+            they are not sent; turn this on for older models or compatible servers that honour them.
+    """
+
+    name = "anthropic"
+
+    def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None,
+                 limits: ProviderLimits | None = None, pricing: Pricing | None = None,
+                 send_sampling_params: bool = False):
+        super().__init__(model, limits=limits, pricing=pricing)
+        self.send_sampling_params = send_sampling_params
+        self.base_url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL).rstrip("/")
+        api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
+        if not api_key:
+            raise ValueError("no Anthropic API key: pass api_key=... or set ANTHROPIC_API_KEY")
+        self._api_key = api_key
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anthropic.AsyncAnthropic] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return {"provider": self.name, "model": self.model, "base_url": self.base_url}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
+
+    def _client(self) -> anthropic.AsyncAnthropic:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = anthropic.AsyncAnthropic(
+                api_key=self._api_key, base_url=self.base_url, max_retries=0,
+                timeout=anthropic.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s)),
+            )
+            self._clients[loop] = client
+        return client
+
+    def _params(self, request: ChatRequest) -> dict[str, Any]:
+        system, messages = split_system(request.messages)
+        if not messages:
+            raise ProviderError(f"{self.describe}: the request has only system messages")
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+        }
+        if system is not None:
+            params["system"] = system
+        if self.send_sampling_params:
+            sampling: dict[str, float] = {"temperature": request.temperature}
+            if request.top_p != 1.0:  # Claude models reject temperature and top_p together
+                sampling["top_p"] = request.top_p
+            params["extra_body"] = sampling
+        return params  # the Messages API has no seed
+
+    async def _attempt(self, request: ChatRequest) -> ChatResponse:
+        params = self._params(request)
+        try:
+            message = await self._client().messages.create(**params)
+        except anthropic.APITimeoutError as error:
+            raise RetryableError(f"{self.describe}: timed out after {self.limits.timeout_s:g}s") from error
+        except anthropic.APIConnectionError as error:
+            raise RetryableError(f"{self.describe}: connection error: {self._safe(error.__cause__ or error)}") from error
+        except anthropic.APIStatusError as error:
+            message = self._safe(api_error_message(error.body, error.message))
+            raise status_error(error.status_code, message, error.response.headers,
+                               describe=self.describe) from error
+        except anthropic.APIResponseValidationError as error:
+            raise malformed_error(self.describe, self._safe(error)) from error
+        except ValueError as error:  # a body that is not JSON
+            raise malformed_error(self.describe, f"{type(error).__name__}: {self._safe(error)}") from error
+        except anthropic.AnthropicError as error:
+            raise ProviderError(f"{self.describe}: {type(error).__name__}: {self._safe(error)}") from error
+        return self._parse(message)
+
+    def _parse(self, message: Any) -> ChatResponse:
+        try:
+            text = "".join(block.text for block in message.content if getattr(block, "type", None) == "text")
+            stop_reason = message.stop_reason
+        except (AttributeError, TypeError) as error:
+            raise malformed_error(self.describe, f"no content blocks in {str(message)[:120]!r}") from error
+        usage = getattr(message, "usage", None)
+        return ChatResponse(
+            text=text,
+            finish_reason=_FINISH_REASONS.get(stop_reason, str(stop_reason or "stop")),
+            input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+            model=str(getattr(message, "model", "") or self.model),
+        )
+
+    def _safe(self, error: object) -> str:
+        return redact(str(error), self._api_key)
+
+    async def aclose(self) -> None:
+        try:
+            client = self._clients.pop(asyncio.get_running_loop(), None)
+        except RuntimeError:
+            return
+        if client is not None:
+            await client.close()

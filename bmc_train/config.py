@@ -1,0 +1,144 @@
+"""`BMCConfig`: TRL's `DPOConfig` plus the BMC objective's knobs, with the paper's defaults (App. A.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from .losses import LOSS_TYPES, get_loss_type
+
+__all__ = ["BMCConfig"]
+
+# TRL DPOConfig options that `BMCTrainer` does not implement (its objectives replace TRL's loss code)
+_UNSUPPORTED_DEFAULTS = {
+    "ld_alpha": None,
+    "f_divergence_type": "reverse_kl",
+    "use_weighting": False,
+    "loss_weights": None,
+}
+
+
+def _bf16_available() -> bool:
+    try:
+        from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+        return bool(is_torch_bf16_gpu_available() or is_torch_xla_available())
+    except Exception:  # pragma: no cover - very old transformers
+        return False
+
+
+@dataclass
+class BMCConfig(DPOConfig):
+    r"""
+    Configuration for [`BMCTrainer`]: every [`~trl.DPOConfig`] option, plus the BMC ones below.
+
+    Defaults follow the paper's App. A.3 (learning rate 5e-7, cosine schedule, 10% warm-up, one epoch, max length
+    2048; β 0.05 and δ 2.0 unless a recipe sets the task values: QA β 0.05 δ 3.0, math β 0.05 δ 2.5,
+    instruction following β 0.01 δ 1.5–2.0). Effective batch 128 is `per_device_train_batch_size ×
+    gradient_accumulation_steps × num_processes`; set it in the recipe for your hardware.
+
+    Parameters:
+        loss_type (`str`, defaults to `"bmc"`):
+            The objective. `"bmc"` (= `"dpo_bmc"`, eq. 4), `"dpo"`, `"ipo"`, `"ipo_bmc"`, `"rdpo"`, `"rdpo_bmc"`,
+            `"simpo"`, `"simpo_bmc"`, `"orpo"`, `"orpo_bmc"`, `"figa"`. Replaces TRL's list-valued `loss_type`.
+        delta (`float`, defaults to `2.0`):
+            δ, the cap on the inverse policy probability in λ = 1 + min(1/π_θ, δ) on diff tokens.
+        ipo_tau (`float`, *optional*):
+            τ of IPO. `None` uses `beta`, as TRL's `loss_type="ipo"` does.
+        rdpo_alpha (`float`, defaults to `0.05`):
+            α of R-DPO's length regulariser.
+        simpo_gamma (`float`, defaults to `1.0`):
+            γ, SimPO's target reward margin. SimPO uses `beta` as its (large, e.g. 2.0) reward scale.
+        orpo_lambda (`float`, defaults to `0.1`):
+            λ weighting ORPO's odds-ratio term against its NLL term.
+        figa_alpha (`float`, defaults to `1.0`), figa_beta (`float`, defaults to `0.5`):
+            FIGA's weights on added (chosen) and deleted (rejected) tokens.
+        use_original_chosen (`bool`, defaults to `False`):
+            Train on `original_chosen` (y_w) instead of `chosen` (ỹ_w), with diff masks recomputed for (y_w, y_l):
+            with `loss_type="bmc"` this is the paper's DPO-MC ablation.
+        ignore_stopwords (`bool`, defaults to `False`):
+            When the trainer computes diff masks itself, never mark English stopword tokens (the official BMC code
+            does this; the paper does not mention it). Masks already stored in the dataset are used as they are.
+    """
+
+    # Paper defaults that differ from DPOConfig / TrainingArguments
+    learning_rate: float = field(default=5e-7, metadata={"help": "The initial learning rate (paper: 5e-7)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "The scheduler type (paper: cosine)."})
+    warmup_steps: float = field(
+        default=0.1,
+        metadata={
+            "help": "Linear warm-up: an integer number of steps, or a float in [0, 1) as a ratio of the total steps "
+            "(paper: 10%%; `warmup_ratio` no longer exists in transformers 5)."
+        },
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Total number of training epochs (paper: 1)."})
+    max_length: int | None = field(
+        default=2048, metadata={"help": "Maximum prompt+completion tokens; longer rows are truncated (paper: 2048)."}
+    )
+    beta: float = field(
+        default=0.05,
+        metadata={"help": "β, the KL strength / reward scale (paper: 0.05 for QA and math, 0.01 for instructions)."},
+    )
+
+    # BMC
+    loss_type: str = field(  # type: ignore[assignment]  # TRL's is a list of its own loss names
+        default="bmc",
+        metadata={
+            "help": "Objective: " + ", ".join(sorted(LOSS_TYPES)) + ". `bmc` is DPO-BMC (eq. 4).",
+            "choices": sorted(LOSS_TYPES),
+        },
+    )
+    delta: float = field(
+        default=2.0,
+        metadata={"help": "δ, the cap on 1/π_θ in the token weight λ = 1 + min(1/π_θ, δ) of diff tokens."},
+    )
+    ipo_tau: float | None = field(default=None, metadata={"help": "τ of IPO; unset uses `beta` (TRL's convention)."})
+    rdpo_alpha: float = field(default=0.05, metadata={"help": "α of R-DPO's length regulariser α(|y_w| − |y_l|)."})
+    simpo_gamma: float = field(default=1.0, metadata={"help": "γ, SimPO's target margin (use a large β, e.g. 2.0)."})
+    orpo_lambda: float = field(default=0.1, metadata={"help": "λ of ORPO's odds-ratio term."})
+    figa_alpha: float = field(default=1.0, metadata={"help": "FIGA weight on added/substituted chosen tokens."})
+    figa_beta: float = field(default=0.5, metadata={"help": "FIGA weight on deleted/substituted rejected tokens."})
+    use_original_chosen: bool = field(
+        default=False,
+        metadata={
+            "help": "Train on `original_chosen` (y_w) vs `rejected` with masks recomputed for that pair (the DPO-MC "
+            "ablation with loss_type=bmc)."
+        },
+    )
+    ignore_stopwords: bool = field(
+        default=False,
+        metadata={"help": "When computing diff masks, never mark English stopword tokens (official-code behaviour)."},
+    )
+
+    def __post_init__(self):
+        if isinstance(self.loss_type, (list, tuple)):
+            if len(self.loss_type) != 1:
+                raise ValueError(f"BMCConfig takes one loss_type, got {list(self.loss_type)}")
+            self.loss_type = self.loss_type[0]
+        loss_type = self.loss_type
+        get_loss_type(loss_type)  # clear error for an unknown name
+        for name, default in _UNSUPPORTED_DEFAULTS.items():
+            if getattr(self, name) != default:
+                raise ValueError(
+                    f"BMCTrainer does not support `{name}` (got {getattr(self, name)!r}); its objectives replace TRL's "
+                    "loss code. Use trl.DPOTrainer for it."
+                )
+        if self.delta < 0:
+            raise ValueError(f"delta must be >= 0, got {self.delta}")
+        if self.ipo_tau is None:
+            self.ipo_tau = self.beta
+        if self.precompute_ref_log_probs:
+            if get_loss_type(loss_type).reference_free:
+                raise ValueError(f"loss_type={loss_type!r} is reference-free: set precompute_ref_log_probs=False")
+            raise ValueError(
+                f"precompute_ref_log_probs=True is not supported with loss_type={loss_type!r}: TRL stores one summed "
+                "reference log-prob per response, while BMCTrainer's objectives need the per-token reference "
+                "log-probs (BMC weights each token's log-ratio). Keep the live reference model (the default) or train "
+                "a PEFT adapter, whose reference pass just disables the adapter."
+            )
+        # CPU-only machines: TRL defaults bf16 to True, which transformers rejects without a bf16 GPU
+        if self.bf16 is None and not self.fp16 and not _bf16_available():
+            self.bf16 = False
+        super().__post_init__()
+        self.loss_type = loss_type  # DPOConfig.__post_init__ wraps it in a list

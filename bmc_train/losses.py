@@ -1,0 +1,459 @@
+"""The BMC token-weighted preference objectives, as pure functions of per-token log-probabilities.
+
+Every function takes per-token log-probs of shape `[B, T]` (the log-prob of each completion token, already aligned
+with its label; positions outside the completion may hold anything and are ignored) and boolean masks of the same
+shape:
+
+* `*_loss_mask`: the completion tokens (TRL's shifted `completion_mask`);
+* `*_diff_mask`: the tokens that differ between the pseudo-winning response ỹ_w and the losing response y_l
+  (`diff(ỹ_w | y_l)` and `diff(y_l | ỹ_w)` in the paper).
+
+and returns a `PreferenceLossOutput(losses[B], chosen_rewards[B], rejected_rewards[B])`.
+
+The token weight of the paper (eq. 7 and 10) is
+
+    λ_t = 1 + min(sg(1 / π_θ(y_t | y_<t, x)), δ)   if y_t is a diff token,   1 otherwise,
+
+computed from the *policy* log-probs under `torch.no_grad` (sg = stop-gradient), so gradients flow only through the
+log-ratios, never through λ. `delta=None` turns the weighting off (λ = 1 everywhere): that is the plain xPO
+objective, so `bmc_dpo_loss(..., delta=None)` is exactly DPO.
+
+The loss types behind the one `loss_type` switch live in `LOSS_TYPES`; a future objective (BPO, γ-PO, AMaPO, RePO,
+MADPO, ...) is one more pure function plus one `register_loss_type(...)` call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "LOSS_TYPES",
+    "LossTypeSpec",
+    "PreferenceLossOutput",
+    "bmc_dpo_loss",
+    "bmc_ipo_loss",
+    "bmc_orpo_loss",
+    "bmc_rdpo_loss",
+    "bmc_simpo_loss",
+    "bmc_token_weights",
+    "compute_preference_loss",
+    "figa_loss",
+    "get_loss_type",
+    "register_loss_type",
+    "token_weight_stats",
+]
+
+
+class PreferenceLossOutput(NamedTuple):
+    """Per-pair losses and the implicit rewards TRL logs (`rewards/chosen`, `rewards/rejected`, margins, accuracy)."""
+
+    losses: torch.Tensor  # [B]
+    chosen_rewards: torch.Tensor  # [B], detached
+    rejected_rewards: torch.Tensor  # [B], detached
+
+
+# --- token weights --------------------------------------------------------------------------------------------
+
+
+def bmc_token_weights(
+    policy_logps: torch.Tensor,
+    diff_mask: torch.Tensor | None,
+    loss_mask: torch.Tensor | None = None,
+    *,
+    delta: float | None,
+) -> torch.Tensor:
+    """λ of eq. 7/10: `1 + min(sg(1/π_θ), δ)` on diff tokens, 1 on the other tokens, 0 outside `loss_mask`.
+
+    Args:
+        policy_logps: `[B, T]` per-token log-probs of the *policy* (the weights are computed from a detached copy).
+        diff_mask: `[B, T]` bool, the varied tokens. `None` means no diff token.
+        loss_mask: `[B, T]` bool/0-1, the completion tokens. `None` means every position counts.
+        delta: The cap δ ≥ 0 on `1/π`. `None` disables the weighting (λ = 1 everywhere).
+    """
+    if delta is not None and delta < 0:
+        raise ValueError(f"delta must be >= 0, got {delta}")
+    with torch.no_grad():
+        logps = policy_logps.detach().to(torch.promote_types(policy_logps.dtype, torch.float32))
+        weights = torch.ones_like(logps)
+        if delta is not None and diff_mask is not None:
+            if delta == 0:
+                inv_p = torch.zeros_like(logps)
+            else:
+                # min(1/π, δ) = exp(min(-log π, log δ)): the clamp before exp keeps it finite for any log π
+                inv_p = torch.exp(torch.clamp(-logps, max=math.log(delta)))
+            weights = torch.where(diff_mask.bool(), 1.0 + inv_p, weights)
+        if loss_mask is not None:
+            weights = weights * loss_mask.to(weights.dtype)
+    return weights.to(policy_logps.dtype)
+
+
+def token_weight_stats(
+    weights: torch.Tensor, diff_mask: torch.Tensor, loss_mask: torch.Tensor, *, delta: float | None
+) -> dict[str, torch.Tensor]:
+    """Sums and counts (tensors, so they can be gathered across ranks) for the `bmc/*` metrics of one side.
+
+    Returns `lambda_sum` (Σλ over diff tokens), `diff_tokens`, `tokens` (completion tokens) and `capped`
+    (diff tokens where 1/π reached δ, so λ = 1 + δ).
+    """
+    with torch.no_grad():
+        diff = diff_mask.bool() & loss_mask.bool()
+        w = weights.detach().float()
+        capped = torch.zeros((), device=w.device)
+        if delta is not None and delta > 0:
+            capped = (diff & (w >= 1.0 + delta * (1 - 1e-6))).sum().float()
+        return {
+            "lambda_sum": (w * diff).sum(),
+            "diff_tokens": diff.sum().float(),
+            "tokens": loss_mask.bool().sum().float(),
+            "capped": capped,
+        }
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if mask is None:
+        return torch.ones_like(like, dtype=torch.bool)
+    return mask.bool()
+
+
+def _weighted_sum(logps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    # `weights` is already 0 outside the completion; where() rather than `*` so that garbage (even inf) outside the
+    # completion cannot leak in through 0 * inf.
+    return torch.where(weights != 0, logps * weights, torch.zeros_like(logps)).sum(dim=-1)
+
+
+def _side_weights(
+    policy_logps: torch.Tensor, diff_mask: torch.Tensor | None, loss_mask: torch.Tensor | None, delta: float | None
+) -> torch.Tensor:
+    return bmc_token_weights(policy_logps, diff_mask, _mask(loss_mask, policy_logps), delta=delta)
+
+
+def _weighted_logratios(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    diff_mask: torch.Tensor | None,
+    loss_mask: torch.Tensor | None,
+    delta: float | None,
+) -> torch.Tensor:
+    """Σ_t λ_t (log π_θ − log π_ref), λ from the policy (eq. 4)."""
+    weights = _side_weights(policy_logps, diff_mask, loss_mask, delta)
+    return _weighted_sum(policy_logps - ref_logps, weights)
+
+
+def _token_count(loss_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """|y|: the unweighted number of completion tokens (at least 1)."""
+    return _mask(loss_mask, like).sum(dim=-1).clamp(min=1).to(like.dtype)
+
+
+def _require_reference(name: str, *refs: torch.Tensor | None) -> None:
+    if any(r is None for r in refs):
+        raise ValueError(f"{name} needs the reference model's per-token log-probs (ref_chosen_logps/ref_rejected_logps)")
+
+
+# --- objectives -------------------------------------------------------------------------------------------------
+
+
+def bmc_dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    beta: float,
+    delta: float | None,
+) -> PreferenceLossOutput:
+    """DPO-BMC (eq. 4): `−log σ(β Σλ_w (log π_θ − log π_ref)(ỹ_w) − β Σλ_l (log π_θ − log π_ref)(y_l))`.
+
+    With `delta=None` (or all-false diff masks) this is exactly DPO (Rafailov et al., 2023).
+    """
+    _require_reference("DPO", ref_chosen_logps, ref_rejected_logps)
+    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected = _weighted_logratios(
+        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    )
+    losses = -F.logsigmoid(beta * (chosen - rejected))
+    return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+def bmc_ipo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    tau: float,
+    delta: float | None,
+    beta: float = 1.0,
+) -> PreferenceLossOutput:
+    """IPO(-BMC) (Azar et al., 2024): `(Σλ_wΔ_w/|y_w| − Σλ_lΔ_l/|y_l| − 1/(2τ))²`, Δ = log π_θ − log π_ref.
+
+    The weighted sums are divided by the *unweighted* token counts, as in the official BMC code and in TRL's
+    length-normalised `ipo` loss (with `delta=None` this equals TRL's `loss_type="ipo"` with `beta=τ`). `beta`
+    only scales the logged rewards.
+    """
+    _require_reference("IPO", ref_chosen_logps, ref_rejected_logps)
+    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected = _weighted_logratios(
+        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    )
+    chosen_avg = chosen / _token_count(chosen_loss_mask, chosen)
+    rejected_avg = rejected / _token_count(rejected_loss_mask, rejected)
+    losses = (chosen_avg - rejected_avg - 1.0 / (2.0 * tau)) ** 2
+    return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+def bmc_rdpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    beta: float,
+    alpha: float,
+    delta: float | None,
+) -> PreferenceLossOutput:
+    """R-DPO(-BMC) (Park et al., 2024): `−log σ(β Σλ_wΔ_w − β Σλ_lΔ_l − (α|y_w| − α|y_l|))`.
+
+    |y| is the unweighted completion length (the regulariser is about length, not about emphasis).
+    """
+    _require_reference("R-DPO", ref_chosen_logps, ref_rejected_logps)
+    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected = _weighted_logratios(
+        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    )
+    length_term = alpha * (_token_count(chosen_loss_mask, chosen) - _token_count(rejected_loss_mask, rejected))
+    losses = -F.logsigmoid(beta * (chosen - rejected) - length_term)
+    return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+def bmc_simpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    beta: float,
+    gamma: float,
+    delta: float | None,
+) -> PreferenceLossOutput:
+    """SimPO(-BMC) (Meng et al., 2024), reference-free: `−log σ(β/|y_w| Σλ_w log π_θ(ỹ_w) − β/|y_l| Σλ_l log π_θ(y_l) − γ)`.
+
+    The reference log-probs are ignored (pass `None`). The rewards are the length-normalised `β/|y| Σλ log π_θ`.
+    """
+    chosen_w = _side_weights(policy_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected_w = _side_weights(policy_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta)
+    chosen = beta * _weighted_sum(policy_chosen_logps, chosen_w) / _token_count(chosen_loss_mask, policy_chosen_logps)
+    rejected = (
+        beta
+        * _weighted_sum(policy_rejected_logps, rejected_w)
+        / _token_count(rejected_loss_mask, policy_rejected_logps)
+    )
+    losses = -F.logsigmoid(chosen - rejected - gamma)
+    return PreferenceLossOutput(losses, chosen.detach(), rejected.detach())
+
+
+def bmc_orpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    lam: float,
+    delta: float | None,
+    beta: float = 1.0,
+) -> PreferenceLossOutput:
+    """ORPO(-BMC) (Hong et al., 2024), reference-free: `−log p(y_w) − λ log σ(log odds(y_w) − log odds(y_l))`.
+
+    `log p(y) = Σλ_t log π_θ(y_t) / |y|` (weighted sum over the unweighted length, as the official BMC code does for
+    ORPO; with `delta=None` it is ORPO's mean token log-prob), `log odds(y) = log p − log(1 − p)`. The NLL term is
+    the plain (unweighted) mean token NLL of the chosen response, the SFT part of ORPO. Rewards are `β log p(y)`.
+    """
+    chosen_w = _side_weights(policy_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected_w = _side_weights(policy_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta)
+    n_chosen = _token_count(chosen_loss_mask, policy_chosen_logps)
+    n_rejected = _token_count(rejected_loss_mask, policy_rejected_logps)
+    chosen_avg = _weighted_sum(policy_chosen_logps, chosen_w) / n_chosen
+    rejected_avg = _weighted_sum(policy_rejected_logps, rejected_w) / n_rejected
+
+    def log_odds(avg_logp: torch.Tensor) -> torch.Tensor:
+        # log(p / (1 - p)) with p = exp(avg_logp) < 1; the clamp keeps log1p(-p) finite when p rounds to 1
+        avg_logp = avg_logp.clamp(max=-1e-6)
+        return avg_logp - torch.log1p(-torch.exp(avg_logp))
+
+    ratio = F.logsigmoid(log_odds(chosen_avg) - log_odds(rejected_avg))
+    nll = -_weighted_sum(policy_chosen_logps, _mask(chosen_loss_mask, policy_chosen_logps).to(policy_chosen_logps.dtype))
+    nll = nll / n_chosen
+    losses = nll - lam * ratio
+    return PreferenceLossOutput(losses, beta * chosen_avg.detach(), beta * rejected_avg.detach())
+
+
+def figa_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    alpha: float,
+    beta: float,
+) -> PreferenceLossOutput:
+    """FIGA (Guo et al., 2024), the token-level SFT baseline of the BMC paper (Table 7):
+
+        L = [ −α Σ_{t ∈ diff(ỹ_w|y_l)} log π_θ(ỹ_w,t)  +  β Σ_{t ∈ diff(y_l|ỹ_w)} log π_θ(y_l,t) ] / N
+
+    i.e. a weighted cross-entropy that rewards the tokens the reviser added or substituted (weight α) and penalises
+    the tokens it deleted or substituted (weight −β); tokens both responses share get weight 0 (FIGA's γ = 0). N is
+    the number of weighted tokens of the pair, as FIGA's code normalises by the count of non-zero weights. Reference
+    free; no λ (FIGA's weights are constants). FIGA's code optionally drops bad tokens whose NLL lies outside
+    [0.6, 1.0]; that heuristic is not in the BMC paper's formula and is not applied here. Rewards are the mean
+    log-probs of the diff tokens of each side.
+    """
+    c_diff = _mask(chosen_diff_mask, policy_chosen_logps) & _mask(chosen_loss_mask, policy_chosen_logps)
+    r_diff = _mask(rejected_diff_mask, policy_rejected_logps) & _mask(rejected_loss_mask, policy_rejected_logps)
+    if chosen_diff_mask is None:
+        c_diff = torch.zeros_like(c_diff)
+    if rejected_diff_mask is None:
+        r_diff = torch.zeros_like(r_diff)
+    c_sum = _weighted_sum(policy_chosen_logps, c_diff.to(policy_chosen_logps.dtype))
+    r_sum = _weighted_sum(policy_rejected_logps, r_diff.to(policy_rejected_logps.dtype))
+    c_n, r_n = c_diff.sum(dim=-1), r_diff.sum(dim=-1)
+    n = (c_n + r_n).clamp(min=1).to(policy_chosen_logps.dtype)
+    losses = (-alpha * c_sum + beta * r_sum) / n
+    chosen_rewards = (c_sum / c_n.clamp(min=1)).detach()
+    rejected_rewards = (r_sum / r_n.clamp(min=1)).detach()
+    return PreferenceLossOutput(losses, chosen_rewards, rejected_rewards)
+
+
+# --- the loss_type switch ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossTypeSpec:
+    """One value of `loss_type`.
+
+    Attributes:
+        name: The `loss_type` string.
+        fn: The pure loss function (signature of `bmc_dpo_loss`: 8 tensors, then keyword hyperparameters).
+        params: Keyword argument of `fn` -> attribute of the config it is read from (`None` value: a constant).
+        reference_free: The objective does not use π_ref (no reference forward pass is run).
+        token_weighted: The objective uses the BMC weights λ (needs diff masks and `delta`).
+        source: Paper reference, for docs and errors.
+    """
+
+    name: str
+    fn: Callable[..., PreferenceLossOutput]
+    params: Mapping[str, str] = field(default_factory=dict)
+    constants: Mapping[str, Any] = field(default_factory=dict)
+    reference_free: bool = False
+    token_weighted: bool = False
+    uses_diff_mask: bool = False
+    source: str = ""
+
+    def kwargs_from(self, config: Any) -> dict[str, Any]:
+        kwargs = {kw: getattr(config, attr) for kw, attr in self.params.items()}
+        kwargs.update(self.constants)
+        return kwargs
+
+
+LOSS_TYPES: dict[str, LossTypeSpec] = {}
+
+
+def register_loss_type(spec: LossTypeSpec, *, overwrite: bool = False) -> LossTypeSpec:
+    """Add a `loss_type` (e.g. a future BPO/γ-PO/AMaPO/RePO/MADPO function and its `_bmc` twin)."""
+    if spec.name in LOSS_TYPES and not overwrite:
+        raise ValueError(f"loss_type {spec.name!r} is already registered")
+    LOSS_TYPES[spec.name] = spec
+    return spec
+
+
+def get_loss_type(name: str) -> LossTypeSpec:
+    try:
+        return LOSS_TYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss_type {name!r}; expected one of {sorted(LOSS_TYPES)}") from None
+
+
+def _register_pair(name: str, fn: Callable[..., PreferenceLossOutput], params: dict[str, str], *, reference_free: bool,
+                   source: str) -> None:
+    register_loss_type(LossTypeSpec(name, fn, params, {"delta": None}, reference_free=reference_free, source=source))
+    register_loss_type(
+        LossTypeSpec(f"{name}_bmc", fn, {**params, "delta": "delta"}, reference_free=reference_free,
+                     token_weighted=True, uses_diff_mask=True, source=f"{source} + BMC (Jiang et al., 2025)")
+    )
+
+
+_register_pair("dpo", bmc_dpo_loss, {"beta": "beta"}, reference_free=False, source="DPO (Rafailov et al., 2023)")
+register_loss_type(
+    LossTypeSpec("bmc", bmc_dpo_loss, {"beta": "beta", "delta": "delta"}, token_weighted=True, uses_diff_mask=True,
+                 source="DPO-BMC, eq. 4 (Jiang et al., 2025)")
+)
+_register_pair("ipo", bmc_ipo_loss, {"tau": "ipo_tau", "beta": "beta"}, reference_free=False,
+               source="IPO (Azar et al., 2024)")
+_register_pair("rdpo", bmc_rdpo_loss, {"beta": "beta", "alpha": "rdpo_alpha"}, reference_free=False,
+               source="R-DPO (Park et al., 2024)")
+_register_pair("simpo", bmc_simpo_loss, {"beta": "beta", "gamma": "simpo_gamma"}, reference_free=True,
+               source="SimPO (Meng et al., 2024)")
+_register_pair("orpo", bmc_orpo_loss, {"lam": "orpo_lambda", "beta": "beta"}, reference_free=True,
+               source="ORPO (Hong et al., 2024)")
+register_loss_type(
+    LossTypeSpec("figa", figa_loss, {"alpha": "figa_alpha", "beta": "figa_beta"}, reference_free=True,
+                 uses_diff_mask=True, source="FIGA (Guo et al., 2024)")
+)
+
+
+def compute_preference_loss(
+    loss_type: str,
+    config: Any,
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+) -> PreferenceLossOutput:
+    """Dispatch on `loss_type`, reading the hyperparameters from `config` (a `BMCConfig` or any object with them)."""
+    spec = get_loss_type(loss_type)
+    return spec.fn(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        chosen_diff_mask,
+        rejected_diff_mask,
+        chosen_loss_mask,
+        rejected_loss_mask,
+        **spec.kwargs_from(config),
+    )

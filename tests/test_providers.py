@@ -1,0 +1,364 @@
+"""Providers against real loopback HTTP servers (OpenAI and Anthropic wire formats) and a tiny local model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import pytest
+
+from bmc_data.providers import ChatRequest, Pricing, ProviderError, ProviderLimits, get_provider
+from bmc_data.providers.anthropic_messages import AnthropicProvider, split_system
+from bmc_data.providers.limits import TokenBucket, parse_retry_after
+from bmc_data.providers.openai_chat import NO_KEY, OpenAIProvider
+
+from llm_servers import Fault, LLMServer
+
+SECRET = "sk-test-SECRET-provider-0123456789"
+FAST = ProviderLimits(max_concurrency=8, timeout_s=2.0, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05)
+REQUEST = ChatRequest(messages=({"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there world"}),
+                      max_tokens=50)
+APIS = ["openai", "anthropic"]
+
+
+def make(api: str, server: LLMServer, limits: ProviderLimits = FAST, **kwargs):
+    if api == "openai":
+        return OpenAIProvider("test-model", base_url=server.openai_base_url, api_key=SECRET, limits=limits, **kwargs)
+    return AnthropicProvider("test-model", base_url=server.anthropic_base_url, api_key=SECRET, limits=limits, **kwargs)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def gather(provider, requests):
+    return await asyncio.gather(*(provider.complete(r) for r in requests), return_exceptions=True)
+
+
+def numbered(n: int) -> list[ChatRequest]:
+    return [ChatRequest(messages=({"role": "user", "content": f"request {i}"},), max_tokens=20) for i in range(n)]
+
+
+@pytest.fixture
+def server():
+    with LLMServer() as s:
+        yield s
+
+
+# --- wire format -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("api", APIS)
+def test_completion_text_usage_and_request_shape(api, server):
+    provider = make(api, server)
+    response = run(provider.complete(REQUEST))
+    assert response.text == "hello there world" and response.finish_reason == "stop" and not response.cached
+    assert (response.input_tokens, response.output_tokens) == (5, 3)  # the server counts words
+    body = server.bodies[0]
+    assert body["model"] == "test-model" and body["max_tokens"] == 50
+    if api == "anthropic":  # system turns travel in the `system` parameter
+        assert body["system"] == "be brief" and body["messages"] == [{"role": "user", "content": "hello there world"}]
+        assert server.requests[0].path == "/v1/messages" and SECRET in (
+            server.requests[0].headers.get("x-api-key"), server.requests[0].headers.get("authorization", "")[7:])
+    else:
+        assert body["messages"][0] == {"role": "system", "content": "be brief"} and body["temperature"] == 0.0
+        assert server.requests[0].path == "/v1/chat/completions"
+        assert server.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+    assert provider.usage.calls == 1 and provider.usage.by_finish_reason == {"stop": 1}
+
+
+def test_openai_sends_seed_and_top_p_only_when_set(server):
+    provider = make("openai", server)
+    run(provider.complete(ChatRequest(messages=REQUEST.messages, seed=7, top_p=0.9, temperature=0.5)))
+    body = server.bodies[0]
+    assert body["seed"] == 7 and body["top_p"] == 0.9 and body["temperature"] == 0.5
+    run(provider.complete(REQUEST))
+    assert "seed" not in server.bodies[1] and "top_p" not in server.bodies[1]
+
+
+def test_openai_token_limit_parameter_follows_the_endpoint():
+    official = OpenAIProvider("gpt-4o-mini", api_key=SECRET)
+    assert "max_completion_tokens" in official._params(REQUEST) and "max_tokens" not in official._params(REQUEST)
+    local = OpenAIProvider("m", base_url="http://127.0.0.1:1/v1")
+    assert local._params(REQUEST)["max_tokens"] == 50
+
+
+def test_split_system_joins_system_turns():
+    system, rest = split_system([{"role": "system", "content": "a"}, {"role": "user", "content": "u"},
+                                 {"role": "system", "content": "b"}])
+    assert system == "a\n\nb" and rest == [{"role": "user", "content": "u"}]
+    assert split_system([{"role": "user", "content": "u"}])[0] is None
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_truncated_reply_is_reported_as_length(api, server):
+    server.add_faults(Fault.truncated())
+    response = run(make(api, server).complete(REQUEST))
+    assert response.finish_reason == "length" and response.truncated and server.call_count == 1
+    # max_tokens is honoured by the server too: a reply longer than it is cut
+    long = ChatRequest(messages=({"role": "user", "content": "one two three four five"},), max_tokens=2)
+    response = run(make(api, server).complete(long))
+    assert (response.text, response.finish_reason) == ("one two", "length")
+
+
+# --- faults ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("fault", [Fault.server_error(500), Fault.server_error(503), Fault.overloaded(),
+                                   Fault.error(408), Fault.error(409), Fault.drop(), Fault.malformed(),
+                                   Fault.rate_limited(retry_after=None)],
+                         ids=["500", "503", "529", "408", "409", "drop", "malformed", "429"])
+def test_transient_fault_is_retried_then_succeeds(api, fault, server):
+    server.add_faults(fault)
+    provider = make(api, server)
+    response = run(provider.complete(REQUEST))
+    assert response.text == "hello there world"
+    assert server.call_count == 2 and provider.usage.retries == 1 and provider.usage.failures == 0
+    assert provider.usage.calls == 1  # calls counts answered calls; retries are counted apart
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_retry_after_header_is_honoured(api, server):
+    server.add_faults(Fault.rate_limited(retry_after=1))
+    provider = make(api, server, ProviderLimits(max_retries=2, backoff_base_s=0.01, backoff_max_s=0.01, timeout_s=5))
+    start = time.monotonic()
+    run(provider.complete(REQUEST))
+    assert time.monotonic() - start >= 0.9  # the backoff alone would have waited ~0.02 s
+    assert server.call_count == 2 and provider.usage.retries == 1
+
+
+def test_retry_after_ms_header_wins_over_retry_after(server):
+    server.add_faults(Fault.rate_limited(retry_after=30, retry_after_ms=300))
+    provider = make("openai", server)
+    start = time.monotonic()
+    run(provider.complete(REQUEST))
+    assert 0.25 <= time.monotonic() - start < 5
+
+
+def test_retry_after_is_capped(server):
+    server.add_faults(Fault.rate_limited(retry_after=3600))
+    limits = FAST.model_copy(update={"retry_after_max_s": 0.1})
+    start = time.monotonic()
+    run(make("openai", server, limits).complete(REQUEST))
+    assert time.monotonic() - start < 5
+
+
+def test_parse_retry_after_forms():
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # a date in the past
+    assert parse_retry_after({"retry-after": "soon"}) is None and parse_retry_after({}) is None
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_client_errors_are_not_retried(api, status, server):
+    server.add_faults(Fault.error(status, "nope"))
+    provider = make(api, server)
+    with pytest.raises(ProviderError) as info:
+        run(provider.complete(REQUEST))
+    assert info.value.status == status and not info.value.retryable and "nope" in str(info.value)
+    assert server.call_count == 1 and provider.usage.retries == 0 and provider.usage.failures == 1
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_persistent_server_error_gives_up_after_max_retries(api):
+    with LLMServer(fault_fn=lambda i, body: Fault.server_error()) as server:
+        provider = make(api, server, FAST.model_copy(update={"max_retries": 2}))
+        with pytest.raises(ProviderError) as info:
+            run(provider.complete(REQUEST))
+    assert server.call_count == 3 and provider.usage.retries == 2 and provider.usage.failures == 1
+    assert info.value.status == 500 and "gave up after 3 attempt(s)" in str(info.value)
+
+
+def test_malformed_body_is_retried_only_twice():
+    with LLMServer(fault_fn=lambda i, body: Fault.malformed()) as server:
+        provider = make("openai", server, FAST.model_copy(update={"max_retries": 6}))
+        with pytest.raises(ProviderError, match="malformed reply body"):
+            run(provider.complete(REQUEST))
+    assert server.call_count == 3
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_hang_is_cut_by_the_timeout(api, server):
+    server.add_faults(Fault.hang(30))
+    provider = make(api, server, ProviderLimits(timeout_s=0.5, max_retries=0))
+    start = time.monotonic()
+    with pytest.raises(ProviderError, match="timed out"):
+        run(provider.complete(REQUEST))
+    assert 0.4 <= time.monotonic() - start < 3
+
+
+def test_hang_then_success_on_retry(server):
+    server.add_faults(Fault.hang(30))
+    provider = make("openai", server, FAST.model_copy(update={"timeout_s": 0.5}))
+    assert run(provider.complete(REQUEST)).text == "hello there world"
+    assert server.call_count == 2 and provider.usage.retries == 1
+
+
+def test_every_fault_mix_ends_in_success_or_provider_error():
+    faults = [Fault.rate_limited(0.05), Fault.server_error(), Fault.overloaded(), Fault.hang(30), Fault.drop(),
+              Fault.malformed(), Fault.truncated(), Fault.error(400), None]
+    with LLMServer(fault_fn=lambda i, body: faults[i % len(faults)]) as server:
+        provider = make("openai", server, FAST.model_copy(update={"timeout_s": 0.5, "max_retries": 2}))
+        results = run(gather(provider, numbered(27)))
+    assert all(isinstance(r, ProviderError) or r.text for r in results)
+    assert any(isinstance(r, ProviderError) for r in results) and any(not isinstance(r, Exception) for r in results)
+
+
+# --- limits ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("api", APIS)
+def test_concurrency_limit_is_enforced(api):
+    with LLMServer(latency_s=0.1) as server:
+        run(gather(make(api, server, FAST.model_copy(update={"max_concurrency": 3})), numbered(12)))
+        assert server.max_in_flight == 3
+        server.max_in_flight = 0
+        start = time.monotonic()
+        run(gather(make(api, server, FAST.model_copy(update={"max_concurrency": 12})), numbered(12)))
+        assert server.max_in_flight == 12 and time.monotonic() - start < 0.1 * 12 / 2  # really concurrent
+
+
+def test_requests_per_minute_paces_calls(server):
+    provider = make("openai", server, FAST.model_copy(update={"requests_per_minute": 600}))  # 10/s, burst 10
+    start = time.monotonic()
+    run(gather(provider, numbered(15)))
+    elapsed = time.monotonic() - start
+    assert 0.45 <= elapsed < 3 and server.call_count == 15
+    arrivals = sorted(r.received_at for r in server.requests)
+    assert arrivals[-1] - arrivals[9] >= 0.4  # the 5 beyond the burst came at ~0.1 s intervals
+
+
+def test_token_bucket_reserves_in_order_and_settles():
+    async def scenario():
+        bucket = TokenBucket(600)  # 10 tokens/s, burst 10
+        start = time.monotonic()
+        await bucket.acquire(10)
+        first = time.monotonic() - start
+        await bucket.acquire(5)  # 5 short: ~0.5 s
+        second = time.monotonic() - start
+        bucket.give_back(5)  # the call used fewer tokens than reserved
+        await bucket.acquire(5)
+        third = time.monotonic() - start
+        return first, second, third
+
+    first, second, third = run(scenario())
+    assert first < 0.05 and 0.4 <= second < 1.0 and third - second < 0.2
+
+
+def test_tokens_per_minute_limit_paces_by_estimated_tokens(server):
+    # each request is estimated at ~8 prompt tokens + 20 max_tokens; 1200 tokens/min = 20/s
+    provider = make("openai", server, FAST.model_copy(update={"tokens_per_minute": 1200}))
+    start = time.monotonic()
+    run(gather(provider, numbered(2)))  # the 2nd waits for ~28 tokens beyond the burst: ~1.4 s
+    assert time.monotonic() - start >= 1.2
+
+
+def test_limits_validate():
+    with pytest.raises(ValueError):
+        ProviderLimits(max_concurrency=0)
+    with pytest.raises(ValueError):
+        ProviderLimits(timeout_s=-1)
+
+
+# --- accounting and secrets -----------------------------------------------------------------------
+def test_usage_and_cost_accounting(server):
+    provider = make("openai", server, pricing=Pricing(input_per_million=2.0, output_per_million=10.0))
+    server.add_faults(Fault.server_error(), None, Fault.truncated())
+    for _ in range(3):
+        run(provider.complete(REQUEST))
+    usage = provider.usage
+    assert (usage.calls, usage.retries, usage.failures) == (3, 1, 0)
+    assert usage.input_tokens == 15 and usage.output_tokens == 3 + 3 + 1
+    assert usage.cost_usd == pytest.approx((15 * 2.0 + 7 * 10.0) / 1e6)
+    assert usage.by_finish_reason == {"stop": 2, "length": 1}
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_api_key_never_in_logs_repr_identity_or_errors(api, caplog):
+    caplog.set_level(logging.DEBUG)
+    with LLMServer(faults=[Fault.server_error(), None, Fault.error(401, "bad key")]) as server:
+        provider = make(api, server)
+        run(provider.complete(REQUEST))
+        with pytest.raises(ProviderError) as info:
+            run(provider.complete(REQUEST))
+        assert SECRET in str(server.requests[0].headers)  # the key did travel, to the server only
+    assert "retrying" in caplog.text  # the retry was logged ...
+    for text in (caplog.text, repr(provider), str(provider.identity()), str(info.value), str(provider.usage)):
+        assert SECRET not in text  # ... without the key
+    assert provider.identity() == {"provider": api, "model": "test-model", "base_url": provider.base_url}
+
+
+def test_missing_keys_are_clear_errors(monkeypatch):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        OpenAIProvider("gpt-4o-mini")
+    with pytest.raises(ValueError, match="ANTHROPIC_API_KEY"):
+        AnthropicProvider("claude-sonnet-4-5")
+    assert OpenAIProvider("local", base_url="http://127.0.0.1:8000/v1")._api_key == NO_KEY
+
+
+def test_local_server_without_key(server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    provider = OpenAIProvider("local-model", base_url=server.openai_base_url)
+    assert run(provider.complete(REQUEST)).text == "hello there world"
+
+
+def test_provider_survives_several_event_loops(server):
+    provider = make("openai", server)
+    for _ in range(3):  # bridge_dataset runs one asyncio.run per call
+        assert run(provider.complete(REQUEST)).text == "hello there world"
+
+
+# --- factory --------------------------------------------------------------------------------------
+def test_get_provider_reads_env_and_loose_limits(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+    provider = get_provider("openai", "env-model", max_concurrency=2, timeout_s=7, pricing=(1.0, 2.0))
+    assert isinstance(provider, OpenAIProvider) and provider.base_url == server.openai_base_url
+    assert provider.limits.max_concurrency == 2 and provider.limits.timeout_s == 7
+    assert provider.pricing == Pricing(1.0, 2.0)
+    assert run(provider.complete(REQUEST)).text == "hello there world"
+    assert server.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    anthropic = get_provider("anthropic", "claude-x", base_url=server.anthropic_base_url,
+                             limits={"max_retries": 1})
+    assert isinstance(anthropic, AnthropicProvider) and anthropic.limits.max_retries == 1
+    assert run(anthropic.complete(REQUEST)).text == "hello there world"
+
+
+def test_get_provider_errors():
+    with pytest.raises(ValueError, match="unknown provider"):
+        get_provider("gemini", "x")
+    with pytest.raises(ValueError, match="needs a model"):
+        get_provider("openai")
+    with pytest.raises(ValueError, match="one model"):
+        get_provider("embedded", "gpt-4o")
+    with pytest.raises(ValueError):
+        get_provider("openai", "m", base_url="http://127.0.0.1:1/v1", max_concurrency=0)
+
+
+def test_anthropic_sampling_params_are_opt_in(server):
+    run(make("anthropic", server).complete(REQUEST))
+    assert "temperature" not in server.bodies[0]
+    run(make("anthropic", server, send_sampling_params=True).complete(REQUEST))
+    assert server.bodies[1]["temperature"] == 0.0 and "top_p" not in server.bodies[1]
+
+
+def test_server_script_runs_as_a_subprocess():
+    from llm_servers import server_subprocess
+
+    with server_subprocess(latency_ms=10) as url:
+        provider = OpenAIProvider("m", base_url=f"{url}/v1", limits=FAST)
+        assert run(provider.complete(REQUEST)).text == "hello there world"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX only")
+def test_no_leftover_threads_block_exit(server):
+    """Providers hold no threads of their own: nothing keeps a script alive after it finishes."""
+    import threading
+
+    before = {t.name for t in threading.enumerate()}
+    run(make("openai", server).complete(REQUEST))
+    new = {t.name for t in threading.enumerate()} - before
+    assert not [n for n in new if not n.startswith(("llm-server", "asyncio"))]
