@@ -23,7 +23,7 @@ install: $(STAMP)
 # Bridge a sample of real QA pairs (ECQA train) with the embedded SmolLM2 model.
 demo: $(STAMP)
 	$(BIN)/python -m bmc_data bridge --source ../shared/data/qa/ecqa-train.jsonl --task qa --make-pairs \
-		--limit $(DEMO_LIMIT) --max-tokens 384 --out $(DEMO_OUT)
+		--limit $(DEMO_LIMIT) --max-tokens 256 --out $(DEMO_OUT)
 
 test: $(STAMP)
 	HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.make_pairs:
             source = make_pairs(args.source, model=provider, task=args.task, keep=args.keep, limit=args.limit,
+                                max_tokens=args.max_tokens,
                                 split=args.split, cache_dir=cache_dir, progress=not args.quiet,
                                 concurrency=args.concurrency)
             out.mkdir(parents=True, exist_ok=True)

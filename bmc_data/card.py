@@ -90,10 +90,15 @@ def _stats_markdown(stats_table: Any) -> str | None:
         return stats_table.strip() or None
     # a pandas DataFrame; written by hand because `tabulate` (DataFrame.to_markdown) is not a dependency
     frame = stats_table
-    index_name = frame.index.name or ""
-    show_index = not (frame.index.dtype.kind == "i" and list(frame.index) == list(range(len(frame))))
-    header = ([index_name] if show_index else []) + [str(c) for c in frame.columns]
-    rows = [([idx] if show_index else []) + list(values) for idx, values in zip(frame.index, frame.itertuples(index=False))]
+    import pandas as pd
+
+    show_index = not isinstance(frame.index, pd.RangeIndex)
+    index_names = [str(n or "") for n in frame.index.names] if show_index else []
+    header = index_names + [str(c) for c in frame.columns]
+    rows = []
+    for idx, values in zip(frame.index, frame.itertuples(index=False)):
+        keys = (list(idx) if isinstance(idx, tuple) else [idx]) if show_index else []
+        rows.append(keys + list(values))
     return markdown_table(header, rows)
 
 
@@ -228,8 +233,9 @@ def render_dataset_card(
     stats_md = _stats_markdown(stats_table)
     stats_lines = ["## Edit distances", ""]
     if stats_md:
-        stats_lines += ["Token-level edit distances between the responses of each pair (lower means the pair "
-                        "differs in fewer places):", "", stats_md, ""]
+        stats_lines += ["Edit distances between the two responses of each bridged pair: `before` compares y_w "
+                        "with y_l, `after` compares ỹ_w with y_l (`norm`: divided by the longer response). A lower "
+                        "`after` means the pair now differs in fewer places.", "", stats_md, ""]
     else:
         stats_lines.append("Edit-distance statistics were not computed for this dataset.\n")
     for path in plot_paths:

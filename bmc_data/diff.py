@@ -52,16 +52,15 @@ def token_diff_masks(
     rejected = list(rejected_ids)
     chosen_mask = [False] * len(chosen)
     rejected_mask = [False] * len(rejected)
-    # opcodes(source=rejected, dest=chosen): the edit script that turns y_l into ỹ_w. Opcodes are blocks, so there
-    # are far fewer of them than single editops on long, mostly-equal responses.
-    for tag, r1, r2, c1, c2 in Levenshtein.opcodes(rejected, chosen).as_list():
-        if tag == "equal":
-            continue
-        # replace: both ranges are non-empty and of equal length; delete: only rejected; insert: only chosen.
-        for i in range(r1, r2):
-            rejected_mask[i] = True
-        for j in range(c1, c2):
-            chosen_mask[j] = True
+    # editops(source=rejected, dest=chosen) is the edit script that turns y_l into ỹ_w; one op per changed token.
+    for tag, r, c in Levenshtein.editops(rejected, chosen).as_list():
+        if tag == "replace":
+            rejected_mask[r] = True
+            chosen_mask[c] = True
+        elif tag == "delete":
+            rejected_mask[r] = True
+        else:  # insert
+            chosen_mask[c] = True
     if ignore_token_ids:
         ignore = ignore_token_ids if isinstance(ignore_token_ids, (set, frozenset)) else set(ignore_token_ids)
         chosen_mask = [m and t not in ignore for m, t in zip(chosen_mask, chosen)]

@@ -111,8 +111,11 @@ def _require_columns(dataset: datasets.Dataset, where: str) -> None:
 
 
 def partition_by_status(splits: Mapping[str, datasets.Dataset]) -> dict[str, dict[str, datasets.Dataset]]:
-    """config -> split -> rows: `default` = bridged, `filtered`, `failed`. Other configs keep split 'train' only
-    when a split has no such rows, so that every config always has at least one (possibly empty) shard."""
+    """config -> split -> rows: `default` = bridged, `filtered`, `failed`.
+
+    `default` always has every split; `filtered` / `failed` only the splits where they have rows, and no entry at
+    all when they have none (`datasets` cannot load a declared split without rows).
+    """
     parts: dict[str, dict[str, datasets.Dataset]] = {}
     for config in CONFIGS:
         status = CONFIG_STATUS[config]
@@ -120,11 +123,10 @@ def partition_by_status(splits: Mapping[str, datasets.Dataset]) -> dict[str, dic
             statuses = ds[schema.STATUS]
             # flatten_indices: a real table, so its nbytes (shard sizes, card num_bytes) is this subset's own
             rows = ds.select([i for i, s in enumerate(statuses) if s == status]).flatten_indices()
-            if config == "default" or len(rows) or split == "train":
+            if config == "default" or len(rows):
                 parts.setdefault(config, {})[split] = rows
-        if config not in parts:  # no "train" split given: keep the first split so the config exists
-            first = next(iter(splits))
-            parts[config] = {first: splits[first].select([]).flatten_indices()}
+    if not any(len(rows) for rows in parts["default"].values()):
+        logger.warning("no bridged rows: the default config is empty and will not load with datasets")
     return parts
 
 
@@ -187,6 +189,7 @@ def save_bridged(
     stats_table: Any = None,
     plot_paths: Sequence[str | Path] | None = None,
     stats_tokenizer: Any = None,
+    stats: bool = True,
     extra_manifest: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bridged dataset as a Hub-ready folder (parquet shards, README.md card, figures, manifest).
@@ -205,6 +208,7 @@ def save_bridged(
         stats_table / plot_paths: precomputed edit-distance summary and PNGs; computed with `bmc_data.stats`
             when not given.
         stats_tokenizer: tokenizer for token-level edit distances (default: whatever `bmc_data.stats` uses).
+        stats: compute edit-distance statistics and plots at all (False: a card without them, faster).
 
     Returns:
         `out_dir` as a Path.
@@ -227,6 +231,9 @@ def save_bridged(
         else:
             logger.warning("only %d bridged row(s): no test split written", len(bridged))
 
+    # Given plots may already live in out/figures, which is about to be replaced: read them first.
+    given_plots = [(Path(p).name, Path(p).read_bytes()) for p in plot_paths or ()] if stats else []
+
     # Replace what we manage, keep the rest of the folder.
     out.mkdir(parents=True, exist_ok=True)
     for managed in ("data", "figures"):
@@ -238,18 +245,17 @@ def save_bridged(
             files.setdefault(config, {})[split] = [p.relative_to(out).as_posix() for p in paths]
 
     figures = out / "figures"
-    if plot_paths is None:
+    plots: list[Path] = []
+    if not stats:
+        stats_table = None
+    elif plot_paths is None and stats_table is None:
         bridged_rows = datasets.concatenate_datasets(list(parts["default"].values()))
         stats_table, plots = _compute_stats(bridged_rows, figures, stats_tokenizer)
     else:
         figures.mkdir(parents=True, exist_ok=True)
-        plots = []
-        for p in plot_paths:
-            p = Path(p)
-            target = figures / p.name
-            if p.resolve() != target.resolve():
-                shutil.copyfile(p, target)
-            plots.append(target)
+        for name, blob in given_plots:
+            (figures / name).write_bytes(blob)
+            plots.append(figures / name)
     plot_rel = [p.relative_to(out).as_posix() for p in plots]
     if figures.is_dir() and not any(figures.iterdir()):
         figures.rmdir()

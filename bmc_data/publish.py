@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "for it (default: no masks; load_bridged(repo, tokenizer=...) adds them at load time)")
     out.add_argument("--out", default=None,
                      help="output folder (default: ./bmc-publish/<repo name>)")
+    out.add_argument("--no-stats", action="store_true",
+                     help="skip the edit-distance statistics and plots (faster; the card says they were not computed)")
     out.add_argument("--max-shard-size", type=_positive_int, default=500,
                      help="max MB of data per parquet shard (default: %(default)s)")
     out.add_argument("--quiet", action="store_true", help="no progress bars or log lines, only the summary")
@@ -148,12 +150,19 @@ def _scrub(text: str) -> str:
     return text
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Usage errors argparse cannot see, checked before any slow import or work."""
+    if not args.no_push and not args.repo:
+        raise UsageError("--repo is required unless --no-push is given")
+    if args.repo is not None and (args.repo.count("/") > 1 or not args.repo.strip("/") or " " in args.repo):
+        raise UsageError(f"--repo must look like 'org/name' or 'name', got {args.repo!r}")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
     from .bridge import bridge_dataset
     from .hub import push_bridged, save_bridged, status_counts
 
-    if not args.no_push and not args.repo:
-        raise UsageError("--repo is required unless --no-push is given")
     repo_name = (args.repo or "bmc-dataset").split("/")[-1]
     out = Path(args.out) if args.out else Path("bmc-publish") / repo_name
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / ".bmc_cache"
@@ -162,15 +171,8 @@ def run(args: argparse.Namespace) -> int:
 
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
     provider = _provider(args)
-    import importlib.util
-
-    if importlib.util.find_spec("bmc_data.cache") is None:  # the call cache is optional in bridge_dataset
-        logger.warning("bmc_data.cache is not available: LLM calls are not cached, a rerun repeats them")
-        cache: Path | bool = False
-    else:
-        cache = cache_dir
     dataset = bridge_dataset(
-        args.source, task=args.task, provider=provider, cache_dir=cache, concurrency=args.concurrency,
+        args.source, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
         max_tokens=args.max_tokens, seed=args.seed, layout=args.layout, split=split, limit=args.limit,
         on_invalid="skip" if args.skip_invalid else "raise", progress=not args.quiet,
     )
@@ -184,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     save_bridged(
         dataset, out, repo_id=args.repo or repo_name, source=f"{args.source} (split {split})", license=license_,
         provider_info=identity, test_size=args.test_size, seed=args.seed,
-        max_shard_size=args.max_shard_size * 1024 * 1024, stats_tokenizer=tokenizer,
+        max_shard_size=args.max_shard_size * 1024 * 1024, stats_tokenizer=tokenizer, stats=not args.no_stats,
     )
     counts = status_counts(dataset)
     print(f"bridged {len(dataset)} pair(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()))

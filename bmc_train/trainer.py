@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.logging import get_logger
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from trl.models.utils import disable_gradient_checkpointing
@@ -34,6 +35,8 @@ from .config import BMCConfig
 from .losses import bmc_token_weights, compute_preference_loss, get_loss_type, token_weight_stats
 
 __all__ = ["BMCTrainer", "DataCollatorForBMC", "compute_diff_mask_columns"]
+
+logger = get_logger(__name__)
 
 DIFF_MASK = "diff_mask"  # the collated (2B, L) mask; not a model input
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", DIFF_MASK}
@@ -188,6 +191,12 @@ class BMCTrainer(DPOTrainer):
                 truncation_mode=c.truncation_mode,
                 pad_to_multiple_of=c.pad_to_multiple_of,
                 return_tensors=c.return_tensors,
+            )
+        elif self._loss_spec.uses_diff_mask and not isinstance(self.data_collator, DataCollatorForBMC):
+            logger.warning(
+                "loss_type=%r uses diff masks, but the custom data collator %s does not return `diff_mask`: no token "
+                "will be weighted unless it does (see DataCollatorForBMC).",
+                args.loss_type, type(self.data_collator).__name__,
             )
         if self._loss_spec.reference_free and ref_model is None and self.ref_model is not None:
             self.ref_model = None  # SimPO/ORPO/FIGA never run it: give its memory back

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -124,6 +124,7 @@ class HubState:
         self.requests: list[RecordedRequest] = []
         self.faults: dict[str, int] = {}  # fault name -> how many more requests to sabotage
         self.dropped: list[str] = []  # what was sabotaged, for tests
+        self.release = threading.Event()  # ends a "lfs_upload_stall" fault
         self._counter = 0
 
     # --- helpers -------------------------------------------------------------------------------------------
@@ -226,6 +227,43 @@ def _card_data(commit: Commit) -> dict[str, Any] | None:
     except yaml.YAMLError:
         return None
     return meta if isinstance(meta, dict) else None
+
+
+SIZE_CATEGORIES = {"n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B",
+                   "1B<n<10B", "10B<n<100B", "100B<n<1T", "n>1T"}
+
+
+def _metadata_errors(meta: dict[str, Any], repo_type: str) -> list[str]:
+    """The checks of the Hub's metadata validation that a dataset card most often trips on."""
+    errors = []
+    for key in ("tags", "task_categories", "size_categories", "language"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            errors.append(f'"{key}" must be a list of strings')
+    for value in meta.get("size_categories") or []:
+        if value not in SIZE_CATEGORIES:
+            errors.append(f'"size_categories" has an unknown value {value!r}')
+    if "license" in meta and not isinstance(meta["license"], (str, list)):
+        errors.append('"license" must be a string or a list of strings')
+    if repo_type == "dataset" and "configs" in meta:
+        configs = meta["configs"]
+        if not isinstance(configs, list):
+            errors.append('"configs" must be a list')
+        else:
+            names = [c.get("config_name") if isinstance(c, dict) else None for c in configs]
+            if any(not isinstance(n, str) for n in names) or len(set(names)) != len(names):
+                errors.append('every "configs" item needs a unique "config_name"')
+            for config in configs:
+                files = config.get("data_files") if isinstance(config, dict) else None
+                if isinstance(files, list):
+                    if not all(isinstance(f, dict) and {"split", "path"} <= set(f) for f in files):
+                        errors.append(f'"data_files" of {config.get("config_name")!r} must be a list of '
+                                      "{split, path} items")
+                elif files is not None and not isinstance(files, (str, dict)):
+                    errors.append(f'"data_files" of {config.get("config_name")!r} is malformed')
+            if sum(bool(c.get("default")) for c in configs if isinstance(c, dict)) > 1:
+                errors.append("at most one config can be the default")
+    return errors
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -413,6 +451,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(400, {"errors": [{"message": f"Invalid YAML: {err}"}], "warnings": []})
             if meta is not None and not isinstance(meta, dict):
                 return self._json(400, {"errors": [{"message": "metadata must be a YAML mapping"}], "warnings": []})
+            errors = _metadata_errors(meta or {}, payload.get("repoType") or "model")
+            if errors:
+                return self._json(400, {"errors": [{"message": m} for m in errors], "warnings": []})
         self._json(200, {"errors": [], "warnings": []})
 
     def _repo_info(self, repo: Repo, revision: str) -> None:
@@ -521,9 +562,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
 
     def _lfs_upload(self, oid: str) -> None:
+        half = max(1, int(self.headers.get("Content-Length") or 2) // 2)
         if self.state.take_fault("lfs_upload"):
             # Drop the connection halfway through the body: nothing may be stored.
-            self._read_body(drop_after=max(1, int(self.headers.get("Content-Length") or 2) // 2))
+            self._read_body(drop_after=half)
+        if self.state.take_fault("lfs_upload_stall"):
+            # Take half the body, then wait (the test kills the client meanwhile) and drop: nothing is stored.
+            self.rfile.read(half)
+            self.state.release.wait(timeout=60)
+            raise _DropConnection()
         data = self._read_body()
         if hashlib.sha256(data).hexdigest() != oid:
             raise HubError(400, f"uploaded content does not match oid {oid}")
@@ -642,6 +689,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.state.release.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -653,7 +701,8 @@ class HubServer:
 
     # --- test helpers ---------------------------------------------------------------------------------------
     def inject_fault(self, name: str, times: int = 1) -> None:
-        """Sabotage the next `times` requests of a kind: "lfs_upload" (drop mid-body) or "commit" (drop unapplied)."""
+        """Sabotage the next `times` requests of a kind: "lfs_upload" (drop mid-body), "lfs_upload_stall" (read
+        half the body, then hang until `state.release` is set, then drop) or "commit" (drop it unapplied)."""
         with self.state.lock:
             self.state.faults[name] = self.state.faults.get(name, 0) + times
 
@@ -737,4 +786,4 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
     return False
 
 
-__all__ = ["HubServer", "HubState", "hub_endpoint", "git_blob_sha1", "lfs_pointer", "quote"]
+__all__ = ["HubServer", "HubState", "hub_endpoint", "git_blob_sha1", "lfs_pointer", "wait_until"]

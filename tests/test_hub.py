@@ -5,17 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
 import pytest
-from huggingface_hub import HfApi
+from huggingface_hub import DatasetCard, HfApi
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from bmc_data import schema
 from bmc_data.hub import load_bridged, local_files, push_bridged, save_bridged
-from hub_server import HubServer, hub_endpoint
+from hub_server import HubServer, hub_endpoint, wait_until
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TOKEN = "hf_bmcTestToken0123456789abcdefSECRET"
@@ -131,7 +134,7 @@ def test_round_trip_rows_and_masks(hub, tmp_path, tokenizer, caplog):
 def test_load_dataset_reads_every_config(hub, tmp_path):
     data = bridged_rows()
     counts = {s: data[schema.STATUS].count(s) for s in ("bridged", "filtered", "failed")}
-    out = save_bridged(data, tmp_path / "out", repo_id=REPO, test_size=4, seed=0)
+    out = save_bridged(data, tmp_path / "out", repo_id=REPO, stats=False, test_size=4, seed=0)
     push_bridged(out, REPO)
     cache = str(tmp_path / "c")
     default = datasets.load_dataset(REPO, cache_dir=cache)
@@ -151,12 +154,16 @@ def test_load_dataset_reads_every_config(hub, tmp_path):
     assert local.to_list() == datasets.load_dataset(REPO, "failed", split="train", cache_dir=cache).to_list()
 
 
-def test_empty_configs_still_load(hub, tmp_path):
-    data = bridged_rows().filter(lambda r: r[schema.STATUS] == "bridged")
-    out = save_bridged(data, tmp_path / "out", repo_id=REPO)
+def test_configs_without_rows_are_left_out(hub, tmp_path):
+    data = bridged_rows().filter(lambda r: r[schema.STATUS] != "failed")
+    out = save_bridged(data, tmp_path / "out", repo_id=REPO, stats=False)
     push_bridged(out, REPO)
-    failed = datasets.load_dataset(REPO, "failed", split="train", cache_dir=str(tmp_path / "c"))
-    assert len(failed) == 0 and failed.column_names == data.column_names
+    names = [c["config_name"] for c in DatasetCard.load(REPO, repo_type="dataset").data["configs"]]
+    assert names == ["default", "filtered"]  # `datasets` cannot load a declared split that has no rows
+    assert not (out / "data" / "failed").exists()
+    assert "| failed | 0 | 0.0% |" in (out / "README.md").read_text()
+    with pytest.raises(ValueError, match="failed"):
+        load_bridged(REPO, config="failed", cache_dir=tmp_path / "c")
 
 
 def test_repush_of_identical_content_makes_no_commit(hub, tmp_path):
@@ -177,7 +184,7 @@ def test_repush_of_identical_content_makes_no_commit(hub, tmp_path):
 
 
 def test_interrupted_commit_then_repush_gives_one_consistent_commit(hub, tmp_path):
-    out = save_bridged(bridged_rows(), tmp_path / "out", repo_id=REPO)
+    out = save_bridged(bridged_rows(), tmp_path / "out", repo_id=REPO, stats=False)
     hub.inject_fault("commit")  # the server receives the commit, then drops the connection without applying it
     with pytest.raises(Exception):
         push_bridged(out, REPO)
@@ -197,8 +204,33 @@ def test_interrupted_commit_then_repush_gives_one_consistent_commit(hub, tmp_pat
     assert len(puts) == len(hub.lfs_paths(REPO))
 
 
+def test_killed_push_leaves_no_partial_commit_and_repush_completes(hub, tmp_path):
+    out = save_bridged(bridged_rows(), tmp_path / "out", repo_id=REPO, stats=False)
+    hub.inject_fault("lfs_upload_stall")  # the first LFS upload stops halfway; then we kill the client
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf")}
+    script = f"from bmc_data.hub import push_bridged; push_bridged({str(out)!r}, {REPO!r})"
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: "lfs_upload_stall" in hub.state.dropped, timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    hub.state.release.set()
+    assert [c.title for c in hub.commits(REPO)] == ["initial commit"]  # nothing half-committed
+    for sha, blob in hub.state.lfs.items():  # and no partial object stored
+        assert hashlib.sha256(blob).hexdigest() == sha
+
+    result = push_bridged(out, REPO)
+    commits = hub.commits(REPO)
+    assert result.created_commit and len(commits) == 2 and commits[-1].oid == result.commit_oid
+    remote = hub.files(REPO)
+    assert {p: hashlib.sha256(b).hexdigest() for p, b in remote.items() if p != ".gitattributes"} == \
+        {p: _sha(path) for p, path in local_files(out).items()}
+
+
 def test_dropped_lfs_upload_never_stores_partial_content(hub, tmp_path):
-    out = save_bridged(bridged_rows(), tmp_path / "out", repo_id=REPO)
+    out = save_bridged(bridged_rows(), tmp_path / "out", repo_id=REPO, stats=False)
     hub.inject_fault("lfs_upload")  # the first upload is cut halfway; the client retries it
     result = push_bridged(out, REPO)
     assert hub.state.dropped == ["lfs_upload"]
@@ -211,13 +243,14 @@ def test_dropped_lfs_upload_never_stores_partial_content(hub, tmp_path):
 
 def test_changed_content_replaces_stale_shards_in_one_commit(hub, tmp_path):
     data = bridged_rows()
-    many = save_bridged(data, tmp_path / "many", repo_id=REPO, max_shard_size=1024)
+    many = save_bridged(data, tmp_path / "many", repo_id=REPO, max_shard_size=1024, stats=False)
     shards = sorted(p for p in local_files(many) if p.startswith("data/default/"))
     assert len(shards) > 1 and shards[0].endswith(f"-of-{len(shards):05d}.parquet")
     push_bridged(many, REPO)
-    one = save_bridged(data.select(range(20)), tmp_path / "one", repo_id=REPO)
+    one = save_bridged(data.select(range(20)), tmp_path / "one", repo_id=REPO, stats=False)
     result = push_bridged(one, REPO)
-    assert set(result.deleted) == set(shards)
+    assert set(result.deleted) == {p for p in local_files(many) if p.startswith("data/")} - set(local_files(one))
+    assert set(shards) <= set(result.deleted)
     assert len(hub.commits(REPO)) == 3
     assert sorted(p for p in hub.files(REPO) if p.startswith("data/")) == \
         sorted(p for p in local_files(one) if p.startswith("data/"))
@@ -240,7 +273,7 @@ def test_missing_columns_error_is_clear(tmp_path):
 
 def test_local_folder_round_trip(tmp_path, tokenizer):
     data = with_masks(bridged_rows(), tokenizer)
-    out = save_bridged(data, tmp_path / "out", repo_id=REPO)
+    out = save_bridged(data, tmp_path / "out", repo_id=REPO, stats=False)
     loaded = load_bridged(out, tokenizer=tokenizer, config="filtered", cache_dir=tmp_path / "c")
     assert loaded.to_list() == data.filter(lambda r: r[schema.STATUS] == "filtered").to_list()
     manifest = json.loads((out / "bmc_manifest.json").read_text())
@@ -251,7 +284,7 @@ def test_local_folder_round_trip(tmp_path, tokenizer):
 
 def test_token_never_leaks(hub, tmp_path, capsys, caplog):
     caplog.set_level(logging.DEBUG)
-    out = save_bridged(bridged_rows(), tmp_path / "out", repo_id=REPO,
+    out = save_bridged(bridged_rows(), tmp_path / "out", repo_id=REPO, stats=False,
                        provider_info={"base_url": f"http://user:{TOKEN}@127.0.0.1:9/v1?key={TOKEN}",
                                       "api_key": TOKEN})
     push_bridged(out, REPO)  # the token comes from HF_TOKEN
@@ -276,3 +309,20 @@ def test_stats_plots_are_published(hub, tmp_path):
         assert f"](figures/{png.name})" in card
     push_bridged(out, REPO)
     assert {f"figures/{p.name}" for p in pngs} <= hub.lfs_paths(REPO)
+
+
+def test_precomputed_stats_and_plots_are_used(tmp_path):
+    stats = pytest.importorskip("bmc_data.stats")
+    data = bridged_rows()
+    with_stats = stats.add_edit_distance_stats(data)
+    out = tmp_path / "out"
+    pngs = stats.plot_edit_distances(with_stats, out / "figures")  # already where save_bridged puts figures
+    table = stats.summarize_edit_distances(with_stats)
+    save_bridged(data, out, repo_id=REPO, stats_table=table, plot_paths=pngs)
+    saved = sorted((out / "figures").glob("*.png"))
+    assert [p.name for p in saved] == sorted(Path(p).name for p in pngs)
+    assert all(p.stat().st_size > 0 for p in saved)
+    card = (out / "README.md").read_text()
+    assert "| metric | phase |" in card and all(f"](figures/{p.name})" in card for p in saved)
+    assert json.loads((out / "bmc_manifest.json").read_text())["figures"] == [f"figures/{p.name}" for p in
+                                                                              map(Path, pngs)]

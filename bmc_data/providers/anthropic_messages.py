@@ -10,7 +10,7 @@ from typing import Any
 import anthropic
 
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError
-from .limits import ProviderLimits, api_error_message, RemoteProvider, RetryableError, malformed_error, redact, status_error
+from .limits import ProviderLimits, api_error_message, plain_http_options, RemoteProvider, RetryableError, malformed_error, redact, status_error
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 #: stop_reason -> the OpenAI-style finish_reason every provider reports
@@ -64,9 +64,12 @@ class AnthropicProvider(RemoteProvider):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
+            timeout = anthropic.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
             client = anthropic.AsyncAnthropic(
-                api_key=self._api_key, base_url=self.base_url, max_retries=0,
-                timeout=anthropic.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s)),
+                api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
+                # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
+                # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
+                http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout, **plain_http_options(self.base_url)),
             )
             self._clients[loop] = client
         return client

@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
@@ -250,6 +250,12 @@ async def call_with_retries(attempt: Callable[[], Awaitable[T]], *, limits: Prov
     except ProviderError:
         usage.failures += 1
         raise
+
+
+def plain_http_options(base_url: str) -> dict[str, Any]:
+    """httpx client options for `base_url`: a plain-http server (a local vLLM, llama.cpp, tests) needs no
+    TLS, so skip loading the CA bundle (~80 ms for every new client, i.e. every event loop)."""
+    return {"verify": False} if base_url.startswith("http://") else {}
 
 
 def redact(text: str, *secrets: str | None) -> str:

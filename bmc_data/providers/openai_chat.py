@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import openai
 
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError
-from .limits import ProviderLimits, api_error_message, RemoteProvider, RetryableError, malformed_error, redact, status_error
+from .limits import ProviderLimits, api_error_message, plain_http_options, RemoteProvider, RetryableError, malformed_error, redact, status_error
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: Sent to OpenAI-compatible local servers that need no key (the SDK refuses an empty one).
@@ -73,9 +73,12 @@ class OpenAIProvider(RemoteProvider):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
+            timeout = openai.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
             client = openai.AsyncOpenAI(
-                api_key=self._api_key, base_url=self.base_url, max_retries=0,
-                timeout=openai.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s)),
+                api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
+                # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
+                # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
+                http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, **plain_http_options(self.base_url)),
             )
             self._clients[loop] = client
         return client

