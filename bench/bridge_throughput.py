@@ -112,6 +112,15 @@ def run_transport(url: str, concurrency: int, n: int) -> tuple[float, float, dic
     return wall, cpu, {}
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| layer | concurrency | pairs | pairs/s | ideal pairs/s | fraction of ideal | client CPU ms/pair |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['layer']} | {r['concurrency']} | {r['pairs']} | {r['pairs_per_s']:.1f} | "
+                     f"{r['ideal_pairs_per_s']:.0f} | {100 * r['fraction_of_ideal']:.1f}% | {r['client_cpu_ms_per_pair']:.2f} |")
+    return "\n".join(lines)
+
+
 def warm_up(url: str) -> None:
     """First use imports lazily loaded modules (SDK types, datasets): keep that out of the measurement."""
     run_transport(url, 1, 2)
@@ -131,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runners = {"bridge": run_bridge, "provider": run_provider, "transport": run_transport}
     latency = args.latency_ms / 1000.0
     rows = []
+    load_at_start = os.getloadavg()[0]
     with server_subprocess(latency_ms=args.latency_ms, reply="llm_servers:bridge_reply") as url:
         warm_up(url)
         for layer in layers:
@@ -152,12 +162,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": "python bench/bridge_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "latency_ms": args.latency_ms,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+                    "load_avg_1m_at_start": round(load_at_start, 2), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
         "results": rows,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown_table(rows))
     print(f"wrote {out}")
     return result
 
