@@ -4,7 +4,9 @@ Every (trainer, repeat) runs in a fresh subprocess, so peak RSS (`resource.getru
 measure for torch on CPU; tracemalloc does not see torch's allocator) belongs to that configuration alone. Runs
 are interleaved across configurations to spread machine noise evenly. Step time: wall time between
 `on_step_begin` and `on_step_end` (forward, reference forward, loss, backward, optimizer step) of the steps after
-`--warmup` warm-up steps; each run reports its median, and the figure is the median over repeats.
+`--warmup` warm-up steps, and the process CPU time of the same interval (with one torch thread this is the work
+done, and far less sensitive than wall time to other jobs on a shared machine); each run reports its medians, and
+the figures are the medians over repeats.
 
     python bench/train_overhead.py                       # tiny random Llama (built offline), CPU
     python bench/train_overhead.py --model smollm2 --steps 6 --repeats 2   # SmolLM2-135M-Instruct from the GGUF
@@ -81,18 +83,20 @@ def child(args: argparse.Namespace) -> None:
                              train_dataset=dataset, **model_kwargs)
 
     times: list[float] = []
+    cpu_times: list[float] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *_, **__):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *_, **__):
             times.append(time.perf_counter() - self.t0)
+            cpu_times.append(time.process_time() - self.c0)
 
     trainer.add_callback(Timer())
     trainer.train()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print("RESULT " + json.dumps({"config": args.child, "step_s": times, "peak_rss_mib": peak_kb / 1024}))
+    print("RESULT " + json.dumps({"config": args.child, "step_s": times, "cpu_step_s": cpu_times, "peak_rss_mib": peak_kb / 1024}))
 
 
 def run_child(config: str, args: argparse.Namespace, model_dir: str, gguf_file: str | None) -> dict:
@@ -110,6 +114,7 @@ def run_child(config: str, args: argparse.Namespace, model_dir: str, gguf_file: 
     result = json.loads(lines[-1][len("RESULT "):])
     result["measured_step_s"] = result["step_s"][args.warmup:]
     result["median_step_s"] = statistics.median(result["measured_step_s"])
+    result["median_cpu_step_s"] = statistics.median(result["cpu_step_s"][args.warmup:])
     return result
 
 
@@ -119,9 +124,9 @@ def main() -> None:
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--gguf-file", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="tiny", help="'tiny' (random Llama built offline) or 'smollm2' (GGUF)")
-    parser.add_argument("--steps", type=int, default=10, help="measured steps per run")
+    parser.add_argument("--steps", type=int, default=12, help="measured steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up steps per run, not measured")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per configuration")
+    parser.add_argument("--repeats", type=int, default=5, help="fresh-process runs per configuration")
     parser.add_argument("--batch", type=int, default=4, help="pairs per step (2x sequences per forward)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -149,7 +154,8 @@ def main() -> None:
         for config in CONFIGS:  # interleaved: machine noise hits every configuration alike
             res = run_child(config, args, model_dir, gguf_file)
             runs[config].append(res)
-            print(f"repeat {r} {config:8s} median step {res['median_step_s'] * 1000:8.1f} ms  "
+            print(f"repeat {r} {config:8s} median step {res['median_step_s'] * 1000:8.1f} ms wall "
+                  f"{res['median_cpu_step_s'] * 1000:8.1f} ms CPU  "
                   f"peak RSS {res['peak_rss_mib']:7.1f} MiB", flush=True)
 
     summary = {}
@@ -158,12 +164,17 @@ def main() -> None:
             "description": CONFIGS[config],
             "median_step_ms": 1000 * statistics.median(r["median_step_s"] for r in results),
             "per_run_median_step_ms": [1000 * r["median_step_s"] for r in results],
+            "median_cpu_step_ms": 1000 * statistics.median(r["median_cpu_step_s"] for r in results),
+            "per_run_median_cpu_step_ms": [1000 * r["median_cpu_step_s"] for r in results],
             "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in results),
             "per_run_peak_rss_mib": [r["peak_rss_mib"] for r in results],
         }
     base = summary["trl_dpo"]
     for config in ("bmc", "bmc_dpo"):
         summary[config]["step_time_overhead_vs_trl_pct"] = 100 * (summary[config]["median_step_ms"] / base["median_step_ms"] - 1)
+        summary[config]["cpu_time_overhead_vs_trl_pct"] = (
+            100 * (summary[config]["median_cpu_step_ms"] / base["median_cpu_step_ms"] - 1)
+        )
         summary[config]["peak_rss_overhead_vs_trl_pct"] = 100 * (summary[config]["peak_rss_mib"] / base["peak_rss_mib"] - 1)
 
     import torch

@@ -16,37 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli_args import add_provider_args, build_provider
 from .schema import Status, Task
-
-
-def _add_provider_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("editor LLM")
-    group.add_argument("--provider", default="embedded", choices=["embedded", "openai", "anthropic", "transformers"],
-                       help="LLM backend for targeted modification (default: embedded SmolLM2-135M-Instruct, weak; "
-                            "use a strong model for real data)")
-    group.add_argument("--model", default=None, help="model name (API providers) or local path (transformers)")
-    group.add_argument("--base-url", default=None,
-                       help="OpenAI-compatible server URL (vLLM, llama.cpp, transformers serve) or Anthropic base URL")
-    group.add_argument("--concurrency", type=int, default=16, help="rows in flight at once (default: 16)")
-    group.add_argument("--requests-per-minute", type=int, default=None, help="client-side request rate limit")
-    group.add_argument("--tokens-per-minute", type=int, default=None, help="client-side token rate limit")
-    group.add_argument("--timeout", type=float, default=None, help="per-request timeout in seconds")
-    group.add_argument("--max-tokens", type=int, default=2048, help="max tokens of each editor reply (default: 2048)")
-    group.add_argument("--cache-dir", default=None,
-                       help="LLM call cache (default: $BMC_CACHE_DIR or ~/.cache/bmc); reruns never repeat a call")
-
-
-def build_provider(args: argparse.Namespace):
-    from .providers import get_provider
-
-    limits = {k: v for k, v in (("max_concurrency", args.concurrency), ("requests_per_minute", args.requests_per_minute),
-                                ("tokens_per_minute", args.tokens_per_minute), ("timeout_s", args.timeout)) if v is not None}
-    kwargs = {"base_url": args.base_url} if args.base_url else {}
-    if limits and args.provider in ("openai", "anthropic"):
-        from .providers.limits import ProviderLimits
-
-        kwargs["limits"] = ProviderLimits(**limits)
-    return get_provider(args.provider, args.model, **kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--skip-invalid", action="store_true", help="skip and report bad input rows instead of stopping")
     bridge.add_argument("--out", required=True, help="output folder")
     bridge.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_provider_args(bridge)
+    add_provider_args(bridge, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc")
     return parser
 
 

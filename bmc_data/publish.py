@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_args import add_provider_args, build_provider, positive_int
+
 DEFAULT_SOURCE = "HuggingFaceH4/ultrafeedback_binarized"
 DEFAULT_SOURCE_SPLIT = "train_prefs"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -40,16 +42,6 @@ def _test_size(value: str) -> float | int:
     if number <= 0 or (number >= 1 and not number.is_integer()):
         raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) or a whole row count >= 1, got {value!r}")
     return int(number) if number >= 1 else number
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: %(default)s)")
     data.add_argument("--layout", default="auto", choices=["auto", "standard", "conversational", "ultrafeedback", "qa"],
                       help="input layout (default: auto-detected from the columns)")
-    data.add_argument("--limit", type=_positive_int, default=None, help="only the first N pairs of the source")
+    data.add_argument("--limit", type=positive_int, default=None, help="only the first N pairs of the source")
     data.add_argument("--skip-invalid", action="store_true",
                       help="skip and report invalid source rows instead of stopping at the first one")
     data.add_argument("--test-size", type=_test_size, default=None,
@@ -87,20 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=42,
                       help="seed for the train/test split and the editor's sampling (default: %(default)s)")
 
-    llm = parser.add_argument_group("editor LLM")
-    llm.add_argument("--provider", default="embedded", choices=["embedded", "openai", "anthropic", "transformers"],
-                     help="LLM backend that writes the pseudo-winning responses (default: embedded "
-                          "SmolLM2-135M-Instruct, weak: use a strong model for real data)")
-    llm.add_argument("--model", default=None, help="model name (API providers) or local path (transformers)")
-    llm.add_argument("--base-url", default=None,
-                     help="OpenAI-compatible server URL (vLLM, llama.cpp, ...) or Anthropic base URL; API keys "
-                          "come from OPENAI_API_KEY / ANTHROPIC_API_KEY, never from flags")
-    llm.add_argument("--concurrency", type=_positive_int, default=16, help="pairs in flight at once (default: %(default)s)")
-    llm.add_argument("--max-tokens", type=_positive_int, default=2048,
-                     help="max tokens of each editor reply (default: %(default)s)")
-    llm.add_argument("--cache-dir", default=None,
-                     help="LLM call cache that makes reruns resume without repeating calls "
-                          "(default: <out>/.bmc_cache, never uploaded)")
+    add_provider_args(parser, cache_default="<out>/.bmc_cache, never uploaded")
 
     out = parser.add_argument_group("output")
     out.add_argument("--tokenizer", default=None,
@@ -110,29 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output folder (default: ./bmc-publish/<repo name>)")
     out.add_argument("--no-stats", action="store_true",
                      help="skip the edit-distance statistics and plots (faster; the card says they were not computed)")
-    out.add_argument("--max-shard-size", type=_positive_int, default=500,
+    out.add_argument("--max-shard-size", type=positive_int, default=500,
                      help="max MB of data per parquet shard (default: %(default)s)")
     out.add_argument("--quiet", action="store_true", help="no progress bars or log lines, only the summary")
     return parser
-
-
-def _provider(args: argparse.Namespace) -> Any:
-    kwargs: dict[str, Any] = {"base_url": args.base_url} if args.base_url else {}
-    try:
-        from .providers import get_provider
-    except ImportError:  # registry not there: build the API providers directly
-        get_provider = None
-    if get_provider is not None:
-        return get_provider(args.provider, args.model, **kwargs)
-    if args.provider == "openai":
-        from .providers.openai_chat import OpenAIProvider
-
-        return OpenAIProvider(args.model, **kwargs)
-    if args.provider == "anthropic":
-        from .providers.anthropic_messages import AnthropicProvider
-
-        return AnthropicProvider(args.model, **kwargs)
-    return None  # bridge_dataset's default: the embedded model
 
 
 def _load_tokenizer(name: str) -> Any:
@@ -170,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     license_ = args.license or ("mit" if args.source == DEFAULT_SOURCE else "other")
 
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
-    provider = _provider(args)
+    provider = build_provider(args)
     dataset = bridge_dataset(
         args.source, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
         max_tokens=args.max_tokens, seed=args.seed, layout=args.layout, split=split, limit=args.limit,

@@ -89,6 +89,24 @@ def test_few_edits_on_large_vocab(base, edits):
     assert sum(chosen_mask) <= len(edits) and sum(rejected_mask) <= len(edits)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_optimal_on_response_length_sequences(seed):
+    # ~UltraFeedback response length with a small vocabulary (many equal-cost alignments to choose from)
+    rng = random.Random(seed)
+    rejected = [rng.randrange(30) for _ in range(rng.randint(250, 400))]
+    chosen = list(rejected)
+    for _ in range(rng.randint(10, 60)):
+        pos = rng.randrange(len(chosen))
+        op = rng.random()
+        if op < 0.4:
+            chosen[pos] = rng.randrange(30)
+        elif op < 0.7:
+            chosen.insert(pos, rng.randrange(30))
+        else:
+            del chosen[pos]
+    check_optimal(chosen, rejected)
+
+
 def test_substitution_marks_one_token_on_each_side():
     assert token_diff_masks([1, 9, 3], [1, 2, 3]) == ([False, True, False], [False, True, False])
 

