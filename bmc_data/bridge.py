@@ -148,12 +148,17 @@ class Bridger:
 
 async def abridge_pairs(pairs: list[PreferencePair], bridger: Bridger, *, concurrency: int = 16,
                         progress: bool = True) -> list[RowResult]:
-    """Bridge `pairs` with at most `concurrency` rows in flight; results come back in input order."""
-    return await map_concurrently(
-        pairs, bridger.bridge, concurrency=concurrency, desc="Bridging", progress=progress,
-        on_error=lambda i, error: RowResult(Status.FAILED, f"unexpected error: {type(error).__name__}: {error}"),
-        status_of=lambda r: r.status.value,
-    )
+    """Bridge `pairs` with at most `concurrency` rows in flight; results come back in input order.
+
+    The provider's connections belong to this event loop, so they are closed when it is done."""
+    try:
+        return await map_concurrently(
+            pairs, bridger.bridge, concurrency=concurrency, desc="Bridging", progress=progress,
+            on_error=lambda i, error: RowResult(Status.FAILED, f"unexpected error: {type(error).__name__}: {error}"),
+            status_of=lambda r: r.status.value,
+        )
+    finally:
+        await bridger.provider.aclose()
 
 
 def _wrap_response(value: str, conversational: bool) -> Any:

@@ -44,10 +44,14 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
 def build_provider(args: argparse.Namespace) -> Provider:
     from .providers import get_provider
 
-    kwargs = {"base_url": args.base_url} if args.base_url else {}
+    kwargs = {}
+    if args.base_url and args.provider not in ("openai", "anthropic"):
+        raise ValueError(f"--base-url is for the openai and anthropic providers, not {args.provider!r}")
     if args.provider in ("openai", "anthropic"):
         from .providers.limits import ProviderLimits
 
+        if args.base_url:
+            kwargs["base_url"] = args.base_url
         limits = {"max_concurrency": args.concurrency, "requests_per_minute": args.requests_per_minute,
                   "tokens_per_minute": args.tokens_per_minute, "timeout_s": args.timeout}
         kwargs["limits"] = ProviderLimits(**{k: v for k, v in limits.items() if v is not None})

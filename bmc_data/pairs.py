@@ -85,8 +85,14 @@ def make_pairs(
         except ProviderError as error:
             return error
 
-    outputs = run_sync(map_concurrently(records, answer, concurrency=concurrency, desc="Sampling y_l",
-                                        progress=progress, on_error=lambda i, e: ProviderError(str(e))))
+    async def answer_all() -> list[str | ProviderError]:
+        try:
+            return await map_concurrently(records, answer, concurrency=concurrency, desc="Sampling y_l",
+                                          progress=progress, on_error=lambda i, e: ProviderError(str(e)))
+        finally:
+            await provider.aclose()  # its connections belong to this event loop
+
+    outputs = run_sync(answer_all())
     rows, failed, correct_dropped = [], 0, 0
     for (index, problem, solution, gold), output in zip(records, outputs):
         if isinstance(output, ProviderError) or not output:
