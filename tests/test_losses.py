@@ -26,7 +26,15 @@ from bmc_train.losses import (
     token_weight_stats,
 )
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    # exact comparisons with hand-computed values; restored so other test files keep float32
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _batch(seed: int = 0, b: int = 3, t: int = 7):

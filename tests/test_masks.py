@@ -256,3 +256,15 @@ def test_clear_errors(tokenizer):
     assert not masks_fit(Dataset.from_dict({"prompt": ["p"]}), tokenizer)
     with pytest.raises(ValueError, match="chosen_diff_mask"):
         check_masks(Dataset.from_dict({"prompt": ["p"]}), tokenizer)
+
+
+def test_empty_dataset_keeps_the_schema(tokenizer):
+    from datasets import Features, Value
+
+    empty = Dataset.from_dict(
+        {"prompt": [], "chosen": [], "rejected": []},
+        features=Features({k: Value("string") for k in ("prompt", "chosen", "rejected")}),
+    )
+    masked = add_diff_masks(empty, tokenizer)
+    assert len(masked) == 0 and masks_fit(masked, tokenizer)
+    assert masked.features[CHOSEN_DIFF_MASK].feature.dtype == "bool"

@@ -156,3 +156,13 @@ def test_plots_are_written(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
     with pytest.raises(ValueError, match="no bridged rows"):
         plot_edit_distances(ds.filter(lambda r: r["bmc_status"] == "failed"), tmp_path / "none")
+
+
+def test_num_proc_gives_the_same_columns():
+    rows = [(f"a b c {i}", f"a b {i}", f"a x c {i} d", "bridged") for i in range(12)]
+    tok = word_tokenizer([" ".join(r[:3]) for r in rows])
+    single = add_edit_distance_stats(bridged(rows), tok)
+    parallel = add_edit_distance_stats(bridged(rows), tok, num_proc=2)
+    assert single.column_names == parallel.column_names
+    for column in (WORD_DISTANCE_BEFORE, WORD_DISTANCE_AFTER, TOKEN_DISTANCE_BEFORE, TOKEN_DISTANCE_AFTER):
+        assert single[column] == parallel[column]

