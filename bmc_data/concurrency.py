@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -34,8 +35,11 @@ async def map_concurrently(
     next_index = iter(range(len(items)))
     counts: Counter[str] = Counter()
     bar = tqdm(total=len(items), desc=desc, unit="row", disable=not progress, dynamic_ncols=True)
+    show_counts = status_of is not None and not bar.disable
+    postfix_at = 0.0  # formatting the postfix costs more than a row's own bookkeeping: at most 10 times a second
 
     async def worker() -> None:
+        nonlocal postfix_at
         for i in next_index:  # a shared iterator: each index is taken by exactly one worker
             try:
                 result = await fn(items[i])
@@ -43,9 +47,12 @@ async def map_concurrently(
                 logger.exception("row %d: unexpected error", i)
                 result = on_error(i, error)
             results[i] = result
-            if status_of is not None:
-                counts[status_of(result)] += 1
-                bar.set_postfix(counts, refresh=False)
+            if show_counts:
+                counts[status_of(result)] += 1  # type: ignore[misc]
+                now = time.monotonic()
+                if now >= postfix_at or bar.n + 1 >= len(items):
+                    postfix_at = now + 0.1
+                    bar.set_postfix(counts, refresh=False)
             bar.update(1)
 
     try:

@@ -1,7 +1,7 @@
 """Add per-token diff masks to a (bridged) preference dataset.
 
-`add_diff_masks` tokenizes every pair exactly as TRL 1.16 `DPOTrainer` will (`bmc_data.tokenization.tokenize_pair`)
-and stores one bool per completion token: `chosen_diff_mask[i]` is True when the i-th token of the trainer's
+`add_diff_masks` tokenizes every pair exactly as TRL 1.16 `DPOTrainer` will (`bmc_data.tokenization.tokenize_pair`,
+a batch at a time with `tokenize_pairs_batched`) and stores one bool per completion token: `chosen_diff_mask[i]` is True when the i-th token of the trainer's
 `chosen_ids` differs from the rejected response under an optimal Levenshtein alignment, and likewise for
 `rejected_diff_mask` (`bmc_data.diff.token_diff_masks`). The masks are computed for every row, whatever its
 `bmc_status`: DPO-MC uses them on the original (unbridged) pairs too.
@@ -27,7 +27,7 @@ from .schema import (
     REJECTED_DIFF_MASK,
 )
 from .stopwords import stopword_token_ids
-from .tokenization import tokenize_pair, tokenizer_fingerprint, tokenizer_name
+from .tokenization import tokenize_pair, tokenize_pairs_batched, tokenizer_fingerprint, tokenizer_name
 
 __all__ = ["add_diff_masks", "check_masks", "masks_fit"]
 
@@ -42,6 +42,40 @@ def _require_columns(dataset: Dataset, columns: tuple[str, ...], what: str) -> N
         )
 
 
+def _tokenize_rows(
+    batch: dict[str, list[Any]], indices: list[int], tokenizer: Any
+) -> list[dict[str, list[int]]]:
+    tools_col = batch.get("tools")
+    kwargs_col = batch.get("chat_template_kwargs")
+    for k, index in enumerate(indices):
+        for field in _REQUIRED:
+            value = batch[field][k]
+            if value is None or (isinstance(value, (str, list)) and len(value) == 0):
+                raise ValueError(f"row {index}: field {field!r} is empty; cannot build diff masks")
+    try:
+        return tokenize_pairs_batched(
+            tokenizer, batch[PROMPT], batch[CHOSEN], batch[REJECTED], tools=tools_col, chat_template_kwargs=kwargs_col
+        )
+    except Exception:  # redo row by row below, to name the row that fails
+        pass
+    rows = []
+    for k, index in enumerate(indices):
+        try:
+            rows.append(
+                tokenize_pair(
+                    tokenizer,
+                    batch[PROMPT][k],
+                    batch[CHOSEN][k],
+                    batch[REJECTED][k],
+                    tools=tools_col[k] if tools_col is not None else None,
+                    chat_template_kwargs=kwargs_col[k] if kwargs_col is not None else None,
+                )
+            )
+        except Exception as exc:  # name the row: a bare tokenizer error in a 60k-row map is hard to trace
+            raise ValueError(f"row {index}: could not tokenize the pair as DPOTrainer does: {exc}") from exc
+    return rows
+
+
 def _mask_batch(
     batch: dict[str, list[Any]],
     indices: list[int],
@@ -54,24 +88,7 @@ def _mask_batch(
     # Module-level (not a closure) so that `num_proc > 1` can pickle it.
     chosen_masks: list[list[bool]] = []
     rejected_masks: list[list[bool]] = []
-    tools_col = batch.get("tools")
-    kwargs_col = batch.get("chat_template_kwargs")
-    for k, index in enumerate(indices):
-        for field in _REQUIRED:
-            value = batch[field][k]
-            if value is None or (isinstance(value, (str, list)) and len(value) == 0):
-                raise ValueError(f"row {index}: field {field!r} is empty; cannot build diff masks")
-        try:
-            ids = tokenize_pair(
-                tokenizer,
-                batch[PROMPT][k],
-                batch[CHOSEN][k],
-                batch[REJECTED][k],
-                tools=tools_col[k] if tools_col is not None else None,
-                chat_template_kwargs=kwargs_col[k] if kwargs_col is not None else None,
-            )
-        except Exception as exc:  # name the row: a bare tokenizer error in a 60k-row map is hard to trace
-            raise ValueError(f"row {index}: could not tokenize the pair as DPOTrainer does: {exc}") from exc
+    for ids in _tokenize_rows(batch, indices, tokenizer):
         chosen_mask, rejected_mask = token_diff_masks(
             ids["chosen_ids"], ids["rejected_ids"], ignore_token_ids=ignore_token_ids
         )

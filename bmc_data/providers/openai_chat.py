@@ -8,14 +8,17 @@ import weakref
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx2
 import openai
 
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError
-from .limits import ProviderLimits, api_error_message, plain_http_options, RemoteProvider, RetryableError, malformed_error, redact, status_error
+from .limits import ProviderLimits, api_error_message, http_transport_options, RemoteProvider, RetryableError, malformed_error, redact, status_error
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: Sent to OpenAI-compatible local servers that need no key (the SDK refuses an empty one).
 NO_KEY = "sk-no-key-required"
+#: What `chat.completions.create` sends: bearer auth only.
+_POST_OPTIONS: Any = {"security": {"bearer_auth": True}}
 
 
 def _is_official(base_url: str) -> bool:
@@ -78,7 +81,8 @@ class OpenAIProvider(RemoteProvider):
                 api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
                 # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
                 # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
-                http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, **plain_http_options(self.base_url)),
+                http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
+                    self.base_url, self.limits.max_concurrency, openai.DEFAULT_CONNECTION_LIMITS)),
             )
             self._clients[loop] = client
         return client
@@ -86,7 +90,7 @@ class OpenAIProvider(RemoteProvider):
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.model,
-            "messages": [dict(m) for m in request.messages],
+            "messages": list(request.messages),  # the SDK only serialises them
             self.token_limit_param: request.max_tokens,
             "temperature": request.temperature,
         }
@@ -97,8 +101,14 @@ class OpenAIProvider(RemoteProvider):
         return params
 
     async def _attempt(self, request: ChatRequest) -> ChatResponse:
+        # `client.post` is what `chat.completions.create` calls, minus its two costly steps (~1.3 ms of CPU
+        # a call, most of the SDK's overhead): re-walking our plain JSON body against the typed-dict schema
+        # and building a `ChatCompletion` model we read three fields of. Headers, auth, timeouts and the
+        # error types (APIStatusError, APIConnectionError, ...) are the SDK's own, as before.
         try:
-            completion = await self._client().chat.completions.create(**self._params(request))
+            response = await self._client().post("/chat/completions", body=self._params(request),
+                                                  cast_to=httpx2.Response, options=_POST_OPTIONS)
+            body = response.json()
         except openai.APITimeoutError as error:
             raise RetryableError(f"{self.describe}: timed out after {self.limits.timeout_s:g}s") from error
         except openai.APIConnectionError as error:
@@ -113,22 +123,27 @@ class OpenAIProvider(RemoteProvider):
             raise malformed_error(self.describe, f"{type(error).__name__}: {self._safe(error)}") from error
         except openai.OpenAIError as error:
             raise ProviderError(f"{self.describe}: {type(error).__name__}: {self._safe(error)}") from error
-        return self._parse(completion)
+        return self._parse(body)
 
-    def _parse(self, completion: Any) -> ChatResponse:
+    def _parse(self, body: Any) -> ChatResponse:
+        """A chat-completion JSON body (as a dict) -> ChatResponse; anything else is a malformed reply."""
         try:
-            choice = completion.choices[0]
-            text = choice.message.content or ""
-            finish_reason = choice.finish_reason or "stop"
-        except (AttributeError, IndexError, TypeError) as error:
-            raise malformed_error(self.describe, f"no choices[0].message in {str(completion)[:120]!r}") from error
-        usage = getattr(completion, "usage", None)
+            choice = body["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish_reason = choice.get("finish_reason") or "stop"
+            usage = body.get("usage") or {}
+            input_tokens = int(usage.get("prompt_tokens") or 0)
+            output_tokens = int(usage.get("completion_tokens") or 0)
+            if not isinstance(text, str):
+                raise TypeError(f"message content is {type(text).__name__}, not text")
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
+            raise malformed_error(self.describe, f"no choices[0].message in {str(body)[:120]!r}") from error
         return ChatResponse(
             text=text,
             finish_reason=str(finish_reason),
-            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            model=str(getattr(completion, "model", "") or self.model),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            model=str(body.get("model") or self.model),
         )
 
     def _safe(self, error: object) -> str:
