@@ -6,7 +6,9 @@
 
 The server (tests/llm_servers.py) runs in a child process, so `time.process_time()` here is the client's CPU
 only. Every request waits `--latency-ms` on the server, so the ideal rate is concurrency / latency; the
-benchmark reports pairs/s, the fraction of that ideal and client CPU milliseconds per pair. End to end, each
+benchmark reports pairs/s, the fraction of that ideal, client CPU milliseconds per pair and the server's CPU per
+pair (it shares the machine's cores). Every row runs `--repeats` times (default 3), round-robin over all rows so
+that the shared machine's changing load falls on every row alike, and reports the median. End to end, each
 pair is one editor call (instruction task, scripted `<revised>` reply) plus template rendering, reply parsing,
 the on-disk call cache (a fresh one per run: every call is a miss and a write) and building the dataset.
 """
@@ -18,6 +20,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -131,6 +134,18 @@ def server_cpu_s(pids: list[int]) -> float | None:
         return None
 
 
+def _median_row(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput, with the median CPU figures and every run's figures alongside."""
+    by_rate = sorted(group, key=lambda r: r["pairs_per_s"])
+    row = dict(by_rate[(len(by_rate) - 1) // 2])
+    for name in ("client_cpu_ms_per_pair", "server_cpu_ms_per_pair"):
+        values = [r[name] for r in group if r[name] is not None]
+        row[name] = round(statistics.median(values), 3) if values else None
+    row["runs"] = [{k: r[k] for k in ("wall_s", "fraction_of_ideal", "client_cpu_ms_per_pair",
+                                      "server_cpu_ms_per_pair", "load_avg_1m")} for r in group]
+    return row
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| layer | concurrency | pairs | pairs/s | ideal pairs/s | fraction of ideal | client CPU ms/pair | server CPU ms/pair |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -154,36 +169,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--layer", choices=["bridge", "provider", "transport", "all"], default="all")
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--levels", default=DEFAULT_LEVELS, help="concurrency:requests,... (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every row; the median is reported")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "bridge_throughput.json"))
     args = parser.parse_args(argv)
     levels = [tuple(int(x) for x in level.split(":")) for level in args.levels.split(",")]
     layers = ["bridge", "provider", "transport"] if args.layer == "all" else [args.layer]
     runners = {"bridge": run_bridge, "provider": run_provider, "transport": run_transport}
     latency = args.latency_ms / 1000.0
-    rows = []
+    runs: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     load_at_start = os.getloadavg()[0]
     with server_subprocess(latency_ms=args.latency_ms, reply="llm_servers:bridge_reply") as url:
         server_pids = _child_pids()  # the server shares the machine's cores: its CPU is reported too
         warm_up(url)
-        for layer in layers:
-            for concurrency, n in levels:
-                server_before = server_cpu_s(server_pids)
-                wall, cpu, extra = runners[layer](url, concurrency, n)
-                server_after = server_cpu_s(server_pids)
-                ideal = concurrency / latency
-                row = {
-                    "layer": layer, "concurrency": concurrency, "pairs": n, "wall_s": round(wall, 3),
-                    "pairs_per_s": round(n / wall, 2), "ideal_pairs_per_s": round(ideal, 2),
-                    "fraction_of_ideal": round(n / wall / ideal, 4),
-                    "client_cpu_ms_per_pair": round(1000 * cpu / n, 3),
-                    "server_cpu_ms_per_pair": None if server_before is None or server_after is None
-                    else round(1000 * (server_after - server_before) / n, 3),
-                    **extra,
-                }
-                rows.append(row)
-                print(f"{layer:<9} concurrency {concurrency:>3}  {n:>4} pairs  {row['pairs_per_s']:>7.1f} pairs/s  "
-                      f"{100 * row['fraction_of_ideal']:5.1f}% of ideal  {row['client_cpu_ms_per_pair']:.2f} ms CPU/pair "
-                      f"(server {row['server_cpu_ms_per_pair']} ms)  load {os.getloadavg()[0]:.2f}", flush=True)
+        # Repeats go round all layers and levels in turn, so that a change in the machine's load (it is shared)
+        # falls on every row alike; each row reports the median run.
+        for repeat in range(args.repeats):
+            for layer in layers:
+                for concurrency, n in levels:
+                    server_before = server_cpu_s(server_pids)
+                    wall, cpu, extra = runners[layer](url, concurrency, n)
+                    server_after = server_cpu_s(server_pids)
+                    ideal = concurrency / latency
+                    run = {
+                        "layer": layer, "concurrency": concurrency, "pairs": n, "wall_s": round(wall, 3),
+                        "pairs_per_s": round(n / wall, 2), "ideal_pairs_per_s": round(ideal, 2),
+                        "fraction_of_ideal": round(n / wall / ideal, 4),
+                        "client_cpu_ms_per_pair": round(1000 * cpu / n, 3),
+                        "server_cpu_ms_per_pair": None if server_before is None or server_after is None
+                        else round(1000 * (server_after - server_before) / n, 3),
+                        "load_avg_1m": round(os.getloadavg()[0], 2),
+                        **extra,
+                    }
+                    runs.setdefault((layer, concurrency, n), []).append(run)
+                    print(f"[{repeat + 1}/{args.repeats}] {layer:<9} concurrency {concurrency:>3}  {n:>4} pairs  "
+                          f"{run['pairs_per_s']:>7.1f} pairs/s  {100 * run['fraction_of_ideal']:5.1f}% of ideal  "
+                          f"{run['client_cpu_ms_per_pair']:.2f} ms CPU/pair (server {run['server_cpu_ms_per_pair']} ms)  "
+                          f"load {run['load_avg_1m']:.2f}", flush=True)
+    rows = [_median_row(group) for group in runs.values()]
     result = {
         "benchmark": "bridge_throughput",
         "command": "python bench/bridge_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -44,12 +44,14 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+_REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(ChatRequest))
+
+
 def request_payload(request: ChatRequest) -> dict[str, Any]:
     """`request.cache_payload()` with numbers normalised, so `temperature=0` and `0.0` share a key."""
-    payload = {  # = request.cache_payload(), built directly (dataclasses.asdict deep-copies: ~10x slower)
-        "messages": [dict(m) for m in request.messages], "max_tokens": request.max_tokens,
-        "temperature": request.temperature, "top_p": request.top_p, "seed": request.seed,
-    }
+    # = request.cache_payload(), built directly: dataclasses.asdict deep-copies, ~10x slower
+    payload = {name: getattr(request, name) for name in _REQUEST_FIELDS}
+    payload["messages"] = [dict(m) for m in request.messages]
     for name in ("temperature", "top_p"):
         if isinstance(payload.get(name), (int, float)) and not isinstance(payload.get(name), bool):
             payload[name] = float(payload[name])

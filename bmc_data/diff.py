@@ -48,7 +48,9 @@ def token_diff_masks(
     Returns:
         `(chosen_mask, rejected_mask)`: one bool per token, `True` where the token differs.
     """
-    # rapidfuzz converts its inputs element by element; lists are the fastest input it takes (no copy needed)
+    # rapidfuzz converts its inputs element by element; plain lists are the cheapest input overall. Measured on
+    # ~350-token pairs (bench/mask_building.py): array('q') inputs, str via chr() per token, `opcodes` + slice filling
+    # and a `score_hint` were all slower or equal; the bit-parallel editops itself is ~75% of the ~45 µs per pair.
     chosen = chosen_ids if isinstance(chosen_ids, list) else list(chosen_ids)
     rejected = rejected_ids if isinstance(rejected_ids, list) else list(rejected_ids)
     chosen_mask = [False] * len(chosen)

@@ -1,10 +1,10 @@
 """Add per-token diff masks to a (bridged) preference dataset.
 
 `add_diff_masks` tokenizes every pair exactly as TRL 1.16 `DPOTrainer` will (`bmc_data.tokenization.tokenize_pair`,
-a batch at a time with `tokenize_pairs_batched`) and stores one bool per completion token: `chosen_diff_mask[i]` is True when the i-th token of the trainer's
-`chosen_ids` differs from the rejected response under an optimal Levenshtein alignment, and likewise for
-`rejected_diff_mask` (`bmc_data.diff.token_diff_masks`). The masks are computed for every row, whatever its
-`bmc_status`: DPO-MC uses them on the original (unbridged) pairs too.
+a batch at a time with `tokenize_pairs_batched`) and stores one bool per completion token: `chosen_diff_mask[i]` is
+True when the i-th token of the trainer's `chosen_ids` differs from the rejected response under an optimal
+Levenshtein alignment, and likewise for `rejected_diff_mask` (`bmc_data.diff.token_diff_masks`). The masks are
+computed for every row, whatever its `bmc_status`: DPO-MC uses them on the original (unbridged) pairs too.
 
 The tokenizer's name and fingerprint are stored with the masks; `masks_fit` tells whether they fit a tokenizer.
 """
@@ -119,8 +119,11 @@ def add_diff_masks(
         tokenizer: The `processing_class` the DPO trainer will use.
         ignore_stopwords: Never mark stopword tokens (`bmc_data.stopwords.stopword_token_ids`), as the official
             BMC code does. Off by default: the paper describes plain token-level differences.
-        num_proc: Worker processes for `Dataset.map`.
-        batch_size: Rows per `map` batch.
+        num_proc: Worker processes for `Dataset.map`. `datasets` turns the Rust tokenizer's own threads off in the
+            workers (`TOKENIZERS_PARALLELISM=false`); without workers a fast tokenizer encodes each batch on all
+            cores itself. On 2 cores both take about the same wall time (tokenization is ~95 % of the work);
+            `num_proc=2` uses more CPU time (see docs/masks.md).
+        batch_size: Rows per `map` batch (and per batched tokenizer call).
 
     Returns:
         The dataset with the four mask columns (replaced if already present). Each mask has exactly one entry per

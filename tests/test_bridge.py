@@ -203,3 +203,30 @@ def test_killed_run_resumes_without_lost_rows_or_repeated_calls(shared_data, tmp
     assert out["bmc_status"] == ["bridged"] * 40
     assert out["rejected"] == [r["model_output"] for r in rows]
     assert SECRET not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_bridges_real_qa_pairs_end_to_end(shared_data, tmp_path):
+    """The embedded default for real: make_pairs samples y_l from SmolLM2-135M for real ECQA problems, then
+    bridge_dataset (no provider given) runs targeted modification with the same model. The model is weak, so the
+    test asserts the contract — one row per pair, a status and a reason for each, provenance, cache reuse — and
+    not the quality of its edits."""
+    from bmc_data import make_pairs
+    from bmc_data.schema import Status
+
+    pairs = make_pairs(shared_data / "qa" / "ecqa-train.jsonl", task="qa", limit=3, max_tokens=48,
+                       cache_dir=tmp_path, progress=False)
+    assert len(pairs) == 3 and all(r.strip() for r in pairs["rejected"])
+    assert pairs["answer"] == [json.loads(l)["answer"] for l in (shared_data / "qa" / "ecqa-train.jsonl").read_text().splitlines()[:3]]
+    out, summary = bridge_dataset(pairs, task="qa", max_tokens=96, cache_dir=tmp_path, progress=False, return_summary=True)
+    assert len(out) == 3 and out["rejected"] == pairs["rejected"]
+    assert set(out["bmc_provider"]) == {"embedded"} and "SmolLM2-135M-Instruct" in out[0]["bmc_model"]
+    for row in out:
+        assert row["bmc_status"] in {s.value for s in Status}
+        assert (row["bmc_status"] == "bridged") == (row["bmc_reason"] == "")
+    assert sum(summary.counts.values()) == 3 and summary.usage["calls"] >= 3
+    # a rerun is served entirely from the cache
+    again, summary2 = bridge_dataset(pairs, task="qa", max_tokens=96, cache_dir=tmp_path, progress=False,
+                                     return_summary=True)
+    assert again.to_list() == out.to_list()
+    assert summary2.usage["calls"] == 0 and summary2.usage["cached_calls"] == summary.usage["calls"]
