@@ -193,7 +193,8 @@ def test_killed_run_resumes_without_lost_rows_or_repeated_calls(shared_data, tmp
         assert not (tmp_path / "out" / "bridged.parquet").exists()
         done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-        prompts = [json.dumps(b["messages"], sort_keys=True) for b in server.bodies]
+        # a request cut by the SIGKILL between its headers and its body is recorded without a body: not a call
+        prompts = [json.dumps(b["messages"], sort_keys=True) for b in server.bodies if isinstance(b, dict) and "messages" in b]
     # calls in flight at the kill had no reply stored: at most `concurrency` of them are made again
     assert len(prompts) - len(set(prompts)) <= 2
     assert len(set(prompts)) == 40
@@ -214,19 +215,19 @@ def test_embedded_smollm2_bridges_real_qa_pairs_end_to_end(shared_data, tmp_path
     from bmc_data import make_pairs
     from bmc_data.schema import Status
 
-    pairs = make_pairs(shared_data / "qa" / "ecqa-train.jsonl", task="qa", limit=3, max_tokens=48,
+    pairs = make_pairs(shared_data / "qa" / "ecqa-train.jsonl", task="qa", limit=2, max_tokens=32,
                        cache_dir=tmp_path, progress=False)
-    assert len(pairs) == 3 and all(r.strip() for r in pairs["rejected"])
-    assert pairs["answer"] == [json.loads(l)["answer"] for l in (shared_data / "qa" / "ecqa-train.jsonl").read_text().splitlines()[:3]]
-    out, summary = bridge_dataset(pairs, task="qa", max_tokens=96, cache_dir=tmp_path, progress=False, return_summary=True)
-    assert len(out) == 3 and out["rejected"] == pairs["rejected"]
+    assert len(pairs) == 2 and all(r.strip() for r in pairs["rejected"])
+    assert pairs["answer"] == [json.loads(l)["answer"] for l in (shared_data / "qa" / "ecqa-train.jsonl").read_text().splitlines()[:2]]
+    out, summary = bridge_dataset(pairs, task="qa", max_tokens=64, cache_dir=tmp_path, progress=False, return_summary=True)
+    assert len(out) == 2 and out["rejected"] == pairs["rejected"]
     assert set(out["bmc_provider"]) == {"embedded"} and "SmolLM2-135M-Instruct" in out[0]["bmc_model"]
     for row in out:
         assert row["bmc_status"] in {s.value for s in Status}
         assert (row["bmc_status"] == "bridged") == (row["bmc_reason"] == "")
-    assert sum(summary.counts.values()) == 3 and summary.usage["calls"] >= 3
+    assert sum(summary.counts.values()) == 2 and summary.usage["calls"] >= 2
     # a rerun is served entirely from the cache
-    again, summary2 = bridge_dataset(pairs, task="qa", max_tokens=96, cache_dir=tmp_path, progress=False,
+    again, summary2 = bridge_dataset(pairs, task="qa", max_tokens=64, cache_dir=tmp_path, progress=False,
                                      return_summary=True)
     assert again.to_list() == out.to_list()
     assert summary2.usage["calls"] == 0 and summary2.usage["cached_calls"] == summary.usage["calls"]
