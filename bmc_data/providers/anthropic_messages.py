@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import weakref
 from typing import Any
 
 import anthropic
@@ -50,30 +48,16 @@ class AnthropicProvider(RemoteProvider):
         if not api_key:
             raise ValueError("no Anthropic API key: pass api_key=... or set ANTHROPIC_API_KEY")
         self._api_key = api_key
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anthropic.AsyncAnthropic] = (
-            weakref.WeakKeyDictionary()
+
+    def _new_client(self) -> anthropic.AsyncAnthropic:
+        timeout = anthropic.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
+        return anthropic.AsyncAnthropic(
+            api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
+            # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
+            # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
+            http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
+                self.base_url, self.limits.max_concurrency, anthropic.DEFAULT_CONNECTION_LIMITS)),
         )
-
-    def identity(self) -> dict[str, Any]:
-        return {"provider": self.name, "model": self.model, "base_url": self.base_url}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
-
-    def _client(self) -> anthropic.AsyncAnthropic:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            timeout = anthropic.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
-            client = anthropic.AsyncAnthropic(
-                api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
-                # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
-                # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
-                http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
-                    self.base_url, self.limits.max_concurrency, anthropic.DEFAULT_CONNECTION_LIMITS)),
-            )
-            self._clients[loop] = client
-        return client
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         system, messages = split_system(request.messages)
@@ -131,10 +115,3 @@ class AnthropicProvider(RemoteProvider):
     def _safe(self, error: object) -> str:
         return redact(str(error), self._api_key)
 
-    async def aclose(self) -> None:
-        try:
-            client = self._clients.pop(asyncio.get_running_loop(), None)
-        except RuntimeError:
-            return
-        if client is not None:
-            await client.close()

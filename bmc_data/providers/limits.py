@@ -377,10 +377,41 @@ class RemoteProvider(Provider):
     `ProviderError` for final ones.
     """
 
+    #: set by subclasses before the first call
+    base_url: str = ""
+
     def __init__(self, model: str, *, limits: ProviderLimits | None = None, pricing: Pricing | None = None):
         super().__init__(model, pricing=pricing)
         self.limits = limits or ProviderLimits()
         self._gate = CallGate(self.limits)
+        # httpx connections belong to the event loop that opened them: one SDK client per loop
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+    def identity(self) -> dict[str, Any]:
+        return {"provider": self.name, "model": self.model, "base_url": self.base_url}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
+
+    @abc.abstractmethod
+    def _new_client(self) -> Any:
+        """A new SDK client for the running event loop (no SDK retries: ours apply)."""
+
+    def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = self._new_client()
+        return client
+
+    async def aclose(self) -> None:
+        """Close this event loop's client (its connections cannot outlive the loop)."""
+        try:
+            client = self._clients.pop(asyncio.get_running_loop(), None)
+        except RuntimeError:
+            return
+        if client is not None:
+            await client.close()
 
     @property
     def describe(self) -> str:

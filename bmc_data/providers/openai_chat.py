@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import weakref
 from typing import Any
 from urllib.parse import urlparse
 
@@ -61,31 +59,16 @@ class OpenAIProvider(RemoteProvider):
         if token_limit_param not in ("max_tokens", "max_completion_tokens"):
             raise ValueError(f"token_limit_param must be 'max_tokens' or 'max_completion_tokens', got {token_limit_param!r}")
         self.token_limit_param = token_limit_param
-        # httpx connections belong to the event loop that opened them: one client per loop
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
-            weakref.WeakKeyDictionary()
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        timeout = openai.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
+        return openai.AsyncOpenAI(
+            api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
+            # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
+            # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
+            http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
+                self.base_url, self.limits.max_concurrency, openai.DEFAULT_CONNECTION_LIMITS)),
         )
-
-    def identity(self) -> dict[str, Any]:
-        return {"provider": self.name, "model": self.model, "base_url": self.base_url}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
-
-    def _client(self) -> openai.AsyncOpenAI:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            timeout = openai.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
-            client = openai.AsyncOpenAI(
-                api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
-                # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
-                # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
-                http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
-                    self.base_url, self.limits.max_concurrency, openai.DEFAULT_CONNECTION_LIMITS)),
-            )
-            self._clients[loop] = client
-        return client
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -149,10 +132,3 @@ class OpenAIProvider(RemoteProvider):
     def _safe(self, error: object) -> str:
         return redact(str(error), self._api_key)
 
-    async def aclose(self) -> None:
-        try:
-            client = self._clients.pop(asyncio.get_running_loop(), None)
-        except RuntimeError:
-            return
-        if client is not None:
-            await client.close()
