@@ -8,7 +8,7 @@ from typing import Any
 import anthropic
 
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError
-from .limits import ProviderLimits, api_error_message, http_transport_options, RemoteProvider, RetryableError, malformed_error, redact, status_error
+from .limits import ProviderLimits, RemoteProvider, http_transport_options, malformed_error
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 #: stop_reason -> the OpenAI-style finish_reason every provider reports
@@ -81,20 +81,11 @@ class AnthropicProvider(RemoteProvider):
         params = self._params(request)
         try:
             message = await self._client().messages.create(**params)
-        except anthropic.APITimeoutError as error:
-            raise RetryableError(f"{self.describe}: timed out after {self.limits.timeout_s:g}s") from error
-        except anthropic.APIConnectionError as error:
-            raise RetryableError(f"{self.describe}: connection error: {self._safe(error.__cause__ or error)}") from error
-        except anthropic.APIStatusError as error:
-            message = self._safe(api_error_message(error.body, error.message))
-            raise status_error(error.status_code, message, error.response.headers,
-                               describe=self.describe) from error
-        except anthropic.APIResponseValidationError as error:
-            raise malformed_error(self.describe, self._safe(error)) from error
-        except ValueError as error:  # a body that is not JSON
-            raise malformed_error(self.describe, f"{type(error).__name__}: {self._safe(error)}") from error
-        except anthropic.AnthropicError as error:
-            raise ProviderError(f"{self.describe}: {type(error).__name__}: {self._safe(error)}") from error
+        except Exception as error:
+            translated = self._translate_sdk_error(error, anthropic, anthropic.AnthropicError)
+            if translated is None:
+                raise
+            raise translated from error
         return self._parse(message)
 
     def _parse(self, message: Any) -> ChatResponse:
@@ -112,6 +103,4 @@ class AnthropicProvider(RemoteProvider):
             model=str(getattr(message, "model", "") or self.model),
         )
 
-    def _safe(self, error: object) -> str:
-        return redact(str(error), self._api_key)
 

@@ -404,6 +404,29 @@ class RemoteProvider(Provider):
             client = self._clients[loop] = self._new_client()
         return client
 
+    def _safe(self, error: object) -> str:
+        """Error text with the API key redacted."""
+        return redact(str(error), getattr(self, "_api_key", None))
+
+    def _translate_sdk_error(self, error: Exception, sdk: Any, base_error: type[Exception]) -> Exception | None:
+        """Our error for an exception of the `openai` / `anthropic` SDK (their error classes share names), or
+        None when it is not one to translate. Timeouts and connection errors are retried; HTTP status errors
+        are retried or final by status; a body that is not the expected JSON is a malformed reply."""
+        if isinstance(error, sdk.APITimeoutError):
+            return RetryableError(f"{self.describe}: timed out after {self.limits.timeout_s:g}s")
+        if isinstance(error, sdk.APIConnectionError):
+            return RetryableError(f"{self.describe}: connection error: {self._safe(error.__cause__ or error)}")
+        if isinstance(error, sdk.APIStatusError):
+            message = self._safe(api_error_message(error.body, error.message))
+            return status_error(error.status_code, message, error.response.headers, describe=self.describe)
+        if isinstance(error, sdk.APIResponseValidationError):
+            return malformed_error(self.describe, self._safe(error))
+        if isinstance(error, ValueError):  # a body that is not JSON
+            return malformed_error(self.describe, f"{type(error).__name__}: {self._safe(error)}")
+        if isinstance(error, base_error):
+            return ProviderError(f"{self.describe}: {type(error).__name__}: {self._safe(error)}")
+        return None
+
     async def aclose(self) -> None:
         """Close this event loop's client (its connections cannot outlive the loop)."""
         try:

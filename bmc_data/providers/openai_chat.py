@@ -9,8 +9,8 @@ from urllib.parse import urlparse
 import httpx2
 import openai
 
-from .base import ChatRequest, ChatResponse, Pricing, ProviderError
-from .limits import ProviderLimits, api_error_message, http_transport_options, RemoteProvider, RetryableError, malformed_error, redact, status_error
+from .base import ChatRequest, ChatResponse, Pricing
+from .limits import ProviderLimits, RemoteProvider, http_transport_options, malformed_error
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: Sent to OpenAI-compatible local servers that need no key (the SDK refuses an empty one).
@@ -92,20 +92,11 @@ class OpenAIProvider(RemoteProvider):
             response = await self._client().post("/chat/completions", body=self._params(request),
                                                   cast_to=httpx2.Response, options=_POST_OPTIONS)
             body = response.json()
-        except openai.APITimeoutError as error:
-            raise RetryableError(f"{self.describe}: timed out after {self.limits.timeout_s:g}s") from error
-        except openai.APIConnectionError as error:
-            raise RetryableError(f"{self.describe}: connection error: {self._safe(error.__cause__ or error)}") from error
-        except openai.APIStatusError as error:
-            message = self._safe(api_error_message(error.body, error.message))
-            raise status_error(error.status_code, message, error.response.headers,
-                               describe=self.describe) from error
-        except openai.APIResponseValidationError as error:
-            raise malformed_error(self.describe, self._safe(error)) from error
-        except ValueError as error:  # a body that is not JSON
-            raise malformed_error(self.describe, f"{type(error).__name__}: {self._safe(error)}") from error
-        except openai.OpenAIError as error:
-            raise ProviderError(f"{self.describe}: {type(error).__name__}: {self._safe(error)}") from error
+        except Exception as error:
+            translated = self._translate_sdk_error(error, openai, openai.OpenAIError)
+            if translated is None:
+                raise
+            raise translated from error
         return self._parse(body)
 
     def _parse(self, body: Any) -> ChatResponse:
@@ -129,6 +120,4 @@ class OpenAIProvider(RemoteProvider):
             model=str(body.get("model") or self.model),
         )
 
-    def _safe(self, error: object) -> str:
-        return redact(str(error), self._api_key)
 
