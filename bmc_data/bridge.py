@@ -79,11 +79,6 @@ class BridgeSummary:
         return "\n".join(lines)
 
 
-def _reason_key(reason: str) -> str:
-    """Group reasons that differ only in row-specific quoted values."""
-    return reason.split(": '", 1)[0].split(" '", 1)[0] if len(reason) > 80 else reason
-
-
 class Bridger:
     """Runs targeted modification for one task with one provider and template."""
 
@@ -213,7 +208,7 @@ def _summary(provider: Provider, results: list[RowResult], template: Template, e
     reasons: dict[str, Counter[str]] = {}
     for r in results:
         if r.reason:
-            reasons.setdefault(r.status.value, Counter())[_reason_key(r.reason)] += 1
+            reasons.setdefault(r.status.value, Counter())[S.reason_group(r.reason)] += 1
     usage = provider.usage.as_dict()
     return BridgeSummary(
         total=len(results), counts=dict(counts),

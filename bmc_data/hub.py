@@ -49,11 +49,11 @@ def status_counts(dataset: datasets.Dataset) -> dict[str, int]:
 
 
 def top_reasons(dataset: datasets.Dataset, k: int = TOP_REASONS) -> dict[str, list[tuple[str, int]]]:
-    """The `k` most frequent `bmc_reason` values for each non-bridged status."""
+    """The `k` most frequent reasons (`schema.reason_group`) for each non-bridged status."""
     out: dict[str, list[tuple[str, int]]] = {}
     if not len(dataset):
         return out
-    pairs = Counter(zip(dataset[schema.STATUS], dataset[schema.REASON]))
+    pairs = Counter(zip(dataset[schema.STATUS], map(schema.reason_group, dataset[schema.REASON])))
     for status in (schema.Status.FILTERED.value, schema.Status.FAILED.value):
         counter = Counter({reason: n for (s, reason), n in pairs.items() if s == status and reason})
         if counter:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any, Literal, Union
 
@@ -109,6 +110,12 @@ class PreferencePair(BaseModel):
         if isinstance(self.prompt, str):
             return self.prompt
         return "\n\n".join(f"[{m.role}]\n{m.content}" for m in self.prompt)
+
+
+def reason_group(reason: str) -> str:
+    """A `bmc_reason` with its row-specific quoted values (answers, server messages) elided, so that the same
+    cause counts once in summaries and dataset cards."""
+    return re.sub(r"'[^']*'", "'…'", reason)
 
 
 def response_text(value: Any) -> str:

@@ -231,3 +231,12 @@ def test_embedded_smollm2_bridges_real_qa_pairs_end_to_end(shared_data, tmp_path
                                      return_summary=True)
     assert again.to_list() == out.to_list()
     assert summary2.usage["calls"] == 0 and summary2.usage["cached_calls"] == summary.usage["calls"]
+
+
+def test_summary_groups_reasons_that_differ_only_in_quoted_values(shared_data):
+    rows = _qa_rows(shared_data, 4)
+    wrong = lambda messages: "<verdict>REVISE</verdict>\n<revised>\nHmm.\nThe answer is nothing\n</revised>"
+    with LLMServer(reply=wrong) as server:
+        out, summary = bridge_dataset(rows, task="qa", provider=_provider(server), progress=False, return_summary=True)
+    assert len(set(out["bmc_reason"])) == 4  # each row names its own ground truth
+    assert summary.reasons == {"failed": {"pseudo-winning response final answer '…' does not match the ground truth '…'": 4}}
