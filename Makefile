@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bmc-installed
 DEMO_OUT ?= bmc-demo
-DEMO_LIMIT ?= 8
+DEMO_LIMIT ?= 4
 
 .PHONY: install demo test test-fast bench clean
 

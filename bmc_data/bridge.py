@@ -79,6 +79,10 @@ class BridgeSummary:
         return "\n".join(lines)
 
 
+class _TruncatedReply(ProviderError):
+    """The editor's reply hit max_tokens: it was paid for (and is cached) but cannot be used."""
+
+
 class Bridger:
     """Runs targeted modification for one task with one provider and template."""
 
@@ -95,7 +99,7 @@ class Bridger:
     async def _call(self, messages: list[dict[str, str]]) -> ChatResponse:
         response = await self.provider.complete(self._request(messages))
         if response.truncated:
-            raise ProviderError(f"reply truncated at max_tokens={self.max_tokens} (finish_reason=length)")
+            raise _TruncatedReply(f"reply truncated at max_tokens={self.max_tokens} (finish_reason=length)")
         return response
 
     async def bridge(self, pair: PreferencePair) -> RowResult:
@@ -116,6 +120,8 @@ class Bridger:
                     parsed = parse_reply(reply.text, requires_verdict=self.template.requires_verdict)
                 except ReplyFormatError as error:
                     return RowResult(Status.FAILED, f"unparsable reply after one repair: {error}", calls=calls)
+        except _TruncatedReply as error:
+            return RowResult(Status.FAILED, str(error), calls=calls)
         except ProviderError as error:
             return RowResult(Status.FAILED, f"provider error: {error}", calls=calls)
 
@@ -282,9 +288,10 @@ def bridge_dataset(
     results = run_sync(abridge_pairs(list(pairs), bridger, concurrency=concurrency, progress=progress))
     summary = _summary(cached, results, template, time.perf_counter() - start, len(pairs.skipped))
     dataset = results_to_dataset(pairs, results, task=task, template=template, provider=provider)
-    logger.info("%s", summary)
     if progress:
         tqdm.write(str(summary))
+    else:
+        logger.info("%s", summary)
     if summary_path is not None:
         Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
         Path(summary_path).write_text(json.dumps(summary.to_dict(), indent=2))

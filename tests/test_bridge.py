@@ -110,7 +110,7 @@ def test_one_repair_turn_then_failure(shared_data):
     (Fault.hang(5), "bridged", ""),
     (Fault.drop(), "bridged", ""),
     (Fault.malformed(), "bridged", ""),
-    (Fault.truncated(), "failed", "truncated"),
+    (Fault.truncated(), "failed", "reply truncated at max_tokens=2048 (finish_reason=length)"),
 ])
 def test_each_fault_ends_as_retry_or_failed_row(shared_data, fault, expect_status, reason_part):
     rows = _qa_rows(shared_data, 3)
