@@ -8,7 +8,7 @@ from typing import Any
 import anthropic
 
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError
-from .limits import ProviderLimits, RemoteProvider, http_transport_options, malformed_error
+from .limits import ProviderLimits, RemoteProvider, malformed_error
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 #: stop_reason -> the OpenAI-style finish_reason every provider reports
@@ -37,6 +37,9 @@ class AnthropicProvider(RemoteProvider):
     """
 
     name = "anthropic"
+    sdk = anthropic
+    sdk_client_class = anthropic.AsyncAnthropic
+    sdk_base_error = anthropic.AnthropicError
 
     def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None,
                  limits: ProviderLimits | None = None, pricing: Pricing | None = None,
@@ -48,16 +51,6 @@ class AnthropicProvider(RemoteProvider):
         if not api_key:
             raise ValueError("no Anthropic API key: pass api_key=... or set ANTHROPIC_API_KEY")
         self._api_key = api_key
-
-    def _new_client(self) -> anthropic.AsyncAnthropic:
-        timeout = anthropic.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
-        return anthropic.AsyncAnthropic(
-            api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
-            # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
-            # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
-            http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
-                self.base_url, self.limits.max_concurrency, anthropic.DEFAULT_CONNECTION_LIMITS)),
-        )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         system, messages = split_system(request.messages)
@@ -82,7 +75,7 @@ class AnthropicProvider(RemoteProvider):
         try:
             message = await self._client().messages.create(**params)
         except Exception as error:
-            translated = self._translate_sdk_error(error, anthropic, anthropic.AnthropicError)
+            translated = self._translate_sdk_error(error)
             if translated is None:
                 raise
             raise translated from error

@@ -393,9 +393,24 @@ class RemoteProvider(Provider):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
 
-    @abc.abstractmethod
+    #: the official SDK module (`openai` or `anthropic`): both name their timeout, client-options and error
+    #: classes alike, so client construction and error translation are written once, here
+    sdk: Any = None
+    #: the SDK's async client class and root error class
+    sdk_client_class: Any = None
+    sdk_base_error: type[Exception] = Exception
+
     def _new_client(self) -> Any:
         """A new SDK client for the running event loop (no SDK retries: ours apply)."""
+        sdk = self.sdk
+        timeout = sdk.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
+        return self.sdk_client_class(
+            api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
+            # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
+            # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
+            http_client=sdk.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
+                self.base_url, self.limits.max_concurrency, sdk.DEFAULT_CONNECTION_LIMITS)),
+        )
 
     def _client(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -408,22 +423,22 @@ class RemoteProvider(Provider):
         """Error text with the API key redacted."""
         return redact(str(error), getattr(self, "_api_key", None))
 
-    def _translate_sdk_error(self, error: Exception, sdk: Any, base_error: type[Exception]) -> Exception | None:
+    def _translate_sdk_error(self, error: Exception) -> Exception | None:
         """Our error for an exception of the `openai` / `anthropic` SDK (their error classes share names), or
         None when it is not one to translate. Timeouts and connection errors are retried; HTTP status errors
         are retried or final by status; a body that is not the expected JSON is a malformed reply."""
-        if isinstance(error, sdk.APITimeoutError):
+        if isinstance(error, self.sdk.APITimeoutError):
             return RetryableError(f"{self.describe}: timed out after {self.limits.timeout_s:g}s")
-        if isinstance(error, sdk.APIConnectionError):
+        if isinstance(error, self.sdk.APIConnectionError):
             return RetryableError(f"{self.describe}: connection error: {self._safe(error.__cause__ or error)}")
-        if isinstance(error, sdk.APIStatusError):
+        if isinstance(error, self.sdk.APIStatusError):
             message = self._safe(api_error_message(error.body, error.message))
             return status_error(error.status_code, message, error.response.headers, describe=self.describe)
-        if isinstance(error, sdk.APIResponseValidationError):
+        if isinstance(error, self.sdk.APIResponseValidationError):
             return malformed_error(self.describe, self._safe(error))
         if isinstance(error, ValueError):  # a body that is not JSON
             return malformed_error(self.describe, f"{type(error).__name__}: {self._safe(error)}")
-        if isinstance(error, base_error):
+        if isinstance(error, self.sdk_base_error):
             return ProviderError(f"{self.describe}: {type(error).__name__}: {self._safe(error)}")
         return None
 

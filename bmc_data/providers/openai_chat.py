@@ -10,7 +10,7 @@ import httpx2
 import openai
 
 from .base import ChatRequest, ChatResponse, Pricing
-from .limits import ProviderLimits, RemoteProvider, http_transport_options, malformed_error
+from .limits import ProviderLimits, RemoteProvider, malformed_error
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: Sent to OpenAI-compatible local servers that need no key (the SDK refuses an empty one).
@@ -39,6 +39,9 @@ class OpenAIProvider(RemoteProvider):
     """
 
     name = "openai"
+    sdk = openai
+    sdk_client_class = openai.AsyncOpenAI
+    sdk_base_error = openai.OpenAIError
 
     def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None,
                  limits: ProviderLimits | None = None, pricing: Pricing | None = None,
@@ -59,16 +62,6 @@ class OpenAIProvider(RemoteProvider):
         if token_limit_param not in ("max_tokens", "max_completion_tokens"):
             raise ValueError(f"token_limit_param must be 'max_tokens' or 'max_completion_tokens', got {token_limit_param!r}")
         self.token_limit_param = token_limit_param
-
-    def _new_client(self) -> openai.AsyncOpenAI:
-        timeout = openai.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
-        return openai.AsyncOpenAI(
-            api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
-            # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
-            # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
-            http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
-                self.base_url, self.limits.max_concurrency, openai.DEFAULT_CONNECTION_LIMITS)),
-        )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -93,7 +86,7 @@ class OpenAIProvider(RemoteProvider):
                                                   cast_to=httpx2.Response, options=_POST_OPTIONS)
             body = response.json()
         except Exception as error:
-            translated = self._translate_sdk_error(error, openai, openai.OpenAIError)
+            translated = self._translate_sdk_error(error)
             if translated is None:
                 raise
             raise translated from error
