@@ -24,6 +24,9 @@ _EXPORTS = {
     "add_edit_distance_stats": "stats", "summarize_edit_distances": "stats", "plot_edit_distances": "stats",
     "load_bridged": "hub", "save_bridged": "hub", "push_bridged": "hub",
     "get_provider": "providers",
+    "add_dcrm": "pair_quality", "best_of_n2_pairs": "pair_quality", "SequenceClassifierReward": "pair_quality",
+    "add_implicit_reward_margins": "selection", "add_alignment_potential": "selection",
+    "add_dual_margin": "selection", "select_top": "selection",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -46,8 +49,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .hub import load_bridged, push_bridged, save_bridged
     from .loading import InvalidRowError, LoadedPairs, load_pairs
     from .masks import add_diff_masks, masks_fit
+    from .pair_quality import SequenceClassifierReward, add_dcrm, best_of_n2_pairs
     from .pairs import make_pairs
     from .providers import get_provider
     from .schema import PreferencePair, Status, Task
+    from .selection import add_alignment_potential, add_dual_margin, add_implicit_reward_margins, select_top
     from .stats import add_edit_distance_stats, plot_edit_distances, summarize_edit_distances
     from .templates import Template, load_template
