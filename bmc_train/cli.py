@@ -78,13 +78,23 @@ def load_preference_dataset(name: str, config: str | None = None):
     return load_dataset(name, name=config)
 
 
-def select_rows(dataset, split_label: str, *, status_filter: str, use_original_chosen: bool, max_rows: int | None):
-    """Check the columns the trainer needs (before any model is loaded) and apply the `bmc_status` filter."""
+def select_rows(dataset, split_label: str, *, status_filter: str, use_original_chosen: bool, max_rows: int | None,
+                loss_type: str | None = None):
+    """Check the columns the trainer needs (before any model is loaded) and apply the `bmc_status` filter.
+
+    `loss_type` adds the per-example columns that objective reads (MADPO's `reward_margin`)."""
     columns = dataset.column_names
     needed = [PROMPT, CHOSEN, REJECTED] + ([ORIGINAL_CHOSEN] if use_original_chosen else [])
-    missing = [c for c in needed if c not in columns]
+    per_example = []
+    if loss_type is not None:
+        from .losses import get_loss_type
+
+        per_example = list(get_loss_type(loss_type).batch_inputs.values())
+    missing = [c for c in needed + per_example if c not in columns]
     if missing:
         hint = " (use_original_chosen=True trains on it)" if ORIGINAL_CHOSEN in missing else ""
+        if any(c in per_example for c in missing):
+            hint += f" (loss_type={loss_type!r} reads it per example; see docs/related-objectives.md)"
         raise ValueError(
             f"the {split_label} split is missing column(s) {missing}{hint}; it has {columns}. A preference dataset "
             f"needs `{PROMPT}`, `{CHOSEN}` and `{REJECTED}` (bmc_data writes them)."
@@ -126,14 +136,14 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
         train_dataset = select_rows(
             dataset[script_args.dataset_train_split], script_args.dataset_train_split,
             status_filter=script_args.status_filter, use_original_chosen=training_args.use_original_chosen,
-            max_rows=script_args.max_train_samples,
+            max_rows=script_args.max_train_samples, loss_type=training_args.loss_type,
         )
         eval_dataset = None
         if training_args.eval_strategy != "no" and script_args.dataset_test_split:
             eval_dataset = select_rows(
                 dataset[script_args.dataset_test_split], script_args.dataset_test_split,
                 status_filter=script_args.status_filter, use_original_chosen=training_args.use_original_chosen,
-                max_rows=None,
+                max_rows=None, loss_type=training_args.loss_type,
             )
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None

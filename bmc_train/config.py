@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import DPOConfig
@@ -41,7 +42,10 @@ class BMCConfig(DPOConfig):
     Parameters:
         loss_type (`str`, defaults to `"bmc"`):
             The objective. `"bmc"` (= `"dpo_bmc"`, eq. 4), `"dpo"`, `"ipo"`, `"ipo_bmc"`, `"rdpo"`, `"rdpo_bmc"`,
-            `"simpo"`, `"simpo_bmc"`, `"orpo"`, `"orpo_bmc"`, `"figa"`. Replaces TRL's list-valued `loss_type`.
+            `"simpo"`, `"simpo_bmc"`, `"orpo"`, `"orpo_bmc"`, `"figa"`, and the related objectives of
+            docs/related-objectives.md, each plain or with BMC token weights: `"bpo"`, `"bpo_bmc"`, `"gammapo"`,
+            `"gammapo_bmc"`, `"amapo"`, `"amapo_bmc"`, `"repo"`, `"repo_bmc"`, `"madpo"`, `"madpo_bmc"` (MADPO
+            needs a `reward_margin` dataset column). Replaces TRL's list-valued `loss_type`.
         delta (`float`, defaults to `2.0`):
             δ, the cap on the inverse policy probability in λ = 1 + min(1/π_θ, δ) on diff tokens.
         ipo_tau (`float`, *optional*):
@@ -54,6 +58,17 @@ class BMCConfig(DPOConfig):
             λ weighting ORPO's odds-ratio term against its NLL term.
         figa_alpha (`float`, defaults to `1.0`), figa_beta (`float`, defaults to `0.5`):
             FIGA's weights on added (chosen) and deleted (rejected) tokens.
+        bpo_alpha (`float`, defaults to `0.3`):
+            BPO's gap adaptor α ∈ (0, 1] in the balanced margin min(r_w, −α r_l) (official code's value).
+        gammapo_gamma_beta_ratio (`float`, defaults to `0.4`), gammapo_tau (`float`, defaults to `10.0`):
+            γ-PO's mean target margin γ0 = ratio · β and the KL strength τ pulling the instance-wise margins to γ0
+            (official Llama-3-8B-Instruct recipe). Ratio 0 is plain DPO.
+        repo_gamma (`float`, defaults to `0.6`):
+            RePO's margin threshold γ in ReLU(γ − m) (official Llama-3-8B-Instruct recipe; 0.4 for Mistral).
+        madpo_c_max (`float`, defaults to `2.0`), madpo_c_min (`float`, defaults to `0.5`), madpo_lambda (`float`,
+        defaults to `1.0`), madpo_tau (`float`, defaults to `log(999) ≈ 6.907`):
+            MADPO's weight schedule on the reward-model margin (official experiment values); c_max = 1 is plain DPO.
+            AMaPO has no parameter of its own: it uses `beta` (official recipes 2.0–3.0).
         use_original_chosen (`bool`, defaults to `False`):
             Train on `original_chosen` (y_w) instead of `chosen` (ỹ_w), with diff masks recomputed for (y_w, y_l):
             with `loss_type="bmc"` this is the paper's DPO-MC ablation.
@@ -99,6 +114,41 @@ class BMCConfig(DPOConfig):
     orpo_lambda: float = field(default=0.1, metadata={"help": "λ of ORPO's odds-ratio term."})
     figa_alpha: float = field(default=1.0, metadata={"help": "FIGA weight on added/substituted chosen tokens."})
     figa_beta: float = field(default=0.5, metadata={"help": "FIGA weight on deleted/substituted rejected tokens."})
+    # related objectives (docs/related-objectives.md); AMaPO only uses `beta`
+    bpo_alpha: float = field(
+        default=0.3,
+        metadata={"help": "BPO gap adaptor α ∈ (0, 1] in the balanced margin min(r_w, −α r_l) (official code: 0.3)."},
+    )
+    gammapo_gamma_beta_ratio: float = field(
+        default=0.4,
+        metadata={
+            "help": "γ-PO mean target margin over β (γ0 = ratio·β; official Llama-3-8B-Instruct recipe 0.4). 0 is DPO."
+        },
+    )
+    gammapo_tau: float = field(
+        default=10.0,
+        metadata={"help": "γ-PO KL strength τ > 0 pulling the instance-wise margins to γ0 (official recipe: 10)."},
+    )
+    repo_gamma: float = field(
+        default=0.6,
+        metadata={"help": "RePO margin threshold γ in ReLU(γ − m), m the length-normalised margin (official: 0.6)."},
+    )
+    madpo_c_max: float = field(
+        default=2.0, metadata={"help": "MADPO weight-schedule c_max ≥ 1 for hard pairs (official: 2). 1 is DPO."}
+    )
+    madpo_c_min: float = field(
+        default=0.5, metadata={"help": "MADPO weight-schedule c_min ∈ (0, 1] for easy pairs (official: 1/c_max)."}
+    )
+    madpo_lambda: float = field(
+        default=1.0, metadata={"help": "MADPO slope λ ≥ 0 of the weight schedule (official: 1)."}
+    )
+    madpo_tau: float = field(
+        default=math.log(999.0),
+        metadata={
+            "help": "MADPO margin τ > 0 where the weight schedule crosses 1, in reward-model logits "
+            "(official: log(0.999/0.001))."
+        },
+    )
     use_original_chosen: bool = field(
         default=False,
         metadata={
@@ -126,6 +176,19 @@ class BMCConfig(DPOConfig):
                 )
         if self.delta < 0:
             raise ValueError(f"delta must be >= 0, got {self.delta}")
+        # the related objectives' ranges, checked here so a bad flag fails before any model is loaded
+        if not 0 < self.bpo_alpha <= 1:
+            raise ValueError(f"bpo_alpha must be in (0, 1], got {self.bpo_alpha}")
+        if self.gammapo_tau <= 0 or self.gammapo_gamma_beta_ratio < 0:
+            raise ValueError(
+                f"gammapo_tau must be > 0 and gammapo_gamma_beta_ratio >= 0, got {self.gammapo_tau} and "
+                f"{self.gammapo_gamma_beta_ratio}"
+            )
+        if not 0 < self.madpo_c_min <= 1 <= self.madpo_c_max or self.madpo_tau <= 0 or self.madpo_lambda < 0:
+            raise ValueError(
+                f"MADPO needs 0 < madpo_c_min <= 1 <= madpo_c_max, madpo_tau > 0 and madpo_lambda >= 0; got "
+                f"c_min={self.madpo_c_min}, c_max={self.madpo_c_max}, tau={self.madpo_tau}, lambda={self.madpo_lambda}"
+            )
         if self.ipo_tau is None:
             self.ipo_tau = self.beta
         if self.precompute_ref_log_probs:

@@ -18,8 +18,11 @@ computed from the *policy* log-probs under `torch.no_grad` (sg = stop-gradient),
 log-ratios, never through λ. `delta=None` turns the weighting off (λ = 1 everywhere): that is the plain xPO
 objective, so `bmc_dpo_loss(..., delta=None)` is exactly DPO.
 
-The loss types behind the one `loss_type` switch live in `LOSS_TYPES`; a future objective (BPO, γ-PO, AMaPO, RePO,
-MADPO, ...) is one more pure function plus one `register_loss_type(...)` call.
+The loss types behind the one `loss_type` switch live in `LOSS_TYPES`; an objective is one more pure function plus
+one `register_loss_type(...)` call. Beside the BMC ones live five related objectives (docs/related-objectives.md):
+BPO, γ-PO, AMaPO, RePO and MADPO, each with a `_bmc` twin. An objective that needs a per-example input beyond the
+log-probs (MADPO's reward-model margin) declares it in `LossTypeSpec.batch_inputs`; the trainer collates that
+dataset column and `compute_preference_loss` passes it on as a keyword argument.
 """
 
 from __future__ import annotations
@@ -36,18 +39,29 @@ __all__ = [
     "LOSS_TYPES",
     "LossTypeSpec",
     "PreferenceLossOutput",
+    "REWARD_MARGIN",
+    "amapo_loss",
+    "amapo_margins",
     "bmc_dpo_loss",
     "bmc_ipo_loss",
     "bmc_orpo_loss",
     "bmc_rdpo_loss",
     "bmc_simpo_loss",
     "bmc_token_weights",
+    "bpo_loss",
     "compute_preference_loss",
     "figa_loss",
+    "gammapo_loss",
+    "gammapo_target_margins",
     "get_loss_type",
+    "madpo_loss",
+    "madpo_weights",
     "register_loss_type",
+    "repo_loss",
     "token_weight_stats",
 ]
+
+REWARD_MARGIN = "reward_margin"  # dataset column MADPO reads: r_φ(x, y_w) − r_φ(x, y_l) from a reward model
 
 
 class PreferenceLossOutput(NamedTuple):
@@ -355,6 +369,275 @@ def figa_loss(
     return PreferenceLossOutput(losses, chosen_rewards, rejected_rewards)
 
 
+# --- related objectives (issue 5): BPO, γ-PO, AMaPO, RePO, MADPO -------------------------------------------------
+#
+# Each takes the same 8 tensors as the BMC objectives and a `delta`: `delta=None` is the plain objective, a float
+# δ turns on the BMC token weights λ inside every sum of log-probs / log-ratios (the `*_bmc` loss types). Formulas,
+# defaults, sources and the choices made where a paper is open: docs/related-objectives.md.
+
+
+def _weighted_mean_logps(
+    policy_logps: torch.Tensor, diff_mask: torch.Tensor | None, loss_mask: torch.Tensor | None, delta: float | None
+) -> torch.Tensor:
+    """Σ_t λ_t log π_θ(y_t) / |y|: SimPO's length-normalised reference-free reward, without β (|y| unweighted)."""
+    weights = _side_weights(policy_logps, diff_mask, loss_mask, delta)
+    return _weighted_sum(policy_logps, weights) / _token_count(loss_mask, policy_logps)
+
+
+def bpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    beta: float,
+    alpha: float,
+    delta: float | None,
+) -> PreferenceLossOutput:
+    """BPO(-BMC) (Sun et al., 2025, "BPO: Revisiting Preference Modeling in DPO"), logistic form:
+
+        L = −log σ( β · min( Σλ_wΔ_w ,  −α Σλ_lΔ_l ) ),   Δ = log π_θ − log π_ref
+
+    The balanced reward margin min(r_w, −α r_l) replaces DPO's relative margin r_w − r_l, so a pair whose chosen
+    reward falls below zero keeps being pushed up (no "degraded chosen response"); the gap adaptor α ∈ (0, 1] scales
+    the rejected side (paper: balanced reward margin + gap adaptor; official code `balance_logistic_alpha`, α = 0.3).
+    Only the side that attains the minimum gets a gradient. There is no α at which this equals DPO: at α = 1 and
+    r_w = −r_l it equals DPO with β/2 (min(a, −b) = (a − b)/2 there), and it is never below that DPO loss.
+    """
+    _require_reference("BPO", ref_chosen_logps, ref_rejected_logps)
+    if not 0 < alpha <= 1:
+        raise ValueError(f"BPO's gap adaptor alpha must be in (0, 1], got {alpha}")
+    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected = _weighted_logratios(
+        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    )
+    losses = -F.logsigmoid(beta * torch.minimum(chosen, -alpha * rejected))
+    return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+def gammapo_target_margins(
+    reward_gaps: torch.Tensor, *, gamma0: float, tau: float, num_steps: int = 20
+) -> torch.Tensor:
+    """γ-PO's instance-wise target margins for one batch (Sun et al., 2025, "Robust Preference Optimization via
+    Dynamic Target Margins"), a constant w.r.t. the model (computed under no_grad from detached gaps):
+
+        γ_i = γ0 · B · p_i,   p = argmin_{p ∈ simplex}  (1/B) Σ_i −log σ(r_i − γ0 B p_i)  +  τ KL(p ‖ uniform)
+
+    so the margins average γ0, high-confidence pairs (large reward gap r_i) get larger margins and ambiguous ones
+    smaller, and τ pulls them back to the constant γ0 (τ → ∞: every γ_i = γ0; B = 1: γ = γ0). Solved as the official
+    code's in-batch solver does: `num_steps` evaluations of the gradient γ0 σ(γ_i − r_i) + τ(1 + log(B p_i)) with
+    exponentiated-gradient (mirror-descent) updates of step min(0.5/τ, 1) from the uniform p, returning the γ of the
+    last evaluation (i.e. after `num_steps − 1` updates). The updates are done in log space, so no ε is needed.
+    """
+    if tau <= 0:
+        raise ValueError(f"γ-PO's KL strength tau must be > 0, got {tau}")
+    if gamma0 < 0:
+        raise ValueError(f"γ-PO's mean target margin gamma0 must be >= 0, got {gamma0}")
+    with torch.no_grad():
+        gaps = reward_gaps.detach().reshape(-1).to(torch.promote_types(reward_gaps.dtype, torch.float32))
+        n = gaps.numel()
+        if n == 0 or gamma0 == 0:
+            return torch.full_like(reward_gaps, gamma0).detach()
+        lr = min(0.5 / tau, 1.0)
+        log_p = torch.full_like(gaps, -math.log(n))
+        gamma = gamma0 * n * log_p.exp()
+        for _ in range(num_steps):
+            gamma = gamma0 * n * log_p.exp()
+            grad = tau * (1.0 + math.log(n) + log_p) + gamma0 * torch.sigmoid(gamma - gaps)
+            log_p = log_p - lr * grad
+            log_p = log_p - torch.logsumexp(log_p, dim=0)
+    return gamma.reshape(reward_gaps.shape).to(reward_gaps.dtype)
+
+
+def gammapo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    beta: float,
+    gamma_beta_ratio: float,
+    tau: float,
+    delta: float | None,
+) -> PreferenceLossOutput:
+    """γ-PO on DPO's margin (γ-DPO, BMC-weighted with δ):  L_i = −log σ( r_i − γ_i ),
+
+    r_i = β (Σλ_wΔ_w − Σλ_lΔ_l) the DPO reward gap of pair i, γ_i = `gammapo_target_margins(r, γ0, τ)` with
+    γ0 = `gamma_beta_ratio` · β (the official code's `gamma_beta_ratio` convention). γ is computed from the detached
+    gaps of this batch only (the paper's in-batch version; its FIFO queue of past gaps, Algorithm 2, keeps state
+    across steps and is not used) and is a constant for the gradient, as in the official code. γ0 = 0 is exactly
+    DPO; τ → ∞ (or a batch of one) is DPO with the constant target margin γ0.
+    """
+    _require_reference("γ-PO", ref_chosen_logps, ref_rejected_logps)
+    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected = _weighted_logratios(
+        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    )
+    gaps = beta * (chosen - rejected)
+    margins = gammapo_target_margins(gaps, gamma0=gamma_beta_ratio * beta, tau=tau)
+    losses = -F.logsigmoid(gaps - margins)
+    return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+_AMAPO_MAX_EXPONENT = 80.0  # exp(80) ≈ 5.5e34 < float32/bf16 max: keeps the margin finite, far past any real batch
+
+
+def amapo_margins(margins: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """AMaPO's instance-wise adaptive margin (Deng, Feng & Lei, 2025), detached:
+
+        γ_i = β · exp( z_i · μ )  if m_i < μ,   0 otherwise,     z_i = (μ − m_i) / s
+
+    μ and s are the mean and (unbiased) standard deviation of the batch's margins m (Z-normalisation), the exponent
+    z·μ the exponential scaling: pairs ranked below the batch mean get a margin that grows with how far below they
+    are, pairs above it get none. Read off the official implementation (`amapo_loss` in Shiroha-Offical/AMaPO);
+    a batch of one, or one whose margins are all equal, gets no margin. The exponent is capped at 80 only to stay
+    finite in float32/bf16.
+    """
+    with torch.no_grad():
+        m = margins.detach().to(torch.promote_types(margins.dtype, torch.float32))
+        zeros = torch.zeros_like(margins).detach()
+        if m.numel() < 2:
+            return zeros
+        mu, s = m.mean(), m.std()
+        if not torch.isfinite(s) or s <= torch.finfo(m.dtype).eps * m.abs().max().clamp(min=1.0):
+            return zeros
+        z = (mu - m) / s
+        gamma = torch.where(m < mu, beta * torch.exp(torch.clamp(z * mu, max=_AMAPO_MAX_EXPONENT)), 0.0)
+    return gamma.to(margins.dtype)
+
+
+def amapo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    beta: float,
+    delta: float | None,
+) -> PreferenceLossOutput:
+    """AMaPO(-BMC), reference-free:  L_i = −log σ( β m_i − γ_i ),
+
+    m_i = Σλ_w log π_θ(ỹ_w)/|y_w| − Σλ_l log π_θ(y_l)/|y_l| (SimPO's length-normalised margin, the official code's
+    `length_norm: true`) and γ_i = `amapo_margins(m, β)` from this batch's detached statistics (a constant for the
+    gradient, as in the official code, which all-gathers the margins across GPUs; here the statistics are those of
+    the per-device batch). β is AMaPO's only hyperparameter (official recipes 2.0–3.0). With no pair below the batch
+    mean it is SimPO with γ = 0. Rewards are β Σλ log π_θ / |y|.
+    """
+    chosen = _weighted_mean_logps(policy_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected = _weighted_mean_logps(policy_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta)
+    margins = chosen - rejected
+    losses = -F.logsigmoid(beta * margins - amapo_margins(margins, beta=beta))
+    return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+def repo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    gamma: float,
+    delta: float | None,
+    beta: float = 1.0,
+) -> PreferenceLossOutput:
+    """RePO(-BMC) (Wu et al., 2025, "RePO: ReLU-based Preference Optimization"), reference-free:
+
+        L = ReLU( γ − ( Σλ_w log π_θ(ỹ_w)/|y_w| − Σλ_l log π_θ(y_l)/|y_l| ) )
+
+    a max-margin loss on SimPO's length-normalised margin with no β: SimPO's loss divided by β, with γ_SimPO = βγ,
+    tends to it as β → ∞ (softplus(β(γ − m))/β → ReLU(γ − m)). Pairs already separated by γ get no gradient; the
+    others all get the same weight. `beta` only scales the logged rewards β Σλ log π_θ / |y| (as the official code).
+    """
+    chosen = _weighted_mean_logps(policy_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected = _weighted_mean_logps(policy_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta)
+    losses = F.relu(gamma - (chosen - rejected))
+    return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
+def madpo_weights(
+    reward_margin: torch.Tensor, *, c_max: float, c_min: float, lam: float, tau: float
+) -> torch.Tensor:
+    """MADPO's per-pair weight w(h) of the reward-model margin h = r_φ(x, y_w) − r_φ(x, y_l) (Rho, 2025):
+
+        w(h) = σ(c(|h|) h) / σ(h)   if h > −τ,   1 otherwise
+        c(a) = c_min + (c_max − c_min) / (1 + (c_max − 1)/(1 − c_min) · exp(λ (a − τ)))
+
+    c decreases from ≈ c_max (hard pairs, |h| ≈ 0) through exactly 1 at |h| = τ to c_min (easy pairs), so the
+    effective target margin is amplified for hard pairs and dampened for easy ones. Read off the official
+    implementation (`MADPOLoss.coef` / `forward`, sirano1004/Margin-Apative-Direct-Preference-Optimization). h is in
+    Bradley–Terry logit units (σ(h) = P(y_w ≻ y_l)). c_max = 1 or c_min = 1 gives w ≡ 1 (plain DPO).
+    """
+    if not 0 < c_min <= 1 <= c_max:
+        raise ValueError(f"MADPO needs 0 < c_min <= 1 <= c_max, got c_min={c_min}, c_max={c_max}")
+    if tau <= 0 or lam < 0:
+        raise ValueError(f"MADPO needs tau > 0 and lambda >= 0, got tau={tau}, lambda={lam}")
+    with torch.no_grad():
+        h = reward_margin.detach().to(torch.promote_types(reward_margin.dtype, torch.float32))
+        if c_max == 1 or c_min == 1:
+            return torch.ones_like(reward_margin).detach()
+        k = (c_max - 1) / (1 - c_min)
+        coef = c_min + (c_max - c_min) / (1 + k * torch.exp(lam * (h.abs() - tau)))
+        w = torch.exp(F.logsigmoid(coef * h) - F.logsigmoid(h))  # ratio of sigmoids, finite for any h
+        w = torch.where(h > -tau, w, torch.ones_like(w))
+    return w.to(reward_margin.dtype)
+
+
+def madpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    *,
+    reward_margin: torch.Tensor,
+    beta: float,
+    c_max: float,
+    c_min: float,
+    lam: float,
+    tau: float,
+    delta: float | None,
+) -> PreferenceLossOutput:
+    """MADPO(-BMC) (Rho, 2025, "Margin Adaptive DPO"):  L_i = −w(h_i) · log σ( β (Σλ_wΔ_w − Σλ_lΔ_l) ),
+
+    w = `madpo_weights(h)` from the per-example reward-model margin `reward_margin` ([B], the dataset column of the
+    same name: r_φ(x, y_w) − r_φ(x, y_l), e.g. from a trained RM or from UltraFeedback scores), a constant for the
+    gradient. All weights 1 is exactly DPO.
+    """
+    _require_reference("MADPO", ref_chosen_logps, ref_rejected_logps)
+    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected = _weighted_logratios(
+        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    )
+    reward_margin = torch.as_tensor(reward_margin, device=chosen.device).reshape(-1)
+    if reward_margin.shape != chosen.shape:
+        raise ValueError(
+            f"MADPO needs one `{REWARD_MARGIN}` per pair: got shape {tuple(reward_margin.shape)} for a batch of "
+            f"{chosen.shape[0]} pairs"
+        )
+    weights = madpo_weights(reward_margin.to(chosen.dtype), c_max=c_max, c_min=c_min, lam=lam, tau=tau)
+    losses = -weights * F.logsigmoid(beta * (chosen - rejected))
+    return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
+
+
 # --- the loss_type switch ---------------------------------------------------------------------------------------
 
 
@@ -369,6 +652,9 @@ class LossTypeSpec:
         reference_free: The objective does not use π_ref (no reference forward pass is run).
         token_weighted: The objective uses the BMC weights λ (needs diff masks and `delta`).
         source: Paper reference, for docs and errors.
+        batch_inputs: Per-example inputs beyond the log-probs: keyword argument of `fn` -> dataset column (a
+            number per row). The trainer keeps and collates the column as a `[B]` float tensor and refuses a dataset
+            without it; `compute_preference_loss` passes it on (e.g. MADPO's `{"reward_margin": "reward_margin"}`).
     """
 
     name: str
@@ -379,6 +665,7 @@ class LossTypeSpec:
     token_weighted: bool = False
     uses_diff_mask: bool = False
     source: str = ""
+    batch_inputs: Mapping[str, str] = field(default_factory=dict)
 
     def kwargs_from(self, config: Any) -> dict[str, Any]:
         kwargs = {kw: getattr(config, attr) for kw, attr in self.params.items()}
@@ -390,7 +677,7 @@ LOSS_TYPES: dict[str, LossTypeSpec] = {}
 
 
 def register_loss_type(spec: LossTypeSpec, *, overwrite: bool = False) -> LossTypeSpec:
-    """Add a `loss_type` (e.g. a future BPO/γ-PO/AMaPO/RePO/MADPO function and its `_bmc` twin)."""
+    """Add a `loss_type` (a pure objective with the signature of `bmc_dpo_loss`; see `_register_pair` for twins)."""
     if spec.name in LOSS_TYPES and not overwrite:
         raise ValueError(f"loss_type {spec.name!r} is already registered")
     LOSS_TYPES[spec.name] = spec
@@ -405,11 +692,14 @@ def get_loss_type(name: str) -> LossTypeSpec:
 
 
 def _register_pair(name: str, fn: Callable[..., PreferenceLossOutput], params: dict[str, str], *, reference_free: bool,
-                   source: str) -> None:
-    register_loss_type(LossTypeSpec(name, fn, params, {"delta": None}, reference_free=reference_free, source=source))
+                   source: str, batch_inputs: Mapping[str, str] | None = None) -> None:
+    inputs = dict(batch_inputs or {})
+    register_loss_type(LossTypeSpec(name, fn, params, {"delta": None}, reference_free=reference_free, source=source,
+                                    batch_inputs=inputs))
     register_loss_type(
         LossTypeSpec(f"{name}_bmc", fn, {**params, "delta": "delta"}, reference_free=reference_free,
-                     token_weighted=True, uses_diff_mask=True, source=f"{source} + BMC (Jiang et al., 2025)")
+                     token_weighted=True, uses_diff_mask=True, source=f"{source} + BMC (Jiang et al., 2025)",
+                     batch_inputs=inputs)
     )
 
 
@@ -431,6 +721,20 @@ register_loss_type(
                  uses_diff_mask=True, source="FIGA (Guo et al., 2024)")
 )
 
+# related objectives (docs/related-objectives.md)
+_register_pair("bpo", bpo_loss, {"beta": "beta", "alpha": "bpo_alpha"}, reference_free=False,
+               source="BPO (Sun et al., 2025)")
+_register_pair("gammapo", gammapo_loss,
+               {"beta": "beta", "gamma_beta_ratio": "gammapo_gamma_beta_ratio", "tau": "gammapo_tau"},
+               reference_free=False, source="γ-PO on DPO (Sun et al., 2025)")
+_register_pair("amapo", amapo_loss, {"beta": "beta"}, reference_free=True, source="AMaPO (Deng et al., 2025)")
+_register_pair("repo", repo_loss, {"gamma": "repo_gamma", "beta": "beta"}, reference_free=True,
+               source="RePO (Wu et al., 2025)")
+_register_pair("madpo", madpo_loss,
+               {"beta": "beta", "c_max": "madpo_c_max", "c_min": "madpo_c_min", "lam": "madpo_lambda",
+                "tau": "madpo_tau"},
+               reference_free=False, source="MADPO (Rho, 2025)", batch_inputs={"reward_margin": REWARD_MARGIN})
+
 
 def compute_preference_loss(
     loss_type: str,
@@ -443,9 +747,22 @@ def compute_preference_loss(
     rejected_diff_mask: torch.Tensor | None,
     chosen_loss_mask: torch.Tensor | None,
     rejected_loss_mask: torch.Tensor | None,
+    batch_inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> PreferenceLossOutput:
-    """Dispatch on `loss_type`, reading the hyperparameters from `config` (a `BMCConfig` or any object with them)."""
+    """Dispatch on `loss_type`, reading the hyperparameters from `config` (a `BMCConfig` or any object with them).
+
+    `batch_inputs` maps dataset column -> `[B]` tensor for the objectives that declare `LossTypeSpec.batch_inputs`
+    (MADPO's `reward_margin`); other columns are ignored.
+    """
     spec = get_loss_type(loss_type)
+    extras = {}
+    for kwarg, column in spec.batch_inputs.items():
+        if batch_inputs is None or column not in batch_inputs:
+            raise ValueError(
+                f"loss_type={loss_type!r} needs the per-example input `{column}` (a number per pair, e.g. a dataset "
+                f"column of that name), but the batch has none; got {sorted(batch_inputs or {})}"
+            )
+        extras[kwarg] = batch_inputs[column]
     return spec.fn(
         policy_chosen_logps,
         policy_rejected_logps,
@@ -455,5 +772,6 @@ def compute_preference_loss(
         rejected_diff_mask,
         chosen_loss_mask,
         rejected_loss_mask,
+        **extras,
         **spec.kwargs_from(config),
     )

@@ -6,9 +6,13 @@ logging, saving — is TRL's own code path):
 * `_prepare_dataset`: after TRL tokenizes, keep the dataset's diff masks when they were built for this tokenizer
   (`bmc_data.masks.masks_fit`) and have one entry per `chosen_ids`/`rejected_ids` token; otherwise compute them once
   in a `Dataset.map` with `bmc_data.diff.token_diff_masks` (never in the training step).
-* `_set_signature_columns_if_needed`: keep the two mask columns, which TRL would drop as unused.
+  A loss type with per-example inputs (`LossTypeSpec.batch_inputs`, e.g. MADPO's `reward_margin`) needs those
+  columns in the dataset: a clear error names them before any training step.
+* `_set_signature_columns_if_needed`: keep the two mask columns (and those per-example columns), which TRL would drop
+  as unused.
 * the collator (`DataCollatorForBMC`): TRL's `DataCollatorForPreference` plus a `(2B, L)` `diff_mask` aligned with
-  its `[chosen; rejected]`, right-padded, `keep_start`-truncated rows.
+  its `[chosen; rejected]`, right-padded, `keep_start`-truncated rows, and a `[B]` float tensor per per-example
+  column.
 * `_compute_loss`: TRL sums the per-token log-probs inline, with no hook, so the loss is recomputed here from the
   per-token policy log-probs and a live per-token reference pass (the same forward calls TRL makes), then handed to
   the pure functions of `bmc_train.losses`. TRL's metrics are logged under the same names, plus `bmc/*`.
@@ -16,6 +20,8 @@ logging, saving — is TRL's own code path):
 
 from __future__ import annotations
 
+import math
+import numbers
 import textwrap
 from dataclasses import dataclass
 from typing import Any
@@ -52,10 +58,17 @@ class DataCollatorForBMC(DataCollatorForPreference):
     Row `i` of `diff_mask` marks the diff tokens of row `i` of `input_ids` (`[chosen; rejected]`), i.e.
     `[False] * len(prompt_ids) + chosen_diff_mask`, truncated and right-padded exactly as the ids are. Examples
     without mask fields get an all-false mask (no token is weighted: plain xPO).
+
+    Each column in `float_columns` (per-example numbers such as MADPO's `reward_margin`) is returned as a `[B]`
+    float32 tensor under its own name.
     """
+
+    float_columns: tuple[str, ...] = ()
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         output = super().torch_call(examples)
+        for column in self.float_columns:
+            output[column] = _float_column(examples, column)
         n, width = output["input_ids"].shape
         diff = torch.zeros((n, width), dtype=torch.bool)
         if CHOSEN_DIFF_MASK not in examples[0]:
@@ -80,6 +93,31 @@ class DataCollatorForBMC(DataCollatorForPreference):
                 diff[i, : len(row)] = torch.tensor(row, dtype=torch.bool)
         output[DIFF_MASK] = diff
         return output
+
+
+def _float_column(examples: list[dict[str, Any]], column: str) -> torch.Tensor:
+    values = []
+    for i, example in enumerate(examples):
+        value = example.get(column)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"batch example {i}: `{column}` must be a finite number, got {value!r}")
+        values.append(float(value))
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _check_batch_input_columns(dataset: Dataset | IterableDataset, loss_type: str, dataset_name: str) -> None:
+    """A clear error, before any training step, when a loss type's per-example column is not in the dataset."""
+    needed = list(get_loss_type(loss_type).batch_inputs.values())
+    if not needed:
+        return
+    columns = dataset.column_names or list(next(iter(dataset)).keys())
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise ValueError(
+            f"loss_type={loss_type!r} reads the per-example column(s) {missing}, which the {dataset_name} dataset "
+            f"lacks; it has {columns}. Add it (for MADPO: `reward_margin` = r(x, chosen) − r(x, rejected) from a "
+            "reward model or from scores such as UltraFeedback's; see docs/related-objectives.md)."
+        )
 
 
 def _diff_mask_row(example: dict[str, Any], ignore_token_ids: frozenset[int] | None) -> dict[str, list[bool]]:
@@ -191,6 +229,7 @@ class BMCTrainer(DPOTrainer):
                 truncation_mode=c.truncation_mode,
                 pad_to_multiple_of=c.pad_to_multiple_of,
                 return_tensors=c.return_tensors,
+                float_columns=tuple(self._loss_spec.batch_inputs.values()),
             )
         elif self._loss_spec.uses_diff_mask and not isinstance(self.data_collator, DataCollatorForBMC):
             logger.warning(
@@ -204,6 +243,7 @@ class BMCTrainer(DPOTrainer):
     # -- data --
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        _check_batch_input_columns(dataset, args.loss_type, dataset_name)
         if getattr(args, "use_original_chosen", False):
             dataset = _use_original_chosen(dataset, dataset_name)
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
@@ -222,7 +262,7 @@ class BMCTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        for name in (CHOSEN_DIFF_MASK, REJECTED_DIFF_MASK):
+        for name in (CHOSEN_DIFF_MASK, REJECTED_DIFF_MASK, *self._loss_spec.batch_inputs.values()):
             if name not in self._signature_columns:
                 self._signature_columns.append(name)
 
@@ -245,7 +285,8 @@ class BMCTrainer(DPOTrainer):
         mode = "train" if self.model.training else "eval"
         spec = self._loss_spec
         diff_mask = inputs.get(DIFF_MASK)
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        batch_inputs = {c: inputs[c] for c in spec.batch_inputs.values() if c in inputs}  # e.g. MADPO's reward_margin
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS and k not in batch_inputs}
         model_kwargs["use_cache"] = False
         if self.aux_loss_enabled:
             model_kwargs["output_router_logits"] = True
@@ -276,7 +317,7 @@ class BMCTrainer(DPOTrainer):
 
         out = compute_preference_loss(
             spec.name, self.args, chosen_logps, rejected_logps, ref_chosen, ref_rejected,
-            chosen_diff, rejected_diff, chosen_loss_mask, rejected_loss_mask,
+            chosen_diff, rejected_diff, chosen_loss_mask, rejected_loss_mask, batch_inputs,
         )
         loss = out.losses.mean()
         if self.aux_loss_enabled:

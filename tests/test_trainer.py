@@ -134,7 +134,10 @@ def test_status_filter(rows):
 @pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))
 def test_every_loss_type_trains(tmp_path, tiny_model, rows, loss_type):
     args = _config(tmp_path, loss_type=loss_type, max_steps=1, beta=2.0 if "simpo" in loss_type else 0.1)
-    trainer = BMCTrainer(str(tiny_model), args=args, train_dataset=_bridged(rows, 4))
+    ds = _bridged(rows, 4)
+    for column in LOSS_TYPES[loss_type].batch_inputs.values():  # per-example inputs, e.g. MADPO's reward_margin
+        ds = ds.add_column(column, [0.5, -1.0, 2.0, 8.0][: len(ds)])
+    trainer = BMCTrainer(str(tiny_model), args=args, train_dataset=ds)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
