@@ -86,6 +86,10 @@ def test_small_ablation_end_to_end_then_resumes(tmp_path, monkeypatch):
         assert server.call_count == calls
         assert weights.stat().st_mtime_ns == stamp
         assert again.drop(columns=["train_seconds"]).equals(table.drop(columns=["train_seconds"]))
+        # a changed setting never silently reuses an output made with the old one
+        with pytest.raises(SystemExit, match=r"models/DPO/ablation_train.json was made with other settings "
+                                             r"\(learning_rate: 0.001 -> 0.002\)"):
+            run(_config(tmp_path, model, server, learning_rate=2e-3))
 
 
 def test_bad_data_and_arguments_fail_clearly(tmp_path):

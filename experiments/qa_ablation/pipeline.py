@@ -25,6 +25,19 @@ logger = logging.getLogger("qa_ablation")
 
 SFT = "SFT"  # the untrained SmolLM2: the reference model of every arm
 
+# The settings each stage's stored output depends on (its own and its inputs'): a rerun that changes one of them
+# must not silently reuse that output.
+_PAIRS = ("model_name_or_path", "data_dir", "seed", "train_problems_per_source", "answer_max_tokens")
+_BRIDGE = (*_PAIRS, "provider", "model", "base_url", "editor_max_tokens")
+_TRAIN = (*_BRIDGE, "beta", "delta", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
+          "gradient_accumulation_steps", "max_length")
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "pairs": _PAIRS,
+    "bridge": _BRIDGE,
+    "train": _TRAIN,
+    "eval": (*_TRAIN, "test_problems_per_set"),
+}
+
 
 class Stages:
     """Paths and stage functions of one run folder."""
@@ -40,6 +53,22 @@ class Stages:
             self.timings = json.loads(timings_file.read_text())
 
     # --- bookkeeping ---------------------------------------------------------------------------------------
+    def _reuse(self, stage: str, output: Path) -> bool:
+        """True when `output` exists and was made with the current settings; an error when it was made with others."""
+        record = self.root / "settings.json"
+        recorded = json.loads(record.read_text()) if record.exists() else {}
+        current = {k: getattr(self.config, k) for k in STAGE_SETTINGS[stage]}
+        if not output.exists():
+            recorded[stage] = current
+            record.write_text(json.dumps(recorded, indent=2, default=str))
+            return False
+        before = recorded.get(stage)
+        if before is not None and before != current:
+            changed = sorted(k for k in current if before.get(k) != current[k])
+            raise SystemExit(f"{output} was made with other settings ({', '.join(f'{k}: {before.get(k)!r} -> {current[k]!r}' for k in changed)}); "
+                             f"use a new --output_dir, or delete that output to recompute it")
+        return True
+
     def _timed(self, name: str, started: float) -> None:
         self.timings[name] = round(time.perf_counter() - started, 1)
         (self.root / "timings.json").write_text(json.dumps(self.timings, indent=2))
@@ -91,7 +120,7 @@ class Stages:
     def pairs(self) -> datasets.Dataset:
         """y_w = ground-truth solution, y_l = the SFT model's own answer; keep the pairs whose y_l is wrong."""
         out = self.root / "pairs.parquet"
-        if out.exists():
+        if self._reuse("pairs", out):
             return datasets.Dataset.from_parquet(str(out))
         started = time.perf_counter()
         # read (and check) every file before minutes of model loading
@@ -111,7 +140,7 @@ class Stages:
     # --- stage 2: Bridging Phase -----------------------------------------------------------------------------
     def bridged(self) -> datasets.Dataset:
         out = self.root / "bridged.parquet"
-        if out.exists():
+        if self._reuse("bridge", out):
             return datasets.Dataset.from_parquet(str(out))
         from bmc_data import bridge_dataset
 
@@ -145,7 +174,7 @@ class Stages:
         """The bridged rows only, for every arm (the paper trains its baselines on the same filtered pairs, App.
         A.2), as TRL conversational rows with the chat prompt the answers were sampled with, plus diff masks."""
         out = self.root / "train_pairs.parquet"
-        if out.exists():
+        if self._reuse("bridge", out):
             return datasets.Dataset.from_parquet(str(out))
         from transformers import AutoTokenizer
 
@@ -165,7 +194,7 @@ class Stages:
     def train(self, arm: str) -> Path:
         folder = self.model_dir(arm)
         done = folder / "ablation_train.json"
-        if done.exists():
+        if self._reuse("train", done):
             return folder
         import torch
 
@@ -198,7 +227,7 @@ class Stages:
         """One row per test question: test set, id, the model's answer and whether it is correct (a question
         whose generation failed counts as wrong)."""
         out = self.root / "eval" / f"{arm}.parquet"
-        if out.exists():
+        if self._reuse("eval", out):
             return datasets.Dataset.from_parquet(str(out))
         started = time.perf_counter()
         samples = {name: _sample(self._read(name), self.config.test_problems_per_set, self.config.seed)
@@ -229,7 +258,7 @@ class Stages:
         """r(x, y) = β log π_θ(y|x)/π_ref(y|x) of y_w and y_l on the held-out pairs (plain sequence-level DPO reward
         for every arm, so arms trained with different objectives are measured with one ruler)."""
         out = self.root / "rewards" / f"{arm}.parquet"
-        if out.exists():
+        if self._reuse("eval", out):
             return datasets.Dataset.from_parquet(str(out))
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
