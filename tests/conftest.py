@@ -24,3 +24,14 @@ def shared_data() -> Path:
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own LLM call cache, never the user's ~/.cache/bmc."""
     monkeypatch.setenv("BMC_CACHE_DIR", str(tmp_path / "bmc-cache"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls: a second thread only adds contention on a busy 2-core CI machine (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from loss_batches import float64_default, random_batch as _batch  # noqa: F401  (autouse fixture)
 from bmc_train.losses import (
     LOSS_TYPES,
     LossTypeSpec,
@@ -28,28 +29,7 @@ from bmc_train.losses import (
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    # exact comparisons with hand-computed values; restored so other test files keep float32
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
-
-def _batch(seed: int = 0, b: int = 3, t: int = 7):
-    """Random per-token log-probs (as a policy would give: negative) and masks with ragged completions."""
-    g = torch.Generator().manual_seed(seed)
-    logp = lambda: -torch.rand(b, t, generator=g) * 3 - 0.01  # noqa: E731  π in (0.05, 0.99)
-    pc, pr, rc, rr = logp(), logp(), logp(), logp()
-    lengths_c = torch.tensor([t, t - 2, t - 3])[:b]
-    lengths_r = torch.tensor([t - 1, t, t - 4])[:b]
-    pos = torch.arange(t)
-    mc = pos[None, :] < lengths_c[:, None]
-    mr = pos[None, :] < lengths_r[:, None]
-    dc = (torch.rand(b, t, generator=g) < 0.4) & mc
-    dr = (torch.rand(b, t, generator=g) < 0.4) & mr
-    return pc, pr, rc, rr, dc, dr, mc, mr
 
 
 # --- λ ---------------------------------------------------------------------------------------------------------

@@ -16,17 +16,9 @@ from llm_servers import LLMServer, bridge_reply
 REPO = Path(__file__).resolve().parents[1]
 QA = REPO.parent / "shared" / "data" / "qa"
 
-pytestmark = pytest.mark.skipif(not (QA / "ecqa-train.jsonl").exists(), reason=f"QA data not found at {QA}")
+pytestmark = [pytest.mark.skipif(not (QA / "ecqa-train.jsonl").exists(), reason=f"QA data not found at {QA}"), pytest.mark.usefixtures("one_torch_thread")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(tmp_path: Path, model: Path, server: LLMServer, **overrides):

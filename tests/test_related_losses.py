@@ -3,6 +3,8 @@ cases, gradient checks, and `python -m bmc_train --loss_type <each>` on a tiny m
 
 from __future__ import annotations
 
+from functools import partial
+
 import json
 import math
 import os
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
+from loss_batches import float64_default, random_batch  # noqa: F401  (autouse fixture)
 from bmc_train.losses import (
     LOSS_TYPES,
     REWARD_MARGIN,
@@ -39,27 +42,10 @@ NEW_NAMES = ["bpo", "gammapo", "amapo", "repo", "madpo"]
 NEW_TYPES = [n for name in NEW_NAMES for n in (name, f"{name}_bmc")]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
-def _batch(seed: int = 0, b: int = 4, t: int = 7):
-    """Random per-token log-probs (π in (0.05, 0.99)) and masks with ragged completions."""
-    g = torch.Generator().manual_seed(seed)
-    logp = lambda: -torch.rand(b, t, generator=g) * 3 - 0.01  # noqa: E731
-    pc, pr, rc, rr = logp(), logp(), logp(), logp()
-    lengths_c = torch.tensor([t, t - 2, t - 3, t - 1])[:b]
-    lengths_r = torch.tensor([t - 1, t, t - 4, t - 2])[:b]
-    pos = torch.arange(t)
-    mc = pos[None, :] < lengths_c[:, None]
-    mr = pos[None, :] < lengths_r[:, None]
-    dc = (torch.rand(b, t, generator=g) < 0.4) & mc
-    dr = (torch.rand(b, t, generator=g) < 0.4) & mr
-    return pc, pr, rc, rr, dc, dr, mc, mr
+
+_batch = partial(random_batch, b=4)  # four pairs: enough for the batch statistics of γ-PO and AMaPO
 
 
 def _lam(p, d, m, delta):

@@ -29,6 +29,8 @@ from bmc_data.selection import (
 from bmc_data.tokenization import tokenize_pair
 from bmc_train.testing import build_tiny_model, read_qa_rows
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
@@ -143,14 +145,6 @@ def test_score_errors_name_the_column():
 
 
 # --- implicit reward margins with a tiny random Llama -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,9 @@ from bmc_train.testing import build_tiny_model, qa_bridged_rows, read_qa_rows
 REPO = Path(__file__).resolve().parents[1]
 SHARED_QA = REPO.parent / "shared" / "data" / "qa" / "ecqa-train.jsonl"
 
-pytestmark = pytest.mark.skipif(not SHARED_QA.exists(), reason=f"QA data not found at {SHARED_QA}")
+pytestmark = [pytest.mark.skipif(not SHARED_QA.exists(), reason=f"QA data not found at {SHARED_QA}"), pytest.mark.usefixtures("one_torch_thread")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny matmuls: a second thread only adds contention on a busy 2-core CI machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,7 @@ def run(config: AblationConfig) -> pd.DataFrame:
     answers = pd.concat([stages.answers(arm).to_pandas() for arm in [SFT, *config.arm_names]], ignore_index=True)
     rewards = []
     for arm in config.arm_names:
-        frame = stages.rewards(arm).to_pandas()[["reward_chosen", "reward_rejected"]]
-        rewards.append(frame.assign(arm=arm))
+        rewards.append(stages.rewards(arm).assign(arm=arm))
     rewards_frame = pd.concat(rewards, ignore_index=True) if rewards else pd.DataFrame(
         columns=["arm", "reward_chosen", "reward_rejected"])
     baseline = "DPO" if "DPO" in config.arm_names else SFT

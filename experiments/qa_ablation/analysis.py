@@ -64,6 +64,10 @@ def results_table(answers: pd.DataFrame, rewards: pd.DataFrame, train_info: dict
         ci = bootstrap(all_correct, samples=samples, seed=seed)
         row.update({"all_acc": ci[0], "all_lo": ci[1], "all_hi": ci[2], "all_n": all_correct.size})
         pretty[f"all acc % (n={all_correct.size})"] = fmt(ci, scale=100)
+        if "stated_answer" in mine:
+            stated = mine["stated_answer"].to_numpy(dtype=float)
+            row["stated_answer"] = float(stated.mean())
+            pretty["states an answer %"] = f"{100 * stated.mean():.0f}"
         base = answers[answers["arm"] == baseline].sort_values(["test_set", "id"])
         if arm != baseline and len(base) == len(mine):
             diff = paired_difference(all_correct, base["correct"].to_numpy(dtype=float), samples=samples, seed=seed)

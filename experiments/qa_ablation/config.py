@@ -19,14 +19,16 @@ ARMS: dict[str, dict[str, object]] = {
 }
 
 # Filled in by `resolve()` when left unset: (small on CPU, full on one GPU). The small sizes are set by measured
-# cost on a 2-core CPU: ~2.5 s per generated answer (batch 32, 64 new tokens) and ~5 s per training pair.
+# cost on a 2-core CPU: ~1.2 s per generated answer (batch 32, 64 new tokens) and ~5 s per training pair
+# (about 50 min in all).
 _PRESETS: dict[str, tuple[object, object]] = {
     "train_problems_per_source": (32, None),  # None: the whole train split
-    "test_problems_per_set": (40, None),
+    "test_problems_per_set": (100, None),
     "answer_max_tokens": (64, 256),
     "editor_max_tokens": (192, 1024),
     "generation_batch_size": (32, 64),
-    "learning_rate": (5e-5, 5e-6),
+    "heldout_pairs": (96, None),
+    "learning_rate": (1e-5, 5e-6),
     "num_train_epochs": (1.0, 1.0),
     "per_device_train_batch_size": (4, 8),
     "gradient_accumulation_steps": (2, 16),
@@ -82,6 +84,9 @@ class AblationConfig:
     answer_max_tokens: int | None = field(default=None, metadata={"help": "Max new tokens of a model answer (y_l and evaluation)."})
     editor_max_tokens: int | None = field(default=None, metadata={"help": "Max tokens of an editor reply."})
     generation_batch_size: int | None = field(default=None, metadata={"help": "Answers generated in one batch."})
+    heldout_pairs: int | None = field(
+        default=None, metadata={"help": "At most this many held-out pairs (SFT's wrong test answers) for the reward "
+                                        "metrics; a seeded sample."})
 
     # training: identical for the four arms
     beta: float = field(default=0.05, metadata={"help": "β (paper QA: 0.05)."})

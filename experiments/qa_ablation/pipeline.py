@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pandas as pd
 
+from bmc_data.answers import extract_answer
 from bmc_data.pairs import ANSWER_INSTRUCTION
 from bmc_data.schema import CHOSEN, ORIGINAL_CHOSEN, PROMPT, REJECTED, STATUS, Status
 
@@ -35,7 +37,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "pairs": _PAIRS,
     "bridge": _BRIDGE,
     "train": _TRAIN,
-    "eval": (*_TRAIN, "test_problems_per_set"),
+    "eval": (*_TRAIN, "test_problems_per_set", "heldout_pairs"),
 }
 
 
@@ -238,9 +240,11 @@ class Stages:
             answered = {r["id"]: r for r in self._answer(provider, problems, f"{arm} on {test_set}")}
             for index, problem in enumerate(problems):
                 got = answered.get(str(index))
+                output = got["rejected"] if got else ""
                 rows.append({"arm": arm, "test_set": test_set, "id": str(index), "prompt": problem["problem"],
-                             "solution": problem["solution"], "answer": problem["answer"],
-                             "output": got["rejected"] if got else "", "correct": bool(got and got["rejected_correct"])})
+                             "solution": problem["solution"], "answer": problem["answer"], "output": output,
+                             "stated_answer": extract_answer(output) is not None,
+                             "correct": bool(got and got["rejected_correct"])})
         out.parent.mkdir(parents=True, exist_ok=True)
         result = datasets.Dataset.from_list(rows)
         result.to_parquet(str(out))
@@ -249,15 +253,17 @@ class Stages:
 
     def heldout_pairs(self) -> datasets.Dataset:
         """Held-out preference pairs for the reward metrics of §5.3: test questions the SFT model got wrong, with
-        y_w = the ground-truth solution and y_l = the SFT answer (built like the training pairs, never trained on)."""
+        y_w = the ground-truth solution and y_l = the SFT answer (built like the training pairs, never trained on);
+        a seeded sample of at most `heldout_pairs` of them."""
         sft = self.answers(SFT).filter(lambda r: not r["correct"] and bool(r["output"].strip()))
+        keep = sorted(_sample(list(range(len(sft))), self.config.heldout_pairs, self.config.seed))
+        sft = sft.select(keep)
         return sft.map(lambda r: _as_conversation({PROMPT: r["prompt"], CHOSEN: r["solution"], REJECTED: r["output"]}),
                        remove_columns=sft.column_names)
 
-    def rewards(self, arm: str) -> datasets.Dataset:
-        """r(x, y) = β log π_θ(y|x)/π_ref(y|x) of y_w and y_l on the held-out pairs (plain sequence-level DPO reward
-        for every arm, so arms trained with different objectives are measured with one ruler)."""
-        out = self.root / "rewards" / f"{arm}.parquet"
+    def logps(self, arm: str) -> datasets.Dataset:
+        """Summed log-probs of y_w and y_l on the held-out pairs under one model (the SFT's are the reference)."""
+        out = self.root / "logps" / f"{arm}.parquet"
         if self._reuse("eval", out):
             return datasets.Dataset.from_parquet(str(out))
         import torch
@@ -265,20 +271,25 @@ class Stages:
 
         from bmc_data import selection as S
 
-        device = self.config.device
-        policy = AutoModelForCausalLM.from_pretrained(self.model_dir(arm), dtype=torch.float32).to(device)
-        reference = AutoModelForCausalLM.from_pretrained(self.base_model(), dtype=torch.float32).to(device)
+        folder = self.base_model() if arm == SFT else self.model_dir(arm)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(self.config.device)
         tokenizer = AutoTokenizer.from_pretrained(self.base_model())
-        beta = self.config.beta
-        scored = S.add_implicit_reward_margins(self.heldout_pairs(), policy, tokenizer, ref_model=reference, beta=beta,
+        scored = S.add_implicit_reward_margins(self.heldout_pairs(), model, tokenizer, beta=1.0,
                                                batch_size=self.config.generation_batch_size,
                                                max_length=self.config.max_length)
-        scored = scored.map(lambda r: {
-            "reward_chosen": beta * (r[S.POLICY_CHOSEN_LOGPS] - r[S.REF_CHOSEN_LOGPS]),
-            "reward_rejected": beta * (r[S.POLICY_REJECTED_LOGPS] - r[S.REF_REJECTED_LOGPS])})
+        result = scored.select_columns([S.POLICY_CHOSEN_LOGPS, S.POLICY_REJECTED_LOGPS]).rename_columns(
+            {S.POLICY_CHOSEN_LOGPS: "logp_chosen", S.POLICY_REJECTED_LOGPS: "logp_rejected"})
         out.parent.mkdir(parents=True, exist_ok=True)
-        scored.to_parquet(str(out))
-        return scored
+        result.to_parquet(str(out))
+        return result
+
+    def rewards(self, arm: str) -> pd.DataFrame:
+        """r(x, y) = β log π_θ(y|x)/π_ref(y|x) of y_w and y_l on the held-out pairs: the plain sequence-level DPO
+        reward for every arm, so arms trained with different objectives are measured with one ruler."""
+        policy, reference = self.logps(arm).to_pandas(), self.logps(SFT).to_pandas()
+        beta = self.config.beta
+        return pd.DataFrame({"reward_chosen": beta * (policy["logp_chosen"] - reference["logp_chosen"]),
+                             "reward_rejected": beta * (policy["logp_rejected"] - reference["logp_rejected"])})
 
     # --- helpers --------------------------------------------------------------------------------------------
     def _read(self, name: str) -> list[dict[str, Any]]:
