@@ -49,6 +49,8 @@ def results_table(answers: pd.DataFrame, rewards: pd.DataFrame, train_info: dict
     """
     numeric, shown = [], []
     arms = list(dict.fromkeys(answers["arm"]))
+    heldout = int(rewards.groupby("arm").size().max()) if len(rewards) else 0
+    margin_label, reward_acc_label = f"reward margin (n={heldout})", "reward acc %"
     for arm in arms:
         mine = answers[answers["arm"] == arm].sort_values(["test_set", "id"])
         row: dict[str, object] = {"arm": arm, "train_pairs": train_info.get(arm, {}).get("pairs"),
@@ -83,11 +85,10 @@ def results_table(answers: pd.DataFrame, rewards: pd.DataFrame, train_info: dict
             row.update({"reward_margin": m_ci[0], "reward_margin_lo": m_ci[1], "reward_margin_hi": m_ci[2],
                         "reward_acc": a_ci[0], "reward_acc_lo": a_ci[1], "reward_acc_hi": a_ci[2],
                         "heldout_pairs": margins.size})
-            pretty[f"reward margin (n={margins.size})"] = fmt(m_ci, digits=3)
-            pretty["reward acc %"] = fmt(a_ci, scale=100)
+            pretty[margin_label] = fmt(m_ci, digits=3)
+            pretty[reward_acc_label] = fmt(a_ci, scale=100)
         else:
-            pretty["reward margin"] = "—"
-            pretty["reward acc %"] = "—"
+            pretty[margin_label] = pretty[reward_acc_label] = "—"
         pretty["train pairs"] = row["train_pairs"] if row["train_pairs"] is not None else "—"
         numeric.append(row)
         shown.append(pretty)

@@ -75,6 +75,11 @@ class Stages:
         self.timings[name] = round(time.perf_counter() - started, 1)
         (self.root / "timings.json").write_text(json.dumps(self.timings, indent=2))
 
+    def record_invocation(self, wall_s: float) -> None:
+        """Wall time of each invocation on this run folder (a resumed run has several)."""
+        self.timings.setdefault("invocations_wall_s", []).append(round(wall_s, 1))
+        (self.root / "timings.json").write_text(json.dumps(self.timings, indent=2))
+
     def model_dir(self, arm: str) -> Path:
         return self.root / ("base_model" if arm == SFT else f"models/{arm}")
 
@@ -271,6 +276,7 @@ class Stages:
 
         from bmc_data import selection as S
 
+        started = time.perf_counter()
         folder = self.base_model() if arm == SFT else self.model_dir(arm)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(self.config.device)
         tokenizer = AutoTokenizer.from_pretrained(self.base_model())
@@ -281,6 +287,7 @@ class Stages:
             {S.POLICY_CHOSEN_LOGPS: "logp_chosen", S.POLICY_REJECTED_LOGPS: "logp_rejected"})
         out.parent.mkdir(parents=True, exist_ok=True)
         result.to_parquet(str(out))
+        self._timed(f"logps/{arm}", started)
         return result
 
     def rewards(self, arm: str) -> pd.DataFrame:
