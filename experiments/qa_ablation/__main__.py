@@ -47,7 +47,7 @@ def run(config: AblationConfig) -> pd.DataFrame:
     plot_results(numeric, TEST_SETS, out / "results.png")
     summary = json.loads((stages.root / "bridge_summary.json").read_text()) if (stages.root / "bridge_summary.json").exists() else {}
     run_info = {
-        "config": config.to_dict(),
+        "config": {k: _portable(v) for k, v in config.to_dict().items()},
         "train_problems": len(pairs),
         "sft_train_accuracy": float(pd.Series(pairs["rejected_correct"]).mean()) if len(pairs) else None,
         "pairs_to_bridge": int(sum(not c for c in pairs["rejected_correct"])),
@@ -91,6 +91,19 @@ def _markdown(shown: pd.DataFrame, info: dict, *, bridged_rows: int) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _portable(value: object) -> object:
+    """Paths inside the repository (or beside it, like ../shared) written relative to the repository root."""
+    from .config import REPO_ROOT
+
+    if isinstance(value, str) and value.startswith("/"):
+        for base, prefix in ((REPO_ROOT, ""), (REPO_ROOT.parent, "../")):
+            try:
+                return prefix + str(Path(value).resolve().relative_to(base.resolve()))
+            except ValueError:
+                continue
+    return value
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
