@@ -167,6 +167,33 @@ def _token_count(loss_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Te
     return _mask(loss_mask, like).sum(dim=-1).clamp(min=1).to(like.dtype)
 
 
+def _weighted_mean_logps(
+    policy_logps: torch.Tensor, diff_mask: torch.Tensor | None, loss_mask: torch.Tensor | None, delta: float | None
+) -> torch.Tensor:
+    """Σ_t λ_t log π_θ(y_t) / |y|: SimPO's length-normalised reference-free reward, without β (|y| unweighted)."""
+    weights = _side_weights(policy_logps, diff_mask, loss_mask, delta)
+    return _weighted_sum(policy_logps, weights) / _token_count(loss_mask, policy_logps)
+
+
+def _pair_logratios(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_diff_mask: torch.Tensor | None,
+    rejected_diff_mask: torch.Tensor | None,
+    chosen_loss_mask: torch.Tensor | None,
+    rejected_loss_mask: torch.Tensor | None,
+    delta: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σλ_wΔ_w, Σλ_lΔ_l): the weighted log-ratio sums of both sides, the reward core of every reference-based type."""
+    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected = _weighted_logratios(
+        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    )
+    return chosen, rejected
+
+
 def _require_reference(name: str, *refs: torch.Tensor | None) -> None:
     if any(r is None for r in refs):
         raise ValueError(f"{name} needs the reference model's per-token log-probs (ref_chosen_logps/ref_rejected_logps)")
@@ -193,9 +220,9 @@ def bmc_dpo_loss(
     With `delta=None` (or all-false diff masks) this is exactly DPO (Rafailov et al., 2023).
     """
     _require_reference("DPO", ref_chosen_logps, ref_rejected_logps)
-    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
-    rejected = _weighted_logratios(
-        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    chosen, rejected = _pair_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+        chosen_diff_mask, rejected_diff_mask, chosen_loss_mask, rejected_loss_mask, delta,
     )
     losses = -F.logsigmoid(beta * (chosen - rejected))
     return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
@@ -222,9 +249,9 @@ def bmc_ipo_loss(
     only scales the logged rewards.
     """
     _require_reference("IPO", ref_chosen_logps, ref_rejected_logps)
-    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
-    rejected = _weighted_logratios(
-        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    chosen, rejected = _pair_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+        chosen_diff_mask, rejected_diff_mask, chosen_loss_mask, rejected_loss_mask, delta,
     )
     chosen_avg = chosen / _token_count(chosen_loss_mask, chosen)
     rejected_avg = rejected / _token_count(rejected_loss_mask, rejected)
@@ -251,9 +278,9 @@ def bmc_rdpo_loss(
     |y| is the unweighted completion length (the regulariser is about length, not about emphasis).
     """
     _require_reference("R-DPO", ref_chosen_logps, ref_rejected_logps)
-    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
-    rejected = _weighted_logratios(
-        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    chosen, rejected = _pair_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+        chosen_diff_mask, rejected_diff_mask, chosen_loss_mask, rejected_loss_mask, delta,
     )
     length_term = alpha * (_token_count(chosen_loss_mask, chosen) - _token_count(rejected_loss_mask, rejected))
     losses = -F.logsigmoid(beta * (chosen - rejected) - length_term)
@@ -278,14 +305,8 @@ def bmc_simpo_loss(
 
     The reference log-probs are ignored (pass `None`). The rewards are the length-normalised `β/|y| Σλ log π_θ`.
     """
-    chosen_w = _side_weights(policy_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
-    rejected_w = _side_weights(policy_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta)
-    chosen = beta * _weighted_sum(policy_chosen_logps, chosen_w) / _token_count(chosen_loss_mask, policy_chosen_logps)
-    rejected = (
-        beta
-        * _weighted_sum(policy_rejected_logps, rejected_w)
-        / _token_count(rejected_loss_mask, policy_rejected_logps)
-    )
+    chosen = beta * _weighted_mean_logps(policy_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected = beta * _weighted_mean_logps(policy_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta)
     losses = -F.logsigmoid(chosen - rejected - gamma)
     return PreferenceLossOutput(losses, chosen.detach(), rejected.detach())
 
@@ -310,12 +331,8 @@ def bmc_orpo_loss(
     ORPO; with `delta=None` it is ORPO's mean token log-prob), `log odds(y) = log p − log(1 − p)`. The NLL term is
     the plain (unweighted) mean token NLL of the chosen response, the SFT part of ORPO. Rewards are `β log p(y)`.
     """
-    chosen_w = _side_weights(policy_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
-    rejected_w = _side_weights(policy_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta)
-    n_chosen = _token_count(chosen_loss_mask, policy_chosen_logps)
-    n_rejected = _token_count(rejected_loss_mask, policy_rejected_logps)
-    chosen_avg = _weighted_sum(policy_chosen_logps, chosen_w) / n_chosen
-    rejected_avg = _weighted_sum(policy_rejected_logps, rejected_w) / n_rejected
+    chosen_avg = _weighted_mean_logps(policy_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
+    rejected_avg = _weighted_mean_logps(policy_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta)
 
     def log_odds(avg_logp: torch.Tensor) -> torch.Tensor:
         # log(p / (1 - p)) with p = exp(avg_logp) < 1; the clamp keeps log1p(-p) finite when p rounds to 1
@@ -324,7 +341,7 @@ def bmc_orpo_loss(
 
     ratio = F.logsigmoid(log_odds(chosen_avg) - log_odds(rejected_avg))
     nll = -_weighted_sum(policy_chosen_logps, _mask(chosen_loss_mask, policy_chosen_logps).to(policy_chosen_logps.dtype))
-    nll = nll / n_chosen
+    nll = nll / _token_count(chosen_loss_mask, policy_chosen_logps)
     losses = nll - lam * ratio
     return PreferenceLossOutput(losses, beta * chosen_avg.detach(), beta * rejected_avg.detach())
 
@@ -376,13 +393,6 @@ def figa_loss(
 # defaults, sources and the choices made where a paper is open: docs/related-objectives.md.
 
 
-def _weighted_mean_logps(
-    policy_logps: torch.Tensor, diff_mask: torch.Tensor | None, loss_mask: torch.Tensor | None, delta: float | None
-) -> torch.Tensor:
-    """Σ_t λ_t log π_θ(y_t) / |y|: SimPO's length-normalised reference-free reward, without β (|y| unweighted)."""
-    weights = _side_weights(policy_logps, diff_mask, loss_mask, delta)
-    return _weighted_sum(policy_logps, weights) / _token_count(loss_mask, policy_logps)
-
 
 def bpo_loss(
     policy_chosen_logps: torch.Tensor,
@@ -411,9 +421,9 @@ def bpo_loss(
     _require_reference("BPO", ref_chosen_logps, ref_rejected_logps)
     if not 0 < alpha <= 1:
         raise ValueError(f"BPO's gap adaptor alpha must be in (0, 1], got {alpha}")
-    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
-    rejected = _weighted_logratios(
-        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    chosen, rejected = _pair_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+        chosen_diff_mask, rejected_diff_mask, chosen_loss_mask, rejected_loss_mask, delta,
     )
     losses = -F.logsigmoid(beta * torch.minimum(chosen, -alpha * rejected))
     return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
@@ -477,9 +487,9 @@ def gammapo_loss(
     DPO; τ → ∞ (or a batch of one) is DPO with the constant target margin γ0.
     """
     _require_reference("γ-PO", ref_chosen_logps, ref_rejected_logps)
-    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
-    rejected = _weighted_logratios(
-        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    chosen, rejected = _pair_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+        chosen_diff_mask, rejected_diff_mask, chosen_loss_mask, rejected_loss_mask, delta,
     )
     gaps = beta * (chosen - rejected)
     margins = gammapo_target_margins(gaps, gamma0=gamma_beta_ratio * beta, tau=tau)
@@ -623,9 +633,9 @@ def madpo_loss(
     gradient. All weights 1 is exactly DPO.
     """
     _require_reference("MADPO", ref_chosen_logps, ref_rejected_logps)
-    chosen = _weighted_logratios(policy_chosen_logps, ref_chosen_logps, chosen_diff_mask, chosen_loss_mask, delta)
-    rejected = _weighted_logratios(
-        policy_rejected_logps, ref_rejected_logps, rejected_diff_mask, rejected_loss_mask, delta
+    chosen, rejected = _pair_logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+        chosen_diff_mask, rejected_diff_mask, chosen_loss_mask, rejected_loss_mask, delta,
     )
     reward_margin = torch.as_tensor(reward_margin, device=chosen.device).reshape(-1)
     if reward_margin.shape != chosen.shape:
