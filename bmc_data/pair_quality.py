@@ -206,7 +206,8 @@ def _check_epsilon(epsilon: float) -> None:
         raise ValueError(f"epsilon must be > 0 (it keeps DCRM finite for identical responses), got {epsilon}")
 
 
-def _score(value: Any, row: int, column: str) -> float:
+def finite_score(value: Any, row: int, column: str) -> float:
+    """`value` as a float, or a ValueError naming the row and column when it is not a finite number."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"row {row}: column {column!r} must hold a finite number, got {value!r}")
     return float(value)
@@ -221,7 +222,8 @@ def _dcrm_batch(batch: dict[str, list[Any]], *, tokenizer: Any, epsilon: float) 
     }
 
 
-def _set_column(dataset: Dataset, name: str, values: list[Any]) -> Dataset:
+def set_column(dataset: Dataset, name: str, values: list[Any]) -> Dataset:
+    """`dataset` with column `name` holding `values`, replacing a column of that name."""
     if name in dataset.column_names:  # recomputing: replace, never mix old and new values
         dataset = dataset.remove_columns(name)
     return dataset.add_column(name, values)
@@ -270,13 +272,13 @@ def add_dcrm(
         prompts = dataset[PROMPT]
         chosen_r = _rewards(reward_fn, prompts, dataset[CHOSEN])
         rejected_r = _rewards(reward_fn, prompts, dataset[REJECTED])
-        dataset = _set_column(_set_column(dataset, REWARD_CHOSEN, chosen_r), REWARD_REJECTED, rejected_r)
+        dataset = set_column(set_column(dataset, REWARD_CHOSEN, chosen_r), REWARD_REJECTED, rejected_r)
     else:
         assert reward_columns is not None
         chosen_col, rejected_col = reward_columns
-        chosen_r = [_score(v, i, chosen_col) for i, v in enumerate(dataset[chosen_col])]
-        rejected_r = [_score(v, i, rejected_col) for i, v in enumerate(dataset[rejected_col])]
-    dataset = _set_column(dataset, REWARD_MARGIN, [c - r for c, r in zip(chosen_r, rejected_r)])
+        chosen_r = [finite_score(v, i, chosen_col) for i, v in enumerate(dataset[chosen_col])]
+        rejected_r = [finite_score(v, i, rejected_col) for i, v in enumerate(dataset[rejected_col])]
+    dataset = set_column(dataset, REWARD_MARGIN, [c - r for c, r in zip(chosen_r, rejected_r)])
     dataset = dataset.remove_columns([c for c in (DCRM_DISTANCE, DCRM) if c in dataset.column_names])
     return dataset.map(
         _dcrm_batch,
@@ -327,7 +329,7 @@ def _pairs_batch(
         REJECTED_INDEX, PAIR_STATUS)}
     for row, responses, rewards in zip(indices, batch[responses_column], batch[rewards_column]):
         responses = list(responses or [])
-        rewards = [_score(v, row, rewards_column) for v in (rewards or [])]
+        rewards = [finite_score(v, row, rewards_column) for v in (rewards or [])]
         if len(responses) != len(rewards):
             raise ValueError(
                 f"row {row}: {len(responses)} response(s) in {responses_column!r} but {len(rewards)} reward(s) in "

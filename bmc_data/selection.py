@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 from datasets import Dataset
 
-from .pair_quality import REWARD_MARGIN, SCORE_CHOSEN, SCORE_REJECTED
+from .pair_quality import REWARD_MARGIN, SCORE_CHOSEN, SCORE_REJECTED, finite_score, set_column
 from .schema import CHOSEN, PROMPT, REJECTED
 
 __all__ = [
@@ -215,13 +215,10 @@ def add_implicit_reward_margins(
 def _numbers(dataset: Dataset, column: str, who: str) -> np.ndarray:
     if column not in dataset.column_names:
         raise ValueError(f"{who}: dataset has no column {column!r} (it has {dataset.column_names})")
-    values = dataset[column]
-    out = np.empty(len(values), dtype=np.float64)
-    for i, v in enumerate(values):
-        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{who}: row {i}: column {column!r} must hold a finite number, got {v!r}")
-        out[i] = v
-    return out
+    try:
+        return np.array([finite_score(v, i, column) for i, v in enumerate(dataset[column])], dtype=np.float64)
+    except ValueError as error:
+        raise ValueError(f"{who}: {error}") from None
 
 
 def _explicit_margin(
@@ -241,9 +238,8 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 
 
 def _with_columns(dataset: Dataset, columns: dict[str, np.ndarray]) -> Dataset:
-    dataset = dataset.remove_columns([c for c in columns if c in dataset.column_names])
     for name, values in columns.items():
-        dataset = dataset.add_column(name, values.tolist())
+        dataset = set_column(dataset, name, values.tolist())
     return dataset
 
 
