@@ -59,8 +59,9 @@ def run(config: AblationConfig) -> pd.DataFrame:
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "device": config.device},
     }
     (out / "run.json").write_text(json.dumps(run_info, indent=2, default=str))
-    (out / "results.md").write_text(_markdown(shown, run_info, bridged_rows=len(bridged)))
-    print((out / "results.md").read_text())
+    report = _markdown(shown, run_info, bridged_rows=len(bridged))
+    (out / "results.md").write_text(report)
+    print(report)
     return numeric
 
 

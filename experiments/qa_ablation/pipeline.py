@@ -81,7 +81,17 @@ class Stages:
         (self.root / "timings.json").write_text(json.dumps(self.timings, indent=2))
 
     def model_dir(self, arm: str) -> Path:
+        """Where an arm's trained model is written (the SFT's dequantized copy for `SFT`)."""
         return self.root / ("base_model" if arm == SFT else f"models/{arm}")
+
+    def _load_model(self, arm: str) -> tuple[Any, Path]:
+        """(float32 causal LM on the configured device, its folder) for an arm or the SFT model."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        folder = self.base_model() if arm == SFT else self.model_dir(arm)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(self.config.device)
+        return model, folder
 
     # --- stage 0: the SFT/reference model ------------------------------------------------------------------
     def base_model(self) -> Path:
@@ -102,13 +112,11 @@ class Stages:
     def _provider(self, arm: str):
         """A batching transformers provider for one model, named by arm and weights so the call cache never
         serves an answer of an older checkpoint."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from bmc_data.providers.transformers_local import TransformersProvider
 
-        folder = self.base_model() if arm == SFT else self.model_dir(arm)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(self.config.device)
+        model, folder = self._load_model(arm)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         return TransformersProvider.from_pretrained_objects(
             model, tokenizer, name=f"qa_ablation/{arm}@{_weights_fingerprint(folder)}",
@@ -271,14 +279,12 @@ class Stages:
         out = self.root / "logps" / f"{arm}.parquet"
         if self._reuse("eval", out):
             return datasets.Dataset.from_parquet(str(out))
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from bmc_data import selection as S
 
         started = time.perf_counter()
-        folder = self.base_model() if arm == SFT else self.model_dir(arm)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(self.config.device)
+        model, _ = self._load_model(arm)
         tokenizer = AutoTokenizer.from_pretrained(self.base_model())
         scored = S.add_implicit_reward_margins(self.heldout_pairs(), model, tokenizer, beta=1.0,
                                                batch_size=self.config.generation_batch_size,
