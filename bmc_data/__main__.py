@@ -6,17 +6,21 @@
 `--make-pairs` first samples y_l for each QA/math problem from the pair model (default: the same provider), as in
 the paper (y_w = ground-truth solution, y_l = the model's own answer). Writes bridged.parquet, bridged.jsonl,
 summary.json and summary.md to `--out`.
+
+Exit codes (docs/errors.md): 0 done; 2 bad option, credential or input; 3 stopped by a systemic failure (refused
+connection, rejected key, unknown model: nothing written, replies so far cached); 4 every pair failed; 1 a bug.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-from .cli_args import add_provider_args, build_provider
+from .cli_args import add_logging_args, add_provider_args, build_provider, check_provider_args, positive_int, setup_logging
+from .errors import AllRowsFailed, run_cli
+from .redaction import redact
 from .schema import Status, Task
 
 
@@ -31,15 +35,16 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--split", default="train", help="split to read from a folder or Hub repo")
     bridge.add_argument("--layout", default="auto", choices=["auto", "standard", "conversational", "ultrafeedback", "qa"],
                         help="input layout (auto-detected from the columns)")
-    bridge.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    bridge.add_argument("--limit", type=positive_int, default=None, help="only the first N rows")
     bridge.add_argument("--make-pairs", action="store_true",
                         help="QA/math only: sample y_l for each problem first (y_w = ground-truth solution)")
     bridge.add_argument("--keep", default="all", choices=["all", "wrong"],
                         help="with --make-pairs: keep all pairs, or only those whose y_l is wrong")
-    bridge.add_argument("--skip-invalid", action="store_true", help="skip and report bad input rows instead of stopping")
+    bridge.add_argument("--skip-invalid", action="store_true",
+                        help="skip bad input rows (each listed in summary.json) instead of stopping at the first")
     bridge.add_argument("--out", required=True, help="output folder")
-    bridge.add_argument("--quiet", action="store_true", help="no progress bars")
     add_provider_args(bridge, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc")
+    add_logging_args(bridge)
     return parser
 
 
@@ -49,43 +54,62 @@ def write_outputs(dataset, summary, out: Path) -> None:
     dataset.to_json(str(out / "bridged.jsonl"), lines=True, force_ascii=False)
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
     examples = [r for r in dataset if r["bmc_status"] == Status.BRIDGED.value][:3]
-    lines = ["# Bridging summary", "", "```", str(summary), "```", ""]
+    lines = ["# Bridging summary", "", "```", str(summary), "```", ""]  # str(summary) is redacted
     for i, row in enumerate(examples, 1):
         lines += [f"## Example {i}", "", "**Prompt**", "", f"{row['prompt']}", "", "**y_l (rejected)**", "",
                   f"{row['rejected']}", "", "**ỹ_w (pseudo-winning)**", "", f"{row['chosen']}", ""]
-    (out / "summary.md").write_text("\n".join(lines))
+    (out / "summary.md").write_text(redact("\n".join(lines)))
+
+
+def _bridge(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
+    check_provider_args(args)  # every option is checked before any data is read, model loaded or call made
+    from .bridge import bridge_dataset
+    from .loading import load_pairs
+    from .pairs import make_pairs
+    from .providers.accounting import usage_since
+
+    out = Path(args.out)
+    cache_dir = args.cache_dir
+    remote = args.provider in ("openai", "anthropic")
+    provider = build_provider(args) if remote else None  # cheap, and checks the key before the data is read
+    sampling_usage = None
+    if args.make_pairs:
+        provider = provider or build_provider(args)
+        before = provider.usage.as_dict()
+        source = make_pairs(args.source, model=provider, task=args.task, keep=args.keep, limit=args.limit,
+                            max_tokens=args.max_tokens, split=args.split, cache_dir=cache_dir,
+                            progress=not args.quiet, concurrency=args.concurrency)
+        sampling_usage = usage_since(before, provider.usage)
+        if len(source) == 0 and sampling_usage.get("failures"):
+            raise AllRowsFailed(f"y_l sampling failed for every problem ({sampling_usage['failures']} failed "
+                                "call(s), see the warnings above): no pair to bridge")
+        out.mkdir(parents=True, exist_ok=True)
+        source.to_json(str(out / "pairs.jsonl"), lines=True, force_ascii=False)
+    else:  # load (and check every row) before a local model is loaded or a call is made
+        source = load_pairs(args.source, task=args.task, layout=args.layout, split=args.split, limit=args.limit,
+                            on_invalid="skip" if args.skip_invalid else "raise")
+        provider = provider or build_provider(args)
+    dataset, summary = bridge_dataset(
+        source, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
+        max_tokens=args.max_tokens, layout="auto", split=args.split, progress=not args.quiet,
+        return_summary=True, max_input_tokens=args.max_input_tokens,
+    )
+    summary.sampling_usage = sampling_usage
+    write_outputs(dataset, summary, out)
+    print(f"{summary.headline()}; wrote {len(dataset)} row(s) to {out}/ (bridged.parquet, bridged.jsonl, "
+          "summary.json, summary.md)")
+    if summary.all_failed:
+        first = next(iter(summary.reasons.get(Status.FAILED.value, {})), "")
+        raise AllRowsFailed(f"every one of the {summary.total} pair(s) failed (most common reason: {first}); "
+                            f"see {out}/summary.json")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .bridge import bridge_dataset
-    from .pairs import make_pairs
-
-    out = Path(args.out)
-    provider = build_provider(args)
-    cache_dir = args.cache_dir
-    source = args.source
-    try:
-        if args.make_pairs:
-            source = make_pairs(args.source, model=provider, task=args.task, keep=args.keep, limit=args.limit,
-                                max_tokens=args.max_tokens,
-                                split=args.split, cache_dir=cache_dir, progress=not args.quiet,
-                                concurrency=args.concurrency)
-            out.mkdir(parents=True, exist_ok=True)
-            source.to_json(str(out / "pairs.jsonl"), lines=True, force_ascii=False)
-        dataset, summary = bridge_dataset(
-            source, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
-            max_tokens=args.max_tokens, layout="auto" if args.make_pairs else args.layout, split=args.split,
-            limit=None if args.make_pairs else args.limit, on_invalid="skip" if args.skip_invalid else "raise",
-            progress=not args.quiet, return_summary=True,
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    write_outputs(dataset, summary, out)
-    print(f"wrote {len(dataset)} row(s) to {out}/ (bridged.parquet, bridged.jsonl, summary.json, summary.md)")
-    return 0
+    """`python -m bmc_data ...`: the exit code; every failure is one line on stderr (`--debug`: traceback)."""
+    return run_cli(_bridge, argv)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,21 @@ from tqdm.auto import tqdm
 from . import schema as S
 from .concurrency import map_concurrently, run_sync
 from .answers import check_answer, extract_answer
+from .errors import SystemicFailure, UsageError
 from .loading import Layout, LoadedPairs, OnInvalid, load_pairs
 from .parsing import ReplyFormatError, Verdict, parse_reply
+from .providers.accounting import usage_since
 from .providers.base import ChatRequest, ChatResponse, Provider, ProviderError
+from .providers.throttle import estimate_tokens
+from .redaction import redact, redact_obj
 from .schema import PreferencePair, Status, Task
 from .templates import Template, load_template
 
 logger = logging.getLogger(__name__)
+
+#: Default budget for one editor prompt, in estimated tokens (≈4 characters each): with the reply's max_tokens it
+#: fits a 32k context window, the smallest common one among the models strong enough to edit (most have 128k+).
+DEFAULT_MAX_INPUT_TOKENS = 30_000
 
 
 def default_cache_dir() -> Path:
@@ -57,12 +65,29 @@ class BridgeSummary:
     elapsed_s: float
     skipped_input_rows: int = 0
     notes: list[str] = field(default_factory=list)
+    #: every input row left out with on_invalid="skip": {"index", "field", "problem"}
+    skipped_rows: list[dict[str, Any]] = field(default_factory=list)
+    #: with make_pairs first: the y_l sampling calls, apart from the bridging calls in `usage`
+    sampling_usage: dict[str, Any] | None = None
+
+    @property
+    def all_failed(self) -> bool:
+        """Not one row bridged or filtered (and there were rows)."""
+        return self.total > 0 and self.counts.get(Status.FAILED.value, 0) == self.total
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return redact_obj({k: v for k, v in self.__dict__.items()})
+
+    def headline(self) -> str:
+        """'processed 4 pairs: 0 bridged, 0 filtered, 4 failed'."""
+        parts = ", ".join(f"{self.counts.get(status.value, 0)} {status.value}" for status in Status)
+        return f"processed {self.total} pair{'s' if self.total != 1 else ''}: {parts}"
 
     def __str__(self) -> str:
-        lines = [f"bridged {self.total} pair(s) in {self.elapsed_s:.1f}s with {self.provider.get('provider')}:"
+        return redact(self._text())
+
+    def _text(self) -> str:
+        lines = [f"{self.headline()} in {self.elapsed_s:.1f}s with {self.provider.get('provider')}:"
                  f"{self.provider.get('model')} (prompt {self.prompt_version})"]
         for status in Status:
             n = self.counts.get(status.value, 0)
@@ -70,12 +95,17 @@ class BridgeSummary:
             lines.append(f"  {status.value:<9}{n:>7}  ({pct:5.1f}%)")
             for reason, count in list(self.reasons.get(status.value, {}).items())[:3]:
                 lines.append(f"      {count:>5} × {reason[:100]}")
-        u = self.usage
-        lines.append(f"  calls: {u.get('calls', 0)} made, {u.get('cached_calls', 0)} from cache, "
-                     f"{u.get('retries', 0)} retries; tokens in/out: {u.get('input_tokens', 0)}/{u.get('output_tokens', 0)}; "
-                     f"estimated cost ${u.get('cost_usd', 0.0):.4f}")
+        for label, u in (("bridging", self.usage), ("y_l sampling", self.sampling_usage)):
+            if u is None:
+                continue
+            lines.append(f"  {label} calls: {u.get('calls', 0)} made, {u.get('cached_calls', 0)} from cache, "
+                         f"{u.get('retries', 0)} retries, {u.get('failures', 0)} failed; tokens in/out: "
+                         f"{u.get('input_tokens', 0)}/{u.get('output_tokens', 0)}; "
+                         f"estimated cost ${u.get('cost_usd', 0.0):.4f}")
         if self.skipped_input_rows:
-            lines.append(f"  {self.skipped_input_rows} invalid input row(s) skipped")
+            lines.append(f"  {self.skipped_input_rows} invalid input row(s) skipped (listed in summary.json)")
+            for row in self.skipped_rows[:3]:
+                lines.append(f"      row {row['index']} field {row['field']!r}: {row['problem'][:100]}")
         return "\n".join(lines)
 
 
@@ -87,10 +117,23 @@ class Bridger:
     """Runs targeted modification for one task with one provider and template."""
 
     def __init__(self, provider: Provider, template: Template, task: Task, *, max_tokens: int = 2048,
-                 temperature: float = 0.0, seed: int | None = 0, check_answers: bool = True):
+                 temperature: float = 0.0, seed: int | None = 0, check_answers: bool = True,
+                 max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS):
         self.provider, self.template, self.task = provider, template, task
         self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
         self.check_answers = check_answers
+        self.max_input_tokens = max_input_tokens
+
+    def precheck(self, pair: PreferencePair, messages: list[dict[str, str]]) -> RowResult | None:
+        """A degenerate row named before any call is paid for, or None when the row is worth sending."""
+        if pair.chosen.strip() == pair.rejected.strip():
+            return RowResult(Status.FILTERED, "chosen and rejected are identical: no preference to bridge")
+        if self.max_input_tokens is not None:
+            estimate = estimate_tokens(messages, 0)
+            if estimate > self.max_input_tokens:
+                return RowResult(Status.FAILED, f"editor prompt is about {estimate} tokens, over max_input_tokens="
+                                 f"{self.max_input_tokens} (raise --max-input-tokens if your editor's context fits it)")
+        return None
 
     def _request(self, messages: list[dict[str, str]]) -> ChatRequest:
         return ChatRequest(messages=tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature,
@@ -104,6 +147,9 @@ class Bridger:
 
     async def bridge(self, pair: PreferencePair) -> RowResult:
         messages = self.template.render(prompt=pair.prompt_text(), chosen=pair.chosen, rejected=pair.rejected)
+        degenerate = self.precheck(pair, messages)
+        if degenerate is not None:
+            return degenerate
         calls = 0
         try:
             calls += 1
@@ -122,6 +168,8 @@ class Bridger:
                     return RowResult(Status.FAILED, f"unparsable reply after one repair: {error}", calls=calls)
         except _TruncatedReply as error:
             return RowResult(Status.FAILED, str(error), calls=calls)
+        except SystemicFailure:
+            raise  # not this row's problem: the run stops (map_concurrently cancels the others)
         except ProviderError as error:
             return RowResult(Status.FAILED, f"provider error: {error}", calls=calls)
 
@@ -178,7 +226,7 @@ def results_to_dataset(pairs: LoadedPairs | list[PreferencePair], results: list[
     rows = []
     for pair, result, index in zip(pair_list, results, indices):
         chosen = result.pseudo_chosen if result.status is Status.BRIDGED else pair.chosen
-        rows.append({
+        rows.append(redact_obj({  # nothing written from here on may carry a secret (a reason quoting a server, ...)
             S.PROMPT: pair.prompt_messages() if conv else pair.prompt,
             S.CHOSEN: _wrap_response(chosen, conv),
             S.REJECTED: _wrap_response(pair.rejected, conv),
@@ -192,7 +240,7 @@ def results_to_dataset(pairs: LoadedPairs | list[PreferencePair], results: list[
             S.TASK: task.value,
             S.ANSWER: pair.answer,
             "bmc_source_index": index,
-        })
+        }))
     features = None
     if not rows:
         features = datasets.Features({c: datasets.Value("string") for c in (*S.BRIDGED_COLUMNS, S.ID, S.TASK, S.ANSWER)})
@@ -209,18 +257,19 @@ def _wrap_with_cache(provider: Provider, cache_dir: Path | None, template: Templ
 
 
 def _summary(provider: Provider, results: list[RowResult], template: Template, elapsed: float,
-             skipped: int) -> BridgeSummary:
+             skipped: list[Any], usage_before: dict[str, Any]) -> BridgeSummary:
     counts = Counter(r.status.value for r in results)
     reasons: dict[str, Counter[str]] = {}
     for r in results:
         if r.reason:
-            reasons.setdefault(r.status.value, Counter())[S.reason_group(r.reason)] += 1
-    usage = provider.usage.as_dict()
+            reasons.setdefault(r.status.value, Counter())[S.reason_group(redact(r.reason))] += 1
+    usage = usage_since(usage_before, provider.usage)  # this run's own calls, even with a reused provider
     return BridgeSummary(
         total=len(results), counts=dict(counts),
         reasons={k: dict(v.most_common()) for k, v in reasons.items()},
         provider={k: v for k, v in provider.identity().items() if isinstance(v, (str, int, float, bool, type(None)))},
-        prompt_version=template.version_id, usage=usage, elapsed_s=elapsed, skipped_input_rows=skipped,
+        prompt_version=template.version_id, usage=usage, elapsed_s=elapsed, skipped_input_rows=len(skipped),
+        skipped_rows=[{"index": r.index, "field": r.field, "problem": redact(r.message)} for r in skipped],
     )
 
 
@@ -243,6 +292,7 @@ def bridge_dataset(
     progress: bool = True,
     summary_path: str | Path | None = None,
     return_summary: bool = False,
+    max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS,
 ) -> datasets.Dataset | tuple[datasets.Dataset, BridgeSummary]:
     """Bridge every pair of `data` and return one row per (valid) input row, in input order.
 
@@ -259,22 +309,37 @@ def bridge_dataset(
         on_invalid: "raise" on the first bad input row, or "skip" and report it.
         summary_path: also write the run summary there as JSON.
         return_summary: return `(dataset, BridgeSummary)` instead of the dataset alone.
+        max_input_tokens: rows whose editor prompt is estimated (≈4 characters a token) above this fail with
+            that reason before any call; None: no budget. Pairs with chosen == rejected are filtered, uncalled.
+
+    Raises:
+        UsageError: a bad argument; InputError (`InvalidRowError`): a bad source or row; SystemicFailure: the run
+        was stopped because every further call would fail too (replies already received stay in the cache).
 
     Columns: prompt, chosen (ỹ_w when bridged, else y_w), rejected (y_l), original_chosen (y_w), bmc_status
     (bridged / filtered / failed), bmc_reason, bmc_prompt_version, bmc_provider, bmc_model, id, task, answer,
     bmc_source_index.
     """
-    task = Task(task)
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    if isinstance(data, list) and data and all(isinstance(p, PreferencePair) for p in data):
+    try:
+        task = Task(task)
+    except ValueError:
+        raise UsageError(f"task must be one of {[t.value for t in Task]}, got {task!r}") from None
+    for name, value in (("concurrency", concurrency), ("max_tokens", max_tokens), ("limit", limit),
+                        ("max_input_tokens", max_input_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{name} must be a whole number >= 1{' or None' if name in ('limit', 'max_input_tokens') else ''}, "
+                             f"got {value!r}")
+    if isinstance(data, LoadedPairs):  # already loaded and checked (the CLIs do this before any model or call)
+        pairs = data if limit is None else LoadedPairs(data.pairs[:limit], data.layout, data.skipped,
+                                                       data.source_indices[:limit])
+    elif isinstance(data, list) and data and all(isinstance(p, PreferencePair) for p in data):
         pairs: LoadedPairs = LoadedPairs(list(data[:limit] if limit else data), "pairs", [], list(range(len(data))))
     else:
         pairs = load_pairs(data, task=task, layout=layout, split=split, limit=limit, on_invalid=on_invalid)
     if not isinstance(template, Template):
         template = load_template(task) if template is None else load_template(path=template)
     if task not in template.tasks:
-        raise ValueError(f"template {template.version_id} is for tasks {[t.value for t in template.tasks]}, not {task.value!r}")
+        raise UsageError(f"template {template.version_id} is for tasks {[t.value for t in template.tasks]}, not {task.value!r}")
     if provider is None:
         from .providers import get_provider
 
@@ -283,10 +348,14 @@ def bridge_dataset(
         cache_dir = default_cache_dir()
     cached = _wrap_with_cache(provider, Path(cache_dir) if cache_dir is not False else None, template)
     bridger = Bridger(cached, template, task, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                      check_answers=check_answers)
+                      check_answers=check_answers, max_input_tokens=max_input_tokens)
+    usage_before = cached.usage.as_dict()
     start = time.perf_counter()
     results = run_sync(abridge_pairs(list(pairs), bridger, concurrency=concurrency, progress=progress))
-    summary = _summary(cached, results, template, time.perf_counter() - start, len(pairs.skipped))
+    summary = _summary(cached, results, template, time.perf_counter() - start, pairs.skipped, usage_before)
+    if summary.all_failed:
+        logger.warning("every one of the %d pair(s) failed; the first reason: %s", summary.total,
+                       redact(results[0].reason))
     dataset = results_to_dataset(pairs, results, task=task, template=template, provider=provider)
     if progress:
         tqdm.write(str(summary))

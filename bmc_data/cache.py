@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .redaction import redact
 from .providers.base import ChatRequest, ChatResponse, Provider, ProviderError
 
 logger = logging.getLogger(__name__)
@@ -135,8 +136,9 @@ class CallCache:
         `request_json`: the request's canonical payload JSON when the caller already has it."""
         if request_json is None:
             request_json = _canonical(request_payload(request))
+        # scrubbed: a secret must not reach the disk, even inside a prompt or a reply (the key is a hash)
         values = (key, namespace, str(identity.get("provider", "")), str(identity.get("model", "")),
-                  request_json, _response_to_json(response), time.time())
+                  redact(request_json), redact(_response_to_json(response)), time.time())
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)", values)
         self.writes += 1

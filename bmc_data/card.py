@@ -298,7 +298,9 @@ def render_dataset_card(
     )
 
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(sections)
-    return DatasetCard(content)
+    from .redaction import redact  # a card is public: no secret, whatever a reason or a base URL quoted
+
+    return DatasetCard(redact(content))
 
 
 def validate_card(card: DatasetCard | str) -> DatasetCardData:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 
+from .errors import UsageError
 from .providers.base import Provider
 
 PROVIDERS = ["embedded", "openai", "anthropic", "transformers"]
@@ -17,6 +20,46 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
+
+
+def positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
+#: Libraries that log one INFO line per HTTP request: quiet unless --verbose.
+_NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic", "urllib3", "filelock")
+
+
+def add_logging_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output and diagnostics")
+    group.add_argument("--quiet", action="store_true", help="no progress bars or log lines, only the summary")
+    group.add_argument("--verbose", action="store_true", help="also log every HTTP request (httpx/openai/anthropic)")
+    group.add_argument("--debug", action="store_true",
+                       help="show the full traceback of an error (also: BMC_DEBUG=1); for bug reports")
+
+
+def setup_logging(*, quiet: bool = False, verbose: bool = False) -> None:
+    """One log format for every CLI; per-request HTTP logs only with --verbose; secrets scrubbed from every
+    record (`bmc_data.redaction`)."""
+    from .redaction import install_log_redaction
+
+    install_log_redaction()
+    logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if quiet:
+        import datasets
+        from huggingface_hub.utils import disable_progress_bars
+
+        datasets.disable_progress_bars()
+        disable_progress_bars()
 
 
 def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) -> None:
@@ -34,19 +77,33 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
                        help="client-side request rate limit (default: none)")
     group.add_argument("--tokens-per-minute", type=positive_int, default=None,
                        help="client-side token rate limit (default: none)")
-    group.add_argument("--timeout", type=float, default=None, help="per-request timeout in seconds (default: 120)")
+    group.add_argument("--timeout", type=positive_float, default=None,
+                       help="per-request timeout in seconds (default: 120)")
     group.add_argument("--max-tokens", type=positive_int, default=2048,
                        help="max tokens of each editor reply (default: %(default)s)")
+    group.add_argument("--max-input-tokens", type=positive_int, default=30_000,
+                       help="rows whose editor prompt is estimated (4 characters a token) above this fail before any "
+                            "call is made (default: %(default)s, fits a 32k context window)")
     group.add_argument("--cache-dir", default=None,
                        help=f"LLM call cache that makes reruns resume without repeating calls (default: {cache_default})")
 
 
+def check_provider_args(args: argparse.Namespace) -> None:
+    """What can be told wrong about the provider flags without building it."""
+    if args.base_url and args.provider not in ("openai", "anthropic"):
+        raise UsageError(f"--base-url is for the openai and anthropic providers, not {args.provider!r}")
+    if args.base_url and not args.base_url.startswith(("http://", "https://")):
+        raise UsageError(f"--base-url must start with http:// or https://, got {args.base_url!r}")
+    if args.provider in ("openai", "anthropic", "transformers") and not args.model:
+        raise UsageError(f"--provider {args.provider} needs --model")
+
+
 def build_provider(args: argparse.Namespace) -> Provider:
+    """The provider the flags describe; a missing or malformed key is a `CredentialError` (no request made)."""
     from .providers import get_provider
 
+    check_provider_args(args)
     kwargs = {}
-    if args.base_url and args.provider not in ("openai", "anthropic"):
-        raise ValueError(f"--base-url is for the openai and anthropic providers, not {args.provider!r}")
     if args.provider in ("openai", "anthropic"):
         from .providers.limits import ProviderLimits
 
@@ -55,4 +112,13 @@ def build_provider(args: argparse.Namespace) -> Provider:
         limits = {"max_concurrency": args.concurrency, "requests_per_minute": args.requests_per_minute,
                   "tokens_per_minute": args.tokens_per_minute, "timeout_s": args.timeout}
         kwargs["limits"] = ProviderLimits(**{k: v for k, v in limits.items() if v is not None})
-    return get_provider(args.provider, args.model, **kwargs)
+    try:
+        return get_provider(args.provider, args.model, **kwargs)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    except OSError as error:  # a local model that cannot be loaded (no such folder, no weights)
+        from .errors import InputError
+
+        raise InputError(f"--model {args.model}: cannot load it: {str(error).strip().splitlines()[0][:300]}") from None

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from .errors import SystemicFailure
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,7 +31,9 @@ async def map_concurrently(
 ) -> list[R]:
     """`[await fn(x) for x in items]` with at most `concurrency` in flight, results in input order.
 
-    An exception in one item becomes `on_error(index, exc)`: one bad row never loses the others.
+    An exception in one item becomes `on_error(index, exc)`: one bad row never loses the others. A
+    `SystemicFailure` (the server refused, the key was rejected, ...) is not a row's problem: it cancels every
+    item in flight and is raised at once.
     """
     results: list[Any] = [None] * len(items)
     next_index = iter(range(len(items)))
@@ -43,6 +47,8 @@ async def map_concurrently(
         for i in next_index:  # a shared iterator: each index is taken by exactly one worker
             try:
                 result = await fn(items[i])
+            except SystemicFailure:
+                raise
             except Exception as error:
                 logger.exception("row %d: unexpected error", i)
                 result = on_error(i, error)
@@ -55,8 +61,14 @@ async def map_concurrently(
                     bar.set_postfix(counts, refresh=False)
             bar.update(1)
 
+    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, len(items))))]
     try:
-        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(items))))))
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:  # stop the other workers now, not after their retries
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     finally:
         bar.close()
     return results

@@ -296,7 +296,9 @@ def save_bridged(
         "versions": _versions(),
         **dict(extra_manifest or {}),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    from .redaction import redact
+
+    (out / MANIFEST).write_text(redact(json.dumps(manifest, indent=2, ensure_ascii=False, default=str)) + "\n")
     logger.info("saved %d row(s) to %s", len(everything), out)
     return out
 

@@ -12,6 +12,7 @@ Layouts (detected from the columns, or forced with `layout=`):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import datasets
 import pandas as pd
 from pydantic import ValidationError
 
+from .errors import InputError, MissingFileError, UsageError
 from .schema import PreferencePair, Task
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,11 @@ _MODEL_OUTPUT_COLUMNS = ("rejected", "model_output", "model_answer", "output", "
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-class InvalidRowError(ValueError):
+#: Suffixes that mark a path as a file the user meant, never a Hub repo id (even when it does not exist)
+_FILE_LIKE_SUFFIXES = {*_FILE_BUILDERS, ".txt", ".tsv", ".arrow", ".gz", ".zip", ".yaml", ".yml", ".xlsx"}
+
+
+class InvalidRowError(InputError):
     """A row that cannot become a `PreferencePair`; names the row, the field and what was expected."""
 
     def __init__(self, index: int, field: str, message: str):
@@ -84,30 +90,137 @@ def read_rows(source: Any, *, split: str = "train") -> datasets.Dataset:
         rows = [r.model_dump() if isinstance(r, PreferencePair) else dict(r) for r in source]
         return datasets.Dataset.from_list(rows)
     if isinstance(source, (str, Path)):
-        path = Path(source)
+        path = Path(source).expanduser()
         if path.is_file():
-            builder = _FILE_BUILDERS.get(path.suffix.lower())
-            if builder is None:
-                raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(_FILE_BUILDERS)}")
-            return datasets.load_dataset(builder, data_files=str(path), split="train")
+            builder = _check_file(path)
+            try:
+                return datasets.load_dataset(builder, data_files=str(path), split="train")
+            except Exception as error:
+                raise _file_error(path, error) from error
         if path.is_dir():
-            loaded = datasets.load_dataset(str(path))
+            try:
+                loaded = datasets.load_dataset(str(path))
+            except Exception as error:
+                raise InputError(f"{path}: cannot read the folder as a dataset: {_first_line(error)}") from error
             return read_rows(loaded, split=split)
-        if str(source).count("/") == 1 and not str(source).startswith((".", "/")):
-            return datasets.load_dataset(str(source), split=split)  # a Hub repo id
-        raise FileNotFoundError(f"{source}: no such file or folder, and not a Hub repo id of the form 'org/name'")
+        if looks_like_hub_id(source):
+            try:
+                return datasets.load_dataset(str(source), split=split)  # a Hub repo id
+            except ValueError as error:
+                if "split" in str(error).lower():
+                    raise InputError(f"{source}: {_first_line(error)}") from error
+                raise InputError(f"{source}: no such local file or folder, and the Hub dataset could not be "
+                                 f"loaded: {_first_line(error)}") from error
+            except (FileNotFoundError, ConnectionError, OSError) as error:
+                raise InputError(f"{source}: no such local file or folder, and the Hub dataset could not be "
+                                 f"loaded: {_first_line(error)}") from error
+        raise MissingFileError(f"{source}: no such file or folder" + (
+            "" if _looks_like_path(source) else ", and not a Hub repo id of the form 'org/name'"))
     raise TypeError(f"unsupported data source of type {type(source).__name__}; expected a Dataset, DatasetDict, "
                     "path, Hub repo id, pandas DataFrame or list of dicts")
 
 
+def _first_line(error: BaseException) -> str:
+    cause = error
+    while cause.__cause__ is not None and not str(cause).strip():
+        cause = cause.__cause__
+    lines = str(cause).strip().splitlines()
+    return lines[0][:300] if lines else type(cause).__name__
+
+
+def _looks_like_path(source: Any) -> bool:
+    """A string the user meant as a path: starts like one, has a data-file suffix, or has several parts."""
+    text = str(source)
+    return (isinstance(source, Path) or text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+            or Path(text).suffix.lower() in _FILE_LIKE_SUFFIXES)
+
+
+def looks_like_hub_id(source: Any) -> bool:
+    """'org/name' that is not a path (a missing relative file like 'data/pairs.jsonl' is not a Hub id)."""
+    text = str(source)
+    return text.count("/") == 1 and all(text.split("/")) and not _looks_like_path(source)
+
+
+def _check_file(path: Path) -> str:
+    """The `datasets` builder for a data file, after the checks that give a clear line (type, emptiness)."""
+    builder = _FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise InputError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(_FILE_BUILDERS)}")
+    size = path.stat().st_size
+    if size == 0 or (builder != "parquet" and size < 1 << 20 and not path.read_bytes().strip()):
+        raise InputError(f"{path}: the file is empty")
+    return builder
+
+
+def _file_error(path: Path, error: BaseException) -> InputError:
+    """A file `datasets` could not read, as one line (with the line number for JSON Lines)."""
+    if path.suffix.lower() in (".jsonl", ".json"):
+        try:
+            _read_json_rows(path)
+        except InputError as precise:
+            return precise
+    return InputError(f"{path}: cannot read it as {path.suffix.lstrip('.')}: {_first_line(error)}")
+
+
+def _read_json_rows(path: Path) -> list[Any]:
+    """The records of a .json (an array of objects) or .jsonl file, or an InputError naming the file, the line
+    and the problem. Read with `json`, not Arrow: a cell whose type differs from the other rows' then reaches the
+    row-level check, which names the row and the field, instead of failing the whole file."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text (bad byte at offset {error.start}); save it as UTF-8") from None
+    if not text.strip():
+        raise InputError(f"{path}: the file is empty")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            if text.lstrip().startswith("{") and "\n" in text.strip():
+                return _json_lines(path, text)  # JSON Lines in a .json file, as datasets accepts
+            raise InputError(f"{path}:{error.lineno}: not valid JSON: {error.msg} (column {error.colno})") from None
+        if isinstance(data, list):
+            return data
+        if isinstance(data, dict):
+            return [data]
+        raise InputError(f"{path}: expected a JSON array of objects, got a {type(data).__name__}")
+    return _json_lines(path, text)
+
+
+def _json_lines(path: Path, text: str) -> list[Any]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}:{number}: not valid JSON: {error.msg} (column {error.colno})") from None
+    return rows
+
+
 def _python_rows(source: Any, *, split: str) -> list[dict[str, Any]]:
-    """Rows as plain dicts. In-memory lists and DataFrames skip Arrow, so a mistyped cell reaches our
+    """Rows as plain dicts. In-memory lists, DataFrames and JSON files skip Arrow, so a mistyped cell reaches our
     row-level validation (with its row index) instead of failing the whole Arrow conversion."""
     if isinstance(source, pd.DataFrame):
-        return source.to_dict("records")
-    if isinstance(source, (list, tuple)):
-        return [r.model_dump() if isinstance(r, PreferencePair) else dict(r) for r in source]
-    return read_rows(source, split=split).to_list()
+        records: list[Any] = source.to_dict("records")
+    elif isinstance(source, (list, tuple)):
+        records = list(source)
+    elif isinstance(source, (str, Path)) and Path(source).expanduser().is_file() and \
+            Path(source).suffix.lower() in (".jsonl", ".json"):
+        path = Path(source).expanduser()
+        _check_file(path)
+        records = _read_json_rows(path)
+    else:
+        return read_rows(source, split=split).to_list()
+    rows = []
+    for index, record in enumerate(records):
+        if isinstance(record, PreferencePair):
+            record = record.model_dump()
+        if not isinstance(record, Mapping):
+            raise InvalidRowError(index, "row", f"expected an object of fields, got {type(record).__name__}")
+        rows.append({str(k): v for k, v in record.items()})
+    return rows
 
 
 def detect_layout(columns: Iterable[str], first_row: Mapping[str, Any] | None = None) -> str:
@@ -120,7 +233,7 @@ def detect_layout(columns: Iterable[str], first_row: Mapping[str, Any] | None = 
             prompt = first_row.get("prompt") if first_row else None
             return "conversational" if isinstance(prompt, list) or prompt is None else "ultrafeedback"
         return "standard"
-    raise ValueError(
+    raise InputError(
         f"cannot tell the layout from columns {sorted(cols)}: expected prompt/chosen/rejected (standard or "
         "conversational), UltraFeedback-binarized (prompt, chosen/rejected message lists) or QA/math "
         "(problem/solution/answer plus a model answer)"
@@ -198,6 +311,14 @@ def row_to_pair(row: Mapping[str, Any], index: int, layout: str, *, task: Task |
                           answer=None if answer is None else str(answer), metadata=meta)
 
 
+def _detectable(row: Mapping[str, Any]) -> bool:
+    try:
+        detect_layout(row.keys(), row)
+    except InputError:
+        return False
+    return True
+
+
 def load_pairs(
     source: Any,
     *,
@@ -214,14 +335,25 @@ def load_pairs(
     the field and what was expected; with ``"skip"`` such rows are reported in `LoadedPairs.skipped`.
     """
     if on_invalid not in ("raise", "skip"):
-        raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
-    task = Task(task) if task is not None else None
+        raise UsageError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"limit must be a whole number >= 1 (or None for every row), got {limit!r}")
+    if layout not in ("auto", "standard", "conversational", "ultrafeedback", "qa"):
+        raise UsageError(f"layout must be one of auto, standard, conversational, ultrafeedback, qa; got {layout!r}")
+    try:
+        task = Task(task) if task is not None else None
+    except ValueError:
+        raise UsageError(f"task must be one of {[t.value for t in Task]}, got {task!r}") from None
     rows = _python_rows(source, split=split)
     if limit is not None:
         rows = rows[:limit]
     if not rows:
         return LoadedPairs([], layout if layout != "auto" else "standard")
-    resolved = detect_layout(rows[0].keys(), rows[0]) if layout == "auto" else layout
+    if on_invalid == "skip" and layout == "auto":  # the first row may be the bad one: detect from a good-looking row
+        first = next((r for r in rows if _detectable(r)), rows[0])
+    else:
+        first = rows[0]
+    resolved = detect_layout(first.keys(), first) if layout == "auto" else layout
     pairs, skipped, indices = [], [], []
     for index, row in enumerate(rows):
         try:
@@ -241,6 +373,6 @@ def load_pairs(
         pairs.append(pair)
         indices.append(index)
     if skipped:
-        logger.warning("skipped %d invalid row(s) of %d; first: row %d field %r: %s", len(skipped), len(rows),
-                       skipped[0].index, skipped[0].field, skipped[0].message)
+        logger.warning("skipped %d invalid row(s) of %d: %s", len(skipped), len(rows), "; ".join(
+            f"row {r.index} field {r.field!r}: {r.message}" for r in skipped[:5]) + ("; ..." if len(skipped) > 5 else ""))
     return LoadedPairs(pairs, resolved, skipped, indices)

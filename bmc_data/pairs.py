@@ -10,6 +10,7 @@ from typing import Any, Literal
 import datasets
 
 from .answers import check_answer, extract_answer
+from .errors import SystemicFailure
 from .concurrency import map_concurrently, run_sync
 from .loading import read_rows
 from .providers.base import ChatRequest, Provider, ProviderError
@@ -82,6 +83,8 @@ def make_pairs(
                               max_tokens=max_tokens, temperature=temperature, seed=seed)
         try:
             return (await provider.complete(request)).text.strip()
+        except SystemicFailure:
+            raise  # stops the run (map_concurrently cancels the rest)
         except ProviderError as error:
             return error
 

@@ -8,30 +8,28 @@ bridge every pair (LLM calls are cached under --cache-dir, so an interrupted run
 add the BMC diff masks for --tokenizer, compute edit-distance statistics and plots, write a Hub-ready folder
 (parquet shards, README.md dataset card, bmc_manifest.json) to --out and push it in one commit unless --no-push.
 
-The Hub token comes from HF_TOKEN or `hf auth login`; it is never printed. Exit codes: 0 ok, 2 usage error,
-1 failure.
+The Hub token comes from HF_TOKEN or `hf auth login`; it is never printed. Exit codes (docs/errors.md): 0 ok;
+2 bad option, credential or input (checked before any LLM call); 3 stopped by a systemic failure (refused
+connection, rejected key, unknown model); 4 every pair failed (nothing written or pushed); 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_args import add_provider_args, build_provider, positive_int
+from .cli_args import add_logging_args, add_provider_args, build_provider, check_provider_args, positive_int, setup_logging
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AllRowsFailed, InputError, MissingFileError, UsageError, run_cli
 
 DEFAULT_SOURCE = "HuggingFaceH4/ultrafeedback_binarized"
 DEFAULT_SOURCE_SPLIT = "train_prefs"
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 logger = logging.getLogger("bmc_data.publish")
 
-
-class UsageError(ValueError):
-    """Bad command-line arguments (exit code 2)."""
+__all__ = ["build_parser", "check_args", "run", "main", "UsageError", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
 
 def _test_size(value: str) -> float | int:
@@ -91,23 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the edit-distance statistics and plots (faster; the card says they were not computed)")
     out.add_argument("--max-shard-size", type=positive_int, default=500,
                      help="max MB of data per parquet shard (default: %(default)s)")
-    out.add_argument("--quiet", action="store_true", help="no progress bars or log lines, only the summary")
+    add_logging_args(parser)
     return parser
 
 
 def _load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name)
+    from .loading import looks_like_hub_id
 
-
-def _scrub(text: str) -> str:
-    """Never let a credential reach the terminal, even inside an exception message."""
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
-        secret = os.environ.get(var)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+    path = Path(name).expanduser()
+    if not path.exists() and not looks_like_hub_id(name):
+        raise MissingFileError(f"--tokenizer {name}: no such folder")
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--tokenizer {name}: cannot load a tokenizer from it: "
+                         f"{str(error).strip().splitlines()[0][:300]}") from None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -116,12 +114,21 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--repo is required unless --no-push is given")
     if args.repo is not None and (args.repo.count("/") > 1 or not args.repo.strip("/") or " " in args.repo):
         raise UsageError(f"--repo must look like 'org/name' or 'name', got {args.repo!r}")
+    check_provider_args(args)
+
+
+def _check_test_size(test_size: float | int | None, rows: int) -> None:
+    """--test-size against the rows there are, before any paid call (the test split is drawn from the bridged
+    pairs, so it must leave at least one row for training even if every row bridges)."""
+    if isinstance(test_size, int) and test_size >= rows:
+        raise UsageError(f"--test-size {test_size} leaves no training row: the source has {rows} pair(s) "
+                         f"(after --limit/--skip-invalid); use fewer, or a fraction such as 0.1")
 
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     from .bridge import bridge_dataset
-    from .hub import push_bridged, save_bridged, status_counts
+    from .hub import push_bridged, save_bridged
 
     repo_name = (args.repo or "bmc-dataset").split("/")[-1]
     out = Path(args.out) if args.out else Path("bmc-publish") / repo_name
@@ -129,13 +136,30 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or (DEFAULT_SOURCE_SPLIT if args.source == DEFAULT_SOURCE else "train")
     license_ = args.license or ("mit" if args.source == DEFAULT_SOURCE else "other")
 
+    remote = args.provider in ("openai", "anthropic")
+    provider = build_provider(args) if remote else None  # checks the key before anything is read or loaded
+    if not args.no_push:
+        from huggingface_hub import get_token
+
+        from .redaction import register_secret
+
+        register_secret(get_token())  # the saved `hf auth login` token is a secret too
+    from .loading import load_pairs
+
+    pairs = load_pairs(args.source, task=args.task, layout=args.layout, split=split, limit=args.limit,
+                       on_invalid="skip" if args.skip_invalid else "raise")
+    _check_test_size(args.test_size, len(pairs))
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
-    provider = build_provider(args)
-    dataset = bridge_dataset(
-        args.source, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
-        max_tokens=args.max_tokens, seed=args.seed, layout=args.layout, split=split, limit=args.limit,
-        on_invalid="skip" if args.skip_invalid else "raise", progress=not args.quiet,
+    provider = provider or build_provider(args)
+    dataset, summary = bridge_dataset(
+        pairs, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
+        max_tokens=args.max_tokens, seed=args.seed, progress=not args.quiet, return_summary=True,
+        max_input_tokens=args.max_input_tokens,
     )
+    if summary.all_failed:  # nothing worth publishing; the replies are cached, so a fixed rerun pays nothing twice
+        first = next(iter(summary.reasons.get("failed", {})), "")
+        raise AllRowsFailed(f"every one of the {summary.total} pair(s) failed (most common reason: {first}); "
+                            f"nothing written or pushed")
     if tokenizer is not None:
         from .masks import add_diff_masks
 
@@ -148,8 +172,7 @@ def run(args: argparse.Namespace) -> int:
         provider_info=identity, test_size=args.test_size, seed=args.seed,
         max_shard_size=args.max_shard_size * 1024 * 1024, stats_tokenizer=tokenizer, stats=not args.no_stats,
     )
-    counts = status_counts(dataset)
-    print(f"bridged {len(dataset)} pair(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(summary.headline())
     print(f"wrote {out}/ (README.md, bmc_manifest.json, data/)")
     if args.no_push:
         print("not pushed (--no-push)")
@@ -163,32 +186,15 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # exits with 2 on a usage error
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpx2", "httpcore", "openai", "anthropic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.quiet:
-        import datasets
-        from huggingface_hub.utils import disable_progress_bars
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)  # exits with 2 on a usage error
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
+    return run(args)
 
-        datasets.disable_progress_bars()
-        disable_progress_bars()
-    try:
-        return run(args)
-    except UsageError as err:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: {_scrub(str(err))}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume (LLM calls are cached)", file=sys.stderr)
-        return EXIT_FAILURE
-    except Exception as err:  # one clear line, no traceback with local variables
-        logger.debug("publish failed", exc_info=True)
-        print(f"error: {type(err).__name__}: {_scrub(str(err))}", file=sys.stderr)
-        return EXIT_FAILURE
+
+def main(argv: list[str] | None = None) -> int:
+    """The exit code; every failure is one redacted line on stderr (`--debug` or BMC_DEBUG=1: the traceback)."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -161,14 +161,20 @@ def test_instruction_conversational_layout_round_trips_and_anthropic_works():
 
 
 def test_secrets_never_reach_outputs_or_logs(shared_data, tmp_path, caplog):
+    """A 401 whose body echoes the key stops the run (systemic), and the key is in no log, error or summary."""
+    from bmc_data.errors import SystemicFailure
+
     rows = _qa_rows(shared_data, 2)
     caplog.set_level(logging.DEBUG)
-    with LLMServer(reply=bridge_reply, faults=[Fault.error(401, "bad key")]) as server:
-        out, summary = bridge_dataset(rows, task="qa", provider=_provider(server), progress=False,
-                                      summary_path=tmp_path / "summary.json", return_summary=True)
-    dumped = json.dumps(out.to_list()) + (tmp_path / "summary.json").read_text() + str(summary) + caplog.text
-    assert SECRET not in dumped
-    assert out[0]["bmc_status"] == "failed" and "401" in out[0]["bmc_reason"]
+    with LLMServer(reply=bridge_reply, faults=[Fault.error(500, f"boom {SECRET}"),
+                                               Fault.error(401, f"bad key {SECRET}")]) as server:
+        with pytest.raises(SystemicFailure) as info:
+            bridge_dataset(rows, task="qa", provider=_provider(server), progress=False, concurrency=1,
+                           summary_path=tmp_path / "summary.json")
+    assert "401" in str(info.value) and "rejected the key" in str(info.value)
+    assert SECRET not in str(info.value) + caplog.text
+    assert "boom ***" in caplog.text  # the retried 500 was logged, scrubbed
+    assert not (tmp_path / "summary.json").exists()  # no output that pretends to be complete
 
 
 def test_killed_run_resumes_without_lost_rows_or_repeated_calls(shared_data, tmp_path):

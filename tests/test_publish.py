@@ -103,11 +103,11 @@ def test_usage_errors_exit_2(env, tmp_path, args, needle):
     assert not (tmp_path / "out").exists()
 
 
-def test_failure_exits_1_with_a_clear_message(env, tmp_path, llm):
+def test_missing_source_exits_2_with_a_clear_message(env, tmp_path, llm):
     proc = run_cli(["--no-push", "--source", str(tmp_path / "missing.jsonl"), "--provider", "openai",
                     "--model", "editor", "--base-url", llm.openai_base_url, "--out", str(tmp_path / "out"),
                     "--quiet"], env)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "missing.jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -122,7 +122,7 @@ def test_no_push_run_writes_a_folder_datasets_can_read(env, tmp_path, llm):
                     "--base-url", llm.openai_base_url, "--tokenizer", str(tok_dir), "--test-size", "2",
                     "--out", str(out), "--concurrency", "4", "--quiet"], env)
     assert proc.returncode == 0, proc.stderr
-    assert "not pushed" in proc.stdout and "bridged 8 pair(s)" in proc.stdout
+    assert "not pushed" in proc.stdout and "processed 8 pairs: " in proc.stdout
     assert llm.requests and all(r.headers.get("authorization") == f"Bearer {OPENAI_KEY}" for r in llm.requests)
 
     cache = str(tmp_path / "ds-cache")

@@ -26,7 +26,7 @@ _LAZY = {
     "TransformersProvider": "transformers_local",
     "EmbeddedProvider": "embedded",
     "load_embedded_model": "embedded",
-    "RetryableError": "limits",
+    "RetryableError": "retry",
 }
 
 __all__ = [
@@ -105,6 +105,6 @@ def get_provider(name: str | None = None, model: str | None = None, **kwargs: An
 if TYPE_CHECKING:  # pragma: no cover
     from .anthropic_messages import AnthropicProvider
     from .embedded import EmbeddedProvider, load_embedded_model
-    from .limits import RetryableError
+    from .retry import RetryableError
     from .openai_chat import OpenAIProvider
     from .transformers_local import TransformersProvider

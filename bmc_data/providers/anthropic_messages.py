@@ -7,8 +7,12 @@ from typing import Any
 
 import anthropic
 
+from ..errors import CredentialError
+from ..redaction import check_api_key
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError
-from .limits import ProviderLimits, RemoteProvider, malformed_error
+from .limits import ProviderLimits
+from .remote import RemoteProvider
+from .retry import malformed_error
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 #: stop_reason -> the OpenAI-style finish_reason every provider reports
@@ -47,10 +51,11 @@ class AnthropicProvider(RemoteProvider):
         super().__init__(model, limits=limits, pricing=pricing)
         self.send_sampling_params = send_sampling_params
         self.base_url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL).rstrip("/")
+        self.key_source = "api_key=" if api_key else "ANTHROPIC_API_KEY"
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not api_key:
-            raise ValueError("no Anthropic API key: pass api_key=... or set ANTHROPIC_API_KEY")
-        self._api_key = api_key
+            raise CredentialError("no Anthropic API key: pass api_key=... or set ANTHROPIC_API_KEY")
+        self._api_key = check_api_key(api_key, self.key_source)
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         system, messages = split_system(request.messages)

@@ -9,8 +9,12 @@ from urllib.parse import urlparse
 import httpx2
 import openai
 
+from ..errors import CredentialError
+from ..redaction import check_api_key
 from .base import ChatRequest, ChatResponse, Pricing
-from .limits import ProviderLimits, RemoteProvider, malformed_error
+from .limits import ProviderLimits
+from .remote import RemoteProvider
+from .retry import malformed_error
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: Sent to OpenAI-compatible local servers that need no key (the SDK refuses an empty one).
@@ -48,14 +52,17 @@ class OpenAIProvider(RemoteProvider):
                  token_limit_param: str | None = None):
         super().__init__(model, limits=limits, pricing=pricing)
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+        self.key_source = "api_key=" if api_key else "OPENAI_API_KEY"
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
             if _is_official(self.base_url):
-                raise ValueError(
+                raise CredentialError(
                     "no OpenAI API key: pass api_key=... or set OPENAI_API_KEY (for a local OpenAI-compatible "
                     "server, pass base_url=... instead)"
                 )
             api_key = NO_KEY
+        else:
+            check_api_key(api_key, self.key_source)  # registered as a secret; a stray \r or space is refused
         self._api_key = api_key
         if token_limit_param is None:
             token_limit_param = "max_completion_tokens" if _is_official(self.base_url) else "max_tokens"

@@ -1,0 +1,114 @@
+"""The errors a user can cause, each with a fixed exit code, and the one wrapper every CLI runs under.
+
+    BMCError              any error this library reports on purpose (exit 1)
+    ├── UsageError        a bad option, config file or config key (exit 2)
+    │   └── CredentialError   a missing or malformed API key / token (exit 2)
+    ├── InputError        a bad data file, row or field (exit 2); `InvalidRowError` is one
+    │   └── MissingFileError  a path that looks like a file and does not exist (also a FileNotFoundError)
+    ├── SystemicFailure   the run was stopped: the server refused, the key was rejected, ... (exit 3)
+    └── AllRowsFailed     the run finished but not one row succeeded (exit 4)
+
+`run_cli(main, argv)` turns any of them into ONE redacted line on stderr (`error: ...`) and its exit code; an
+unexpected exception gets one line too, plus how to see the traceback (`--debug` or `BMC_DEBUG=1`).
+The exit codes are documented in docs/errors.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+__all__ = [
+    "BMCError", "UsageError", "CredentialError", "InputError", "MissingFileError", "SystemicFailure", "AllRowsFailed",
+    "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_SYSTEMIC", "EXIT_ALL_FAILED", "EXIT_INTERRUPTED",
+    "debug_enabled", "run_cli",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # an unexpected error (a bug, or something we did not foresee)
+EXIT_USAGE = 2  # bad option, config, credential or input (argparse uses 2 as well)
+EXIT_SYSTEMIC = 3  # the run was stopped by a failure every row would hit
+EXIT_ALL_FAILED = 4  # the run finished and every row failed
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+DEBUG_ENV = "BMC_DEBUG"
+
+
+class BMCError(Exception):
+    """An error reported on purpose: its message is the one line the user sees."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(BMCError, ValueError):
+    """A bad command-line option, config file or config key; names the option and what was expected."""
+
+    exit_code = EXIT_USAGE
+
+
+class CredentialError(UsageError):
+    """A missing or malformed credential. Its message names the variable, never the value."""
+
+
+class InputError(BMCError, ValueError):
+    """Bad input data: names the file (and line), or the row and field, and what was expected."""
+
+    exit_code = EXIT_USAGE
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """A path that looks like a file (or folder) and does not exist."""
+
+
+class SystemicFailure(BMCError, RuntimeError):
+    """A failure every further call would hit too (refused connection, rejected key, unknown model, ...).
+
+    The run stops at once; replies already paid for stay in the cache, so a rerun after the fix resumes."""
+
+    exit_code = EXIT_SYSTEMIC
+
+
+class AllRowsFailed(BMCError, RuntimeError):
+    """A run that finished without a single successful row."""
+
+    exit_code = EXIT_ALL_FAILED
+
+
+def debug_enabled(argv: Sequence[str] | None = None) -> bool:
+    return "--debug" in (argv or ()) or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a CLI `main(argv) -> exit code` so that every failure ends in one clear, redacted line.
+
+    `--debug` (removed from argv here) or `BMC_DEBUG=1` re-raises instead, for the full traceback."""
+    from .redaction import install_log_redaction, redact
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(args)
+    args = [a for a in args if a != "--debug"]
+    install_log_redaction()
+    try:
+        return main(args)
+    except SystemExit:
+        raise  # argparse's own usage errors (exit 2) and --help (exit 0)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume (LLM calls are cached)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BMCError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        return error.exit_code
+    except Exception as error:  # a bug or an unforeseen failure: still one line, unless asked for more
+        if debug:
+            print(redact(traceback.format_exc()), file=sys.stderr)
+        else:
+            logging.getLogger("bmc").debug("unexpected error", exc_info=True)
+        first = redact(str(error)).strip().splitlines()
+        print(f"error: {type(error).__name__}: {first[0] if first else ''} (rerun with --debug or {DEBUG_ENV}=1 "
+              "for the traceback, and please report it)", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,173 @@
+"""Secrets never leave the process: one registry of every credential in play, and `redact` for every sink.
+
+The registry holds the API keys passed to providers (`register_secret`) and, read afresh on each call, the
+values of `SECRET_ENV_VARS`. `redact(text)` replaces each secret, and every form it takes once quoted, escaped or
+encoded (a stray `\\r` and its repr `\\\\r`, `b'...'`, `"..."`, `Bearer ...`, JSON escapes, URL encoding), with
+`***`. It is applied to log records (`install_log_redaction`, a log-record factory, so every logger and handler is
+covered), to the one error line a CLI prints, to `bmc_reason`, summaries, dataset cards, every row written to
+parquet/jsonl, and to what is stored in the call cache (a server may echo the key back in an error body).
+
+`check_api_key(value, source)` refuses a key with whitespace or control characters before any request is made,
+naming the variable and the problem, never the value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from .errors import CredentialError
+
+__all__ = [
+    "SECRET_ENV_VARS", "MASK", "register_secret", "registered_secrets", "redact", "redact_obj",
+    "contains_secret", "secret_forms", "install_log_redaction", "check_api_key",
+]
+
+#: Environment variables whose values are always treated as secrets.
+SECRET_ENV_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
+MASK = "***"
+#: Shorter values are not treated as secrets (they would mask ordinary words); no real key is this short.
+MIN_SECRET_LENGTH = 8
+
+_lock = threading.Lock()
+_registered: set[str] = set()
+_pattern_cache: tuple[frozenset[str], re.Pattern[str] | None] = (frozenset(), None)
+_SPLIT = re.compile(r"[\s\x00-\x1f\x7f]+")
+
+
+def register_secret(value: str | None) -> None:
+    """Treat `value` as a secret from now on, in this process (idempotent; short or empty values are ignored).
+
+    The first secret also installs the log scrubbing (`install_log_redaction`), for API users too."""
+    if isinstance(value, str) and len(value.strip()) >= MIN_SECRET_LENGTH:
+        with _lock:
+            _registered.add(value)
+        install_log_redaction()
+
+
+def registered_secrets() -> frozenset[str]:
+    """Every secret known now: registered ones plus the current values of `SECRET_ENV_VARS`."""
+    env = {os.environ.get(name) for name in SECRET_ENV_VARS}
+    with _lock:
+        found = set(_registered)
+    found.update(v for v in env if v and len(v.strip()) >= MIN_SECRET_LENGTH)
+    return frozenset(found)
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The secret as it may appear in text: raw, stripped, repr/JSON/bytes-escaped, URL-encoded, and each
+    whitespace-separated piece of it (a key with a stray newline inside is printed on two lines)."""
+    core = secret.strip()
+    pieces = {secret, core, *(p for p in _SPLIT.split(secret) if len(p) >= MIN_SECRET_LENGTH)}
+    forms = set()
+    for piece in pieces:
+        forms.update({
+            piece, repr(piece)[1:-1], json.dumps(piece)[1:-1], json.dumps(piece, ensure_ascii=False)[1:-1],
+            repr(piece.encode("utf-8", "backslashreplace"))[2:-1], quote(piece, safe=""), quote_plus(piece),
+            piece.encode("unicode_escape").decode("ascii"),
+        })
+    return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
+
+
+def _pattern() -> re.Pattern[str] | None:
+    global _pattern_cache
+    secrets = registered_secrets()
+    cached_for, pattern = _pattern_cache
+    if secrets == cached_for:
+        return pattern
+    forms = set().union(*(secret_forms(s) for s in secrets)) if secrets else set()
+    # longest first, so "sk-abc\\r" is masked whole rather than leaving "\\r" behind
+    pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))) if forms else None
+    _pattern_cache = (secrets, pattern)
+    return pattern
+
+
+def redact(text: str) -> str:
+    """`text` with every known secret, in any of its escaped forms, replaced by `***`."""
+    if not isinstance(text, str) or not text:
+        return text
+    pattern = _pattern()
+    return pattern.sub(MASK, text) if pattern is not None else text
+
+
+def contains_secret(text: str | bytes) -> bool:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    pattern = _pattern()
+    return bool(pattern is not None and pattern.search(text))
+
+
+def redact_obj(value: Any) -> Any:
+    """`redact` applied to every string inside nested dicts, lists and tuples (e.g. a summary or a row)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_obj(k): redact_obj(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_obj(v) for v in value)
+    return value
+
+
+# --- logging -------------------------------------------------------------------------------------------------
+
+_installed = False
+
+
+def install_log_redaction() -> None:
+    """Scrub every log record made from now on, by any logger (once per process; cheap when no secret is known).
+
+    A record factory rather than a handler filter: it covers handlers added later (pytest's, a user's), the
+    record's arguments and its traceback text."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        _installed = True
+    previous = logging.getLogRecordFactory()
+    formatter = logging.Formatter()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if _pattern() is None:
+            return record
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: leave it to logging's own error report
+            return record
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(formatter.formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+# --- key shape ------------------------------------------------------------------------------------------------
+
+_NAMES = {"\r": "a carriage return (\\r)", "\n": "a newline (\\n)", "\t": "a tab", " ": "a space"}
+
+
+def check_api_key(value: str, source: str) -> str:
+    """Register `value` as a secret and return it, or raise `CredentialError` (naming `source`, never the value)
+    when it cannot be a valid key: whitespace, control characters or non-ASCII characters (they break the HTTP
+    header, and an HTTP library may then print the header in its error)."""
+    register_secret(value)
+    bad = next((i for i, ch in enumerate(value) if ch.isspace() or ord(ch) < 32 or ord(ch) == 127 or ord(ch) > 126),
+               None)
+    if bad is None:
+        return value
+    ch = value[bad]
+    what = _NAMES.get(ch, f"the character U+{ord(ch):04X}")
+    where = "at its end" if bad >= len(value.rstrip()) else "at its start" if bad < len(value) - len(value.lstrip()) \
+        else f"at position {bad + 1} of {len(value)}"
+    raise CredentialError(
+        f"the API key from {source} contains {what} {where} (a copy-paste accident?); keys have no whitespace or "
+        f"control characters: set it again without them (the key itself is not shown)"
+    )
