@@ -5,6 +5,10 @@
 
 Every `BMCConfig` (i.e. `DPOConfig` / `TrainingArguments`) and `ModelConfig` option is a flag; `--config FILE.yaml`
 sets defaults that flags override (TRL's `TrlParser`). `--help` lists them all.
+
+Every option, the config file, the dataset (each row checked with bmc_data's loader) and the model path are checked
+before a model is loaded; a mistake is one line naming it, exit code 2 (docs/errors.md). `--debug` or
+`BMC_DEBUG=1` shows the full traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bmc_data.errors import InputError, MissingFileError, UsageError, run_cli
 from bmc_data.schema import CHOSEN, ORIGINAL_CHOSEN, PROMPT, REJECTED, STATUS
 
 logger = logging.getLogger("bmc_train")
@@ -65,17 +70,105 @@ def make_parser(prog: str | None = None):
     )
 
 
-def load_preference_dataset(name: str, config: str | None = None):
-    """A `DatasetDict` from a bmc_data folder, a data file, or a Hub id."""
-    from datasets import load_dataset
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
 
-    path = Path(name)
+
+def load_preference_dataset(name: str, config: str | None = None):
+    """A `DatasetDict` from a bmc_data folder, a data file, or a Hub id; a bad source is an `InputError`."""
+    from datasets import Dataset, DatasetDict, load_dataset
+
+    from bmc_data.loading import _python_rows, looks_like_hub_id
+
+    path = Path(name).expanduser()
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise ValueError(f"--dataset_name {name}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
-        return load_dataset(builder, data_files={"train": str(path)})
-    return load_dataset(name, name=config)
+            raise InputError(f"--dataset_name {name}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
+        if builder == "json":  # bmc_data's reader: the line of a JSON error, the row and field of a mistyped cell
+            rows = _python_rows(str(path), split="train")
+            check_rows(rows, f"--dataset_name {name}")
+            try:
+                return DatasetDict({"train": Dataset.from_list(rows)})
+            except Exception as error:  # e.g. an extra column whose type differs between rows
+                raise InputError(f"--dataset_name {name}: cannot build a table from its rows: {_first_line(error)}") from None
+        try:
+            return load_dataset(builder, data_files={"train": str(path)})
+        except Exception as error:
+            raise InputError(f"--dataset_name {name}: cannot read it as {builder}: {_first_line(error)}") from None
+    if not path.is_dir() and not looks_like_hub_id(name):
+        raise MissingFileError(f"--dataset_name {name}: no such file or folder")
+    try:
+        return load_dataset(name, name=config)
+    except Exception as error:
+        raise InputError(f"--dataset_name {name}: cannot load it: {_first_line(error)}") from None
+
+
+def check_rows(rows, where: str, *, use_original_chosen: bool = False) -> None:
+    """Every row through bmc_data's loader (the same checks as bridging) before TRL sees it: a wrong type or a
+    missing field is an `InputError` naming the row and the field; pairs with chosen == rejected are counted in one
+    warning (they carry no preference)."""
+    from bmc_data.loading import load_pairs
+
+    columns = [PROMPT, CHOSEN, REJECTED] + ([ORIGINAL_CHOSEN] if use_original_chosen else [])
+    if not isinstance(rows, list):
+        present = [c for c in columns if c in rows.column_names]
+        rows = rows.select_columns(present).to_list()
+    rows = [{k: r.get(k) for k in columns if k in r} for r in rows]
+    if any(all(c not in r for r in rows) for c in columns):
+        return  # a whole column is missing: select_rows names it
+    if use_original_chosen:
+        rows = [{**r, CHOSEN: r.get(ORIGINAL_CHOSEN)} for r in rows]
+    if not rows:
+        return
+    try:
+        pairs = load_pairs(rows, layout="auto")
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
+    same = sum(1 for p in pairs if p.chosen.strip() == p.rejected.strip())
+    if same:
+        logger.warning("%s: %d of %d row(s) have chosen == rejected: they carry no preference signal", where, same,
+                       len(pairs))
+
+
+def check_model_path(name: str) -> None:
+    """A model given as a path must exist (a Hub id is left to transformers)."""
+    from bmc_data.loading import looks_like_hub_id
+
+    if not Path(name).expanduser().exists() and not looks_like_hub_id(name):
+        raise MissingFileError(f"--model_name_or_path {name}: no such folder (nor a Hub model id of the form "
+                               "'org/name')")
+
+
+def check_config_file(argv: Sequence[str], parser) -> None:
+    """`--config FILE`: it exists, is a YAML mapping, and every key is an option (checked before TRL reads it)."""
+    import yaml
+
+    args = list(argv)
+    if "--config" not in args:
+        return
+    index = args.index("--config")
+    if index + 1 >= len(args):
+        raise UsageError("--config needs a YAML file")
+    path = Path(args[index + 1]).expanduser()
+    if not path.is_file():
+        raise MissingFileError(f"--config {path}: no such file")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"--config {path}{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
+    if config is None:
+        raise UsageError(f"--config {path}: the file is empty")
+    if not isinstance(config, dict):
+        raise UsageError(f"--config {path}: expected a YAML mapping of options, got a {type(config).__name__}")
+    known = {action.dest for action in parser._actions} | {"env"}
+    unknown = [str(k) for k in config if k not in known]
+    if unknown:
+        raise UsageError(f"--config {path}: unknown key {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(
+            unknown) > 1 else "") + ": not an option of python -m bmc_train (`--help` lists them)")
 
 
 def select_rows(dataset, split_label: str, *, status_filter: str, use_original_chosen: bool, max_rows: int | None,
@@ -91,11 +184,13 @@ def select_rows(dataset, split_label: str, *, status_filter: str, use_original_c
 
         per_example = list(get_loss_type(loss_type).batch_inputs.values())
     missing = [c for c in needed + per_example if c not in columns]
+    if not missing:
+        check_rows(dataset, f"the {split_label} split", use_original_chosen=use_original_chosen)
     if missing:
         hint = " (use_original_chosen=True trains on it)" if ORIGINAL_CHOSEN in missing else ""
         if any(c in per_example for c in missing):
             hint += f" (loss_type={loss_type!r} reads it per example; see docs/related-objectives.md)"
-        raise ValueError(
+        raise InputError(
             f"the {split_label} split is missing column(s) {missing}{hint}; it has {columns}. A preference dataset "
             f"needs `{PROMPT}`, `{CHOSEN}` and `{REJECTED}` (bmc_data writes them)."
         )
@@ -105,7 +200,7 @@ def select_rows(dataset, split_label: str, *, status_filter: str, use_original_c
         dataset = dataset.filter(lambda status: status in keep, input_columns=STATUS, desc=f"Keeping {status_filter} rows")
         logger.info("kept %d of %d %s rows with %s in %s", len(dataset), before, split_label, STATUS, sorted(keep))
         if len(dataset) == 0:
-            raise ValueError(
+            raise InputError(
                 f"no {split_label} row has {STATUS} in {sorted(keep)}; pass --status_filter all to train on every row"
             )
     if max_rows is not None:
@@ -113,40 +208,56 @@ def select_rows(dataset, split_label: str, *, status_filter: str, use_original_c
     return dataset
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _main(argv: list[str] | None) -> int:
+    from bmc_data.cli_args import setup_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging(quiet="--quiet" in argv, verbose="--verbose" in argv)
+    argv = [a for a in argv if a not in ("--quiet", "--verbose")]
     parser = make_parser()
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    check_config_file(argv, parser)
+    try:
+        script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    except (ValueError, TypeError) as error:  # BMCConfig/TrainingArguments checks (e.g. beta > 0)
+        raise UsageError(f"invalid option: {_first_line(error)}") from None
     return train(script_args, training_args, model_args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bmc_train ...`: the exit code; every failure is one line on stderr (`--debug`: traceback)."""
+    return run_cli(_main, None if argv is None else list(argv))
 
 
 def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) -> int:
     from trl import get_peft_config, get_quantization_config
 
     if not script_args.dataset_name:
-        raise SystemExit("error: --dataset_name is required (a bmc_data folder, a data file, or a Hub dataset id)")
+        raise UsageError("--dataset_name is required (a bmc_data folder, a data file, or a Hub dataset id)")
     if not model_args.model_name_or_path:
-        raise SystemExit("error: --model_name_or_path is required")
-
+        raise UsageError("--model_name_or_path is required")
+    if script_args.max_train_samples is not None and script_args.max_train_samples < 1:
+        raise UsageError(f"--max_train_samples must be >= 1, got {script_args.max_train_samples}")
     # Data first: a bad dataset fails here, before minutes of model loading
     dataset = load_preference_dataset(script_args.dataset_name, script_args.dataset_config)
     if script_args.dataset_train_split not in dataset:
-        raise SystemExit(f"error: split {script_args.dataset_train_split!r} not in {list(dataset)}")
-    try:
-        train_dataset = select_rows(
-            dataset[script_args.dataset_train_split], script_args.dataset_train_split,
+        raise InputError(f"--dataset_name {script_args.dataset_name}: split {script_args.dataset_train_split!r} "
+                         f"not in {list(dataset)}")
+    train_dataset = select_rows(
+        dataset[script_args.dataset_train_split], script_args.dataset_train_split,
+        status_filter=script_args.status_filter, use_original_chosen=training_args.use_original_chosen,
+        max_rows=script_args.max_train_samples, loss_type=training_args.loss_type,
+    )
+    eval_dataset = None
+    if training_args.eval_strategy != "no" and script_args.dataset_test_split:
+        if script_args.dataset_test_split not in dataset:
+            raise InputError(f"--dataset_name {script_args.dataset_name}: split {script_args.dataset_test_split!r} "
+                             f"not in {list(dataset)}")
+        eval_dataset = select_rows(
+            dataset[script_args.dataset_test_split], script_args.dataset_test_split,
             status_filter=script_args.status_filter, use_original_chosen=training_args.use_original_chosen,
-            max_rows=script_args.max_train_samples, loss_type=training_args.loss_type,
+            max_rows=None, loss_type=training_args.loss_type,
         )
-        eval_dataset = None
-        if training_args.eval_strategy != "no" and script_args.dataset_test_split:
-            eval_dataset = select_rows(
-                dataset[script_args.dataset_test_split], script_args.dataset_test_split,
-                status_filter=script_args.status_filter, use_original_chosen=training_args.use_original_chosen,
-                max_rows=None, loss_type=training_args.loss_type,
-            )
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    check_model_path(model_args.model_name_or_path)
 
     model_init_kwargs = {
         "revision": model_args.model_revision,
@@ -160,14 +271,18 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
 
     from .trainer import BMCTrainer
 
-    trainer = BMCTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        quantization_config=get_quantization_config(model_args),
-        peft_config=get_peft_config(model_args),
-    )
+    try:
+        trainer = BMCTrainer(
+            model=model_args.model_name_or_path,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            quantization_config=get_quantization_config(model_args),
+            peft_config=get_peft_config(model_args),
+        )
+    except OSError as error:  # no weights, no config, no tokenizer at that path or Hub id
+        raise InputError(f"--model_name_or_path {model_args.model_name_or_path}: cannot load the model or its "
+                         f"tokenizer: {_first_line(error)}") from None
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():

@@ -174,8 +174,15 @@ class BMCConfig(DPOConfig):
                     f"BMCTrainer does not support `{name}` (got {getattr(self, name)!r}); its objectives replace TRL's "
                     "loss code. Use trl.DPOTrainer for it."
                 )
-        if self.delta < 0:
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
+        if not (math.isfinite(self.delta) and self.delta >= 0):
             raise ValueError(f"delta must be >= 0, got {self.delta}")
+        for name in ("rdpo_alpha", "simpo_gamma", "orpo_lambda", "figa_alpha", "figa_beta"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.ipo_tau is not None and not (math.isfinite(self.ipo_tau) and self.ipo_tau > 0):
+            raise ValueError(f"ipo_tau must be > 0 (or unset to use beta), got {self.ipo_tau}")
         # the related objectives' ranges, checked here so a bad flag fails before any model is loaded
         if not 0 < self.bpo_alpha <= 1:
             raise ValueError(f"bpo_alpha must be in (0, 1], got {self.bpo_alpha}")

@@ -20,6 +20,7 @@ logging, saving — is TRL's own code path):
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import textwrap
@@ -161,6 +162,15 @@ def compute_diff_mask_columns(
     columns = dataset.column_names or []
     stale = [c for c in (CHOSEN_DIFF_MASK, REJECTED_DIFF_MASK) if c in columns]
     if stale:
+        from bmc_data.schema import MASK_TOKENIZER
+        from bmc_data.tokenization import tokenizer_name
+
+        built_for = dataset.unique(MASK_TOKENIZER) if MASK_TOKENIZER in columns and isinstance(dataset, Dataset) \
+            else ["an unrecorded tokenizer"]
+        # plain logging: this function is public and may run before accelerate's state exists
+        logging.getLogger(__name__).warning(
+            "the %s dataset's diff masks were built for tokenizer %s, not for %r (or do not match its tokens): "
+            "recomputing them for it", dataset_name, ", ".join(map(str, built_for)), tokenizer_name(tokenizer))
         dataset = dataset.remove_columns(stale)
     ignore = None
     if ignore_stopwords:
