@@ -11,7 +11,6 @@ Backends are imported on first use, so `import bmc_data` stays light.
 
 from __future__ import annotations
 
-import os
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -83,9 +82,7 @@ def get_provider(name: str | None = None, model: str | None = None, **kwargs: An
         if not model:
             raise ValueError(f"provider {name!r} needs a model, e.g. get_provider({name!r}, "
                              f"{'gpt-4o-mini' if name == 'openai' else 'claude-sonnet-4-5'!r})")
-        prefix = name.upper()
-        kwargs.setdefault("api_key", os.environ.get(f"{prefix}_API_KEY"))
-        kwargs.setdefault("base_url", os.environ.get(f"{prefix}_BASE_URL"))
+        # the backends read ${NAME}_API_KEY / ${NAME}_BASE_URL themselves (so errors name the variable)
         limits, pricing = _limits(kwargs), _pricing(kwargs.pop("pricing", None))
         cls = __getattr__("OpenAIProvider" if name == "openai" else "AnthropicProvider")
         return cls(model, limits=limits, pricing=pricing, **kwargs)

@@ -126,8 +126,10 @@ class RemoteProvider(Provider):
         gate = self._gate
         if gate.requests is not None or gate.tokens is not None:
             async with gate.slot(estimate):
+                self._breaker.check()  # the run may have been stopped while this call waited for its slot
                 return await self._timed_attempt(request)
         async with gate._semaphore():  # no pacing configured: the same slot, without the generator's cost
+            self._breaker.check()
             return await self._timed_attempt(request)
 
     async def _timed_attempt(self, request: ChatRequest) -> ChatResponse:
