@@ -241,10 +241,10 @@ def results_to_dataset(pairs: LoadedPairs | list[PreferencePair], results: list[
             S.ANSWER: pair.answer,
             "bmc_source_index": index,
         }))
-    features = None
-    if not rows:
+    if not rows:  # from_list cannot build an empty table with columns
         features = datasets.Features({c: datasets.Value("string") for c in (*S.BRIDGED_COLUMNS, S.ID, S.TASK, S.ANSWER)})
-    return datasets.Dataset.from_list(rows, features=features)
+        return datasets.Dataset.from_dict({c: [] for c in features}, features=features)
+    return datasets.Dataset.from_list(rows)
 
 
 def _wrap_with_cache(provider: Provider, cache_dir: Path | None, template: Template) -> Provider:

@@ -1,0 +1,99 @@
+"""bmc_train's rows of docs/errors.md: every option, the config file, the dataset and the model path are checked
+before any model is loaded (the model path given here never exists: reaching a load would be another error), and
+the mask-recompute warning names both tokenizers."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from datasets import Dataset
+
+from bmc_data.schema import CHOSEN_DIFF_MASK, MASK_TOKENIZER, MASK_TOKENIZER_HASH, REJECTED_DIFF_MASK
+from bmc_train.cli import main as cli_main
+from bmc_train.trainer import compute_diff_mask_columns
+
+from test_hub import tiny_tokenizer
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
+                            for i in range(3)))
+    return path
+
+
+def _run(tmp_path, data, *extra, capsys):
+    code = cli_main(["--model_name_or_path", str(tmp_path / "no-model"), "--dataset_name", str(data),
+                     "--output_dir", str(tmp_path / "o"), "--report_to", "none", *extra])
+    err = capsys.readouterr().err
+    lines = [l for l in err.strip().splitlines() if l.startswith("error: ")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return code, lines[0]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--beta", "-1"], "beta must be a finite number > 0"),
+    (["--delta", "-1"], "delta must be >= 0"),
+    (["--bpo_alpha", "0"], "bpo_alpha must be in (0, 1]"),
+    (["--orpo_lambda", "-0.5"], "orpo_lambda must be a finite number >= 0"),
+    (["--max_train_samples", "0"], "--max_train_samples must be >= 1"),
+])
+def test_bad_options_exit_2_before_loading_a_model(tmp_path, data, capsys, extra, needle):
+    code, line = _run(tmp_path, data, *extra, capsys=capsys)
+    assert code == 2 and needle in line
+
+
+def test_config_file_mistakes(tmp_path, data, capsys):
+    code, line = _run(tmp_path, data, "--config", str(tmp_path / "missing.yaml"), capsys=capsys)
+    assert code == 2 and "missing.yaml: no such file" in line
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("beta: 0.1\nbogus_key: 3\n")
+    code, line = _run(tmp_path, data, "--config", str(bad), capsys=capsys)
+    assert code == 2 and "unknown key 'bogus_key'" in line
+    bad.write_text("beta: [0.1\n")
+    code, line = _run(tmp_path, data, "--config", str(bad), capsys=capsys)
+    assert code == 2 and "not valid YAML" in line
+    bad.write_text("")
+    code, line = _run(tmp_path, data, "--config", str(bad), capsys=capsys)
+    assert code == 2 and "the file is empty" in line
+
+
+def test_dataset_and_model_path_mistakes(tmp_path, data, capsys, monkeypatch):
+    code, line = _run(tmp_path, data, capsys=capsys)  # a valid dataset: the missing model path is what is named
+    assert code == 2 and "--model_name_or_path" in line and "no-model: no such folder" in line
+    monkeypatch.chdir(tmp_path)
+    code, line = _run(tmp_path, "data/missing.jsonl", capsys=capsys)
+    assert code == 2 and "--dataset_name data/missing.jsonl: no such file or folder" in line
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n{oops}\n')
+    code, line = _run(tmp_path, broken, capsys=capsys)
+    assert code == 2 and "broken.jsonl:2: not valid JSON" in line
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": ["not", "a", "string"]}) + "\n")
+    code, line = _run(tmp_path, wrong, capsys=capsys)
+    assert code == 2 and "row 0: field 'rejected'" in line
+
+
+def test_identical_pairs_are_warned_about(tmp_path, capsys, caplog):
+    same = tmp_path / "same.jsonl"
+    same.write_text(json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}) + "\n")
+    caplog.set_level(logging.WARNING)
+    code, _ = _run(tmp_path, same, capsys=capsys)
+    assert code == 2  # stops at the missing model, after the data check
+    assert "1 of 1 row(s) have chosen == rejected" in caplog.text
+
+
+def test_recomputing_masks_for_another_tokenizer_warns_naming_both(caplog):
+    tok = tiny_tokenizer()
+    ds = Dataset.from_list([{"chosen_ids": [1, 2, 3], "rejected_ids": [1, 4], CHOSEN_DIFF_MASK: [False, True, True],
+                             REJECTED_DIFF_MASK: [False, True], MASK_TOKENIZER: "Qwen/Qwen2.5-7B-Instruct",
+                             MASK_TOKENIZER_HASH: "0123abcd"}])
+    caplog.set_level(logging.WARNING)
+    out = compute_diff_mask_columns(ds, tok)
+    warnings = [r.getMessage() for r in caplog.records if "diff masks were built for" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "Qwen/Qwen2.5-7B-Instruct" in warnings[0] and "tiny-bpe-600" in warnings[0]
+    assert out[0][CHOSEN_DIFF_MASK] == [False, True, True]
