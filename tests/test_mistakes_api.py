@@ -282,3 +282,19 @@ def test_run_cli_maps_errors_to_one_line_and_exit_codes(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "Traceback" in err and "0123456789" not in err
     assert run_cli(failing(KeyboardInterrupt()), []) == 130
+
+
+def test_every_row_of_the_docs_table_names_tests_that_exist():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "errors.md").read_text()
+    table = [l for l in text.split("## One row per mistake")[1].splitlines() if re.match(r"\| \d+ \|", l)]
+    assert len(table) >= 20
+    defined = set(re.findall(r"^def (test_\w+)", "".join(p.read_text() for p in (root / "tests").glob("test_*.py")),
+                             flags=re.M))
+    for line in table:
+        named = re.findall(r"`(test_\w+)`", line)
+        assert named or "tests/test_" in line, line
+        assert set(named) <= defined, (line, set(named) - defined)
