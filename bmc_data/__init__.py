@@ -24,6 +24,8 @@ _EXPORTS = {
     "add_edit_distance_stats": "stats", "summarize_edit_distances": "stats", "plot_edit_distances": "stats",
     "load_bridged": "hub", "save_bridged": "hub", "push_bridged": "hub",
     "get_provider": "providers",
+    "BMCError": "errors", "UsageError": "errors", "InputError": "errors", "CredentialError": "errors",
+    "SystemicFailure": "errors", "AllRowsFailed": "errors",
     "add_dcrm": "pair_quality", "best_of_n2_pairs": "pair_quality", "SequenceClassifierReward": "pair_quality",
     "add_implicit_reward_margins": "selection", "add_alignment_potential": "selection",
     "add_dual_margin": "selection", "select_top": "selection",
@@ -46,6 +48,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .bridge import BridgeSummary, bridge_dataset
     from .diff import token_diff_masks
+    from .errors import AllRowsFailed, BMCError, CredentialError, InputError, SystemicFailure, UsageError
     from .hub import load_bridged, push_bridged, save_bridged
     from .loading import InvalidRowError, LoadedPairs, load_pairs
     from .masks import add_diff_masks, masks_fit

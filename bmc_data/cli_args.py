@@ -88,6 +88,14 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
                        help=f"LLM call cache that makes reruns resume without repeating calls (default: {cache_default})")
 
 
+def check_folder_arg(value: str | None, flag: str) -> None:
+    """An output folder flag must not name an existing file (it would fail only after the paid calls)."""
+    from pathlib import Path
+
+    if value and Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
+        raise UsageError(f"{flag} {value}: is a file, expected a folder")
+
+
 def check_provider_args(args: argparse.Namespace) -> None:
     """What can be told wrong about the provider flags without building it."""
     if args.base_url and args.provider not in ("openai", "anthropic"):
@@ -96,6 +104,8 @@ def check_provider_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--base-url must start with http:// or https://, got {args.base_url!r}")
     if args.provider in ("openai", "anthropic", "transformers") and not args.model:
         raise UsageError(f"--provider {args.provider} needs --model")
+    check_folder_arg(getattr(args, "cache_dir", None), "--cache-dir")
+    check_folder_arg(getattr(args, "out", None), "--out")
 
 
 def build_provider(args: argparse.Namespace) -> Provider:

@@ -87,8 +87,12 @@ def _pattern() -> re.Pattern[str] | None:
     return pattern
 
 
-def redact(text: str) -> str:
-    """`text` with every known secret, in any of its escaped forms, replaced by `***`."""
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with every known secret, in any of its escaped forms, replaced by `***`.
+
+    `secrets` are registered first (the signature of the older `providers.limits.redact`)."""
+    for secret in secrets:
+        register_secret(secret)
     if not isinstance(text, str) or not text:
         return text
     pattern = _pattern()

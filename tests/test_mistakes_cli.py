@@ -278,3 +278,27 @@ def test_publish_systemic_failure_exits_3(tmp_path, capsys, monkeypatch):
                              "--base-url", server.openai_base_url, "--out", str(tmp_path / "pub"), "--quiet"])
     assert code == 3 and "model 'editor' was not found" in capsys.readouterr().err
     assert not (tmp_path / "pub" / "data").exists()
+
+
+def test_make_pairs_sampling_is_reported_apart_and_a_systemic_failure_stops_it(tmp_path, capsys, monkeypatch,
+                                                                               shared_data):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    source = shared_data / "qa" / "ecqa-train.jsonl"
+
+    def reply(messages):  # y_l sampling gets a wrong answer; the editor revises to the reference solution
+        return bridge_reply(messages) if "### Student solution" in messages[-1]["content"] else "The answer is cake"
+
+    args = ["bridge", "--source", str(source), "--task", "qa", "--make-pairs", "--limit", "3", "--quiet",
+            "--provider", "openai", "--model", "editor"]
+    with LLMServer(reply=reply) as server:
+        code = bridge_main([*args, "--base-url", server.openai_base_url, "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["sampling_usage"]["calls"] == 3 and summary["usage"]["calls"] == 3  # not 6
+    assert "y_l sampling calls: 3 made" in (tmp_path / "out" / "summary.md").read_text()
+    code = bridge_main([*args, "--base-url", f"http://127.0.0.1:{_free_port()}/v1", "--out", str(tmp_path / "o2")])
+    assert code == 3 and "refused the connection" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    code = bridge_main([*args, "--base-url", "http://127.0.0.1:1/v1", "--out", str(tmp_path / "file")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out" in err and "is a file, expected a folder" in err
