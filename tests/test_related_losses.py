@@ -429,14 +429,16 @@ def test_cli_three_steps(tmp_path, tiny_run, loss_type):
     assert (out / "model.safetensors").exists()
 
 
-def test_cli_rejects_madpo_without_reward_margin_before_loading_a_model(tmp_path):
+def test_cli_rejects_madpo_without_reward_margin_before_loading_a_model(tmp_path, capsys):
+    import re
+
     from bmc_train.cli import main as cli_main
 
     data = tmp_path / "pairs.jsonl"
     data.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n")
-    with pytest.raises(SystemExit, match=r"missing column\(s\) \['reward_margin'\].*loss_type='madpo_bmc'"):
-        cli_main(["--model_name_or_path", str(tmp_path / "no-model"), "--dataset_name", str(data),
-                  "--output_dir", str(tmp_path / "o"), "--report_to", "none", "--loss_type", "madpo_bmc"])
+    assert cli_main(["--model_name_or_path", str(tmp_path / "no-model"), "--dataset_name", str(data),
+                     "--output_dir", str(tmp_path / "o"), "--report_to", "none", "--loss_type", "madpo_bmc"]) == 2
+    assert re.search(r"missing column\(s\) \['reward_margin'\].*loss_type='madpo_bmc'", capsys.readouterr().err)
 
 
 def test_trainer_rejects_madpo_without_reward_margin(tmp_path, tiny_run):
