@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from .cli_args import add_logging_args, add_provider_args, build_provider, check_provider_args, positive_int, setup_logging
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AllRowsFailed, InputError, MissingFileError, UsageError, run_cli
+from .errors import (
+    EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AllRowsFailed, InputError, MissingFileError, SystemicFailure, UsageError, run_cli,
+)
 
 DEFAULT_SOURCE = "HuggingFaceH4/ultrafeedback_binarized"
 DEFAULT_SOURCE_SPLIT = "train_prefs"
@@ -177,7 +179,16 @@ def run(args: argparse.Namespace) -> int:
     if args.no_push:
         print("not pushed (--no-push)")
         return EXIT_OK
-    result = push_bridged(out, args.repo, private=args.private, commit_message=args.commit_message)
+    try:
+        result = push_bridged(out, args.repo, private=args.private, commit_message=args.commit_message)
+    except Exception as error:  # huggingface_hub's HTTP errors carry the response
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise SystemicFailure(
+                f"the Hub rejected the token (HTTP {status}) for {args.repo}: log in with `hf auth login` or set "
+                f"HF_TOKEN to a token with write access, then rerun the same command (the folder {out}/ is written "
+                "and the LLM calls are cached)") from None
+        raise
     if result.created_commit:
         print(f"pushed to {result.repo_id}: {len(result.uploaded)} file(s) changed, {len(result.deleted)} deleted, "
               f"commit {result.commit_oid}")

@@ -126,6 +126,7 @@ class HubState:
         self.dropped: list[str] = []  # what was sabotaged, for tests
         self.release = threading.Event()  # ends a "lfs_upload_stall" fault
         self._counter = 0
+        self.valid_tokens: set[str] | None = None  # None: any token is accepted
 
     # --- helpers -------------------------------------------------------------------------------------------
     def repo(self, repo_type: str, repo_id: str) -> Repo:
@@ -333,7 +334,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.requests.append(record)
         auth = self.headers.get("Authorization", "")
-        if auth and not auth.startswith("Bearer "):
+        valid = self.state.valid_tokens
+        if (auth and not auth.startswith("Bearer ")) or (valid is not None and auth[7:] not in valid):
             self._error(HubError(401, "Invalid credentials in Authorization header"))
         else:
             try:
@@ -678,8 +680,9 @@ class _Server(ThreadingHTTPServer):
 class HubServer:
     """Start/stop the stand-in; `url` is the HF_ENDPOINT to use."""
 
-    def __init__(self) -> None:
+    def __init__(self, valid_tokens: set[str] | None = None) -> None:
         self.state = HubState()
+        self.state.valid_tokens = valid_tokens  # set: other tokens get 401, as the Hub answers a bad token
         self._server = _Server(self.state)
         self.url = self._server.url
         self._thread = threading.Thread(target=self._server.serve_forever, name="hub-stand-in", daemon=True)

@@ -261,6 +261,11 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 makes concurrent connects wait for SYN retries
     owner: LLMServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a client that gave up (a stopped run): not news
+            return
+        super().handle_error(request, client_address)
+
 
 class LLMServer:
     """A loopback OpenAI + Anthropic compatible server; see the module docstring.

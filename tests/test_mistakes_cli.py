@@ -302,3 +302,23 @@ def test_make_pairs_sampling_is_reported_apart_and_a_systemic_failure_stops_it(t
     code = bridge_main([*args, "--base-url", "http://127.0.0.1:1/v1", "--out", str(tmp_path / "file")])
     err = capsys.readouterr().err
     assert code == 2 and "--out" in err and "is a file, expected a folder" in err
+
+
+def test_publish_with_a_rejected_hub_token_exits_3_and_keeps_the_folder(tmp_path):
+    from hub_server import HubServer
+
+    source = _pairs(tmp_path / "pairs.jsonl", 2)
+    out = tmp_path / "pub"
+    wrong = "hf_wrongTOKEN-Distinct-77665544"
+    with LLMServer(reply=bridge_reply) as server, HubServer(valid_tokens={"hf_theRIGHTtoken-0011223344"}) as hub:
+        env = {**_env(tmp_path), "HF_TOKEN": wrong, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+               "HF_HUB_DISABLE_XET": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "bmc_data.publish", "--repo", "org/pairs-bmc", "--source", str(source),
+             "--provider", "openai", "--model", "editor", "--base-url", server.openai_base_url, "--out", str(out),
+             "--quiet", "--no-stats"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 3, proc.stderr
+    assert "the Hub rejected the token (HTTP 401)" in _one_error_line(proc)
+    assert (out / "README.md").exists()  # the folder is written; a rerun after `hf auth login` pushes it
+    _assert_no_secret(proc, tmp_path, key=wrong)
+    _assert_no_secret(proc, tmp_path)
