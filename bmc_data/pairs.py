@@ -10,8 +10,8 @@ from typing import Any, Literal
 import datasets
 
 from .answers import check_answer, extract_answer
-from .errors import SystemicFailure
 from .concurrency import map_concurrently, run_sync
+from .errors import InputError, SystemicFailure, UsageError
 from .loading import read_rows
 from .providers.base import ChatRequest, Provider, ProviderError
 from .schema import Task
@@ -33,7 +33,7 @@ def _problem_fields(row: dict[str, Any], index: int) -> tuple[str, str, str | No
         target = row["target"]
         answer = str(int(target)) if isinstance(target, float) and target.is_integer() else str(target)
         return row["input"], f"The answer is {answer}", answer
-    raise ValueError(f"row {index}: expected problem/solution/answer, question/answer (GSM8K) or input/target "
+    raise InputError(f"row {index}: expected problem/solution/answer, question/answer (GSM8K) or input/target "
                      f"(MAWPS) fields, got {sorted(row)}")
 
 
@@ -61,9 +61,17 @@ def make_pairs(
     pairs whose y_l is already correct are left out (the count is logged), as in the paper's QA setup; rows
     whose generation failed are always left out and logged.
     """
-    task = Task(task)
+    try:
+        task = Task(task)
+    except ValueError:
+        raise UsageError(f"task must be 'qa' or 'math', got {task!r}") from None
     if not task.has_ground_truth:
-        raise ValueError("make_pairs builds QA/math pairs from ground truth; task must be 'qa' or 'math'")
+        raise UsageError("make_pairs builds QA/math pairs from ground truth; task must be 'qa' or 'math'")
+    if keep not in ("all", "wrong"):
+        raise UsageError(f"keep must be 'all' or 'wrong', got {keep!r}")
+    for name, value in (("limit", limit), ("concurrency", concurrency), ("max_tokens", max_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
     table = read_rows(problems, split=split)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))

@@ -298,3 +298,15 @@ def test_every_row_of_the_docs_table_names_tests_that_exist():
         named = re.findall(r"`(test_\w+)`", line)
         assert named or "tests/test_" in line, line
         assert set(named) <= defined, (line, set(named) - defined)
+
+
+def test_make_pairs_validates_its_options_and_rows():
+    from bmc_data import make_pairs
+
+    problems = [{"problem": "1+1?", "solution": "The answer is 2", "answer": "2"}]
+    for kwargs, needle in [({"limit": -1}, "limit"), ({"concurrency": 0}, "concurrency"), ({"keep": "some"}, "keep"),
+                           ({"task": "instruction"}, "qa' or 'math")]:
+        with pytest.raises(UsageError, match=needle):
+            make_pairs(problems, model=_openai(None, url="http://127.0.0.1:9/v1"), cache_dir=False, **kwargs)
+    with pytest.raises(InputError, match="row 0: expected problem/solution/answer"):
+        make_pairs([{"text": "x"}], model=_openai(None, url="http://127.0.0.1:9/v1"), cache_dir=False)
