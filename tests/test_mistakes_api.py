@@ -129,9 +129,11 @@ def test_unknown_host_is_systemic():
 def test_auth_and_not_found_stop_every_row_at_once(status, needle):
     with LLMServer(fault_fn=lambda i, body: Fault.error(status, "nope")) as server:
         start = time.perf_counter()
+        provider = _openai(server)
         with pytest.raises(SystemicFailure, match=needle) as info:
-            bridge_dataset(_rows(20), task="instruction", provider=_openai(server), cache_dir=False, progress=False)
+            bridge_dataset(_rows(20), task="instruction", provider=provider, cache_dir=False, progress=False)
         assert server.call_count <= REAL.max_concurrency  # the rows in flight, no retries, no further rows
+        assert provider.usage.failures == server.call_count  # calls never made are not counted as failures
     assert time.perf_counter() - start < 10
     assert isinstance(info.value, ProviderError) and info.value.status == status
 

@@ -117,8 +117,9 @@ async def call_with_retries(attempt: Callable[[], Awaitable[T]], *, limits: Prov
         return await attempt()
     except RetryableError as error:
         first_error: RetryableError | None = error
-    except ProviderError:
-        usage.failures += 1
+    except ProviderError as error:
+        if getattr(error, "attempted", True):  # a call the stopped run never made is no failure of its own
+            usage.failures += 1
         raise
 
     def before_sleep(retry_state: RetryCallState) -> None:

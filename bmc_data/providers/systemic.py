@@ -25,6 +25,12 @@ class SystemicProviderError(SystemicFailure, ProviderError):
         ProviderError.__init__(self, redact(message), retryable=False, status=status)
 
 
+class RunStopped(SystemicProviderError):
+    """A call that was not made because the run had been stopped; same message and status as the cause."""
+
+    attempted = False
+
+
 def _chain(error: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     while error is not None and error not in seen:
@@ -87,8 +93,10 @@ class CircuitBreaker:
         self._kind: Any = None
 
     def check(self) -> None:
-        if self.tripped is not None:
-            raise self.tripped
+        """Raise (a fresh `RunStopped`, with the cause's message) once the breaker has tripped."""
+        tripped = self.tripped
+        if tripped is not None:
+            raise RunStopped(str(tripped), status=getattr(tripped, "status", None)) from tripped
 
     def trip(self, error: SystemicFailure) -> None:
         if self.tripped is None:
