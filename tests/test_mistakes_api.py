@@ -133,7 +133,8 @@ def test_auth_and_not_found_stop_every_row_at_once(status, needle):
         with pytest.raises(SystemicFailure, match=needle) as info:
             bridge_dataset(_rows(20), task="instruction", provider=provider, cache_dir=False, progress=False)
         assert server.call_count <= REAL.max_concurrency  # the rows in flight, no retries, no further rows
-        assert provider.usage.failures == server.call_count  # calls never made are not counted as failures
+        # calls never made are not counted as failures (those in flight when the run stopped were cancelled)
+        assert 1 <= provider.usage.failures <= server.call_count
     assert time.perf_counter() - start < 10
     assert isinstance(info.value, ProviderError) and info.value.status == status
 
