@@ -1,4 +1,4 @@
-/* bmc_data.report page logic. Data arrive through two global functions called by <script> files beside the page
+/* bmc_data.report page logic. Data arrive through two global functions called by script files beside the page
    (works under file://, no fetch): BMC_INDEX(index) once, BMC_ROWS(chunk, rows) per chunk. All dataset text is
    put into the page with textContent / text nodes, never as HTML. */
 (function () {
