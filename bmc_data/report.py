@@ -380,7 +380,7 @@ def render_report(
             share[i] = -1 if s is None else round(1000 * s)
             kinds[i] = 1 if rec["k"] == "token" else 0
             snippets.append(" ".join(_prompt_text(rec["p"]).split())[:SNIPPET_CHARS])
-            if i in weights:
+            if i in weights and rec["k"] == "token":
                 rec["lw"] = weights[i]
         text = _js("BMC_ROWS", k, records)
         blob = text.encode("utf-8")

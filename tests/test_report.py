@@ -158,7 +158,7 @@ def test_rendering_is_deterministic(tmp_path, data):
     assert {p.name: p.read_bytes() for p in [path, *sorted((tmp_path / "r_files").iterdir())]} == first
 
 
-def test_cli_reads_a_save_bridged_folder_and_reports_bad_input_in_one_line(tmp_path, data):
+def test_cli_reads_a_save_bridged_folder_and_reports_bad_input_in_one_line(tmp_path, data, capsys):
     from bmc_data.hub import save_bridged
 
     folder = save_bridged(data, tmp_path / "ds", repo_id="org/ecqa-bmc", source="ecqa-train.jsonl", stats=False)
@@ -172,6 +172,38 @@ def test_cli_reads_a_save_bridged_folder_and_reports_bad_input_in_one_line(tmp_p
     assert (tmp_path / "cli_files" / "index.js").is_file()
     # the recorded tiny tokenizer is nowhere to be loaded offline: the page says so and shows words
     assert "could not be loaded" in (tmp_path / "cli.html").read_text()
-    bad = subprocess.run([sys.executable, "-m", "bmc_data.report", str(tmp_path / "nope.csv"), "--out",
-                          str(tmp_path / "x.html")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "nope.csv" in bad.stderr
+    from bmc_data.report import main
+
+    assert main([str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.html"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "nope.csv" in err and "Traceback" not in err
+
+
+def test_weight_preview_gives_lambda_of_each_marked_token(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bmc_train.losses import bmc_token_weights
+    from bmc_train.testing import build_tiny_model
+
+    base = report_dataset(12, masks=False)
+    folder = build_tiny_model(tmp_path / "policy", [r[schema.PROMPT] + r[schema.CHOSEN] for r in base])
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    data = report_dataset(12, tokenizer=tok)
+    html = render_report(data, tmp_path / "w.html", tokenizer=tok,
+                         config=ReportConfig(model=str(folder), delta=2.0, weight_rows=3)).read_text()
+    assert "δ = 2" in html and str(folder) in html
+    _, rows = read_chunks(tmp_path / "w_files")
+    weighted = [i for i, r in enumerate(rows) if "lw" in r]
+    assert len(weighted) == 3 and all(data[i][schema.STATUS] == "bridged" for i in weighted)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    for i in weighted:
+        ref = tokenize_pair(tok, data[i][schema.PROMPT], data[i][schema.CHOSEN], data[i][schema.REJECTED])
+        ids = torch.tensor([ref["prompt_ids"] + ref["chosen_ids"]])
+        with torch.no_grad():
+            logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
+        mask = torch.tensor(data[i][schema.CHOSEN_DIFF_MASK])
+        expected = bmc_token_weights(logps[len(ref["prompt_ids"]) - 1:][None], mask[None], delta=2.0)[0][mask]
+        assert rows[i]["lw"]["c"] == pytest.approx(expected.tolist(), abs=1e-3)
+        assert len(rows[i]["lw"]["r"]) == sum(data[i][schema.REJECTED_DIFF_MASK])
+        assert all(1.0 <= w <= 3.0 for w in rows[i]["lw"]["c"] + rows[i]["lw"]["r"])

@@ -129,7 +129,7 @@
       var piece = text.slice(s, e), t = el(tag, 'tok', piece);
       if (!piece) t.classList.add('z');
       else if (/^\s+$/.test(piece)) t.classList.add(piece.indexOf('\n') >= 0 ? 'nl' : 'sp');
-      if (weights) {
+      if (weights && weights[k / 2] !== undefined) {
         var w = weights[k / 2];
         t.title = '\u03bb = ' + w.toFixed(3);
         t.style.boxShadow = 'inset 0 -1.2em rgba(214,120,20,' + Math.min(0.65, 0.08 + 0.57 * (w - 1) / (CFG.delta || 1)).toFixed(3) + ')';
