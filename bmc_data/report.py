@@ -97,6 +97,8 @@ def load_report_source(source: str | Path) -> tuple[datasets.Dataset, dict[str, 
             source = path
         else:
             raise ValueError(f"{path}: no bmc_manifest.json, bridged.parquet or data/ folder in it")
+    if not path.exists() and (path.is_absolute() or str(source).startswith(".") or path.suffix or str(source).count("/") != 1):
+        raise FileNotFoundError(f"{source}: no such file or folder (and not a Hub repo id like org/name)")
     # a Hub repo (or manifest-less folder): every config, every split that exists
     parts = []
     for config in CONFIGS:
