@@ -338,7 +338,7 @@ def render_report(
         dataset = add_edit_distance_stats(dataset)
 
     n = len(dataset)
-    statuses = [s if s in STATUS_NAMES else s for s in dataset[schema.STATUS]]
+    statuses = list(dataset[schema.STATUS])
     status_list = STATUS_NAMES + sorted({s for s in statuses if s not in STATUS_NAMES})
     groups = [schema.reason_group(r or "") for r in dataset[schema.REASON]]
     group_counts = Counter((s, g) for s, g in zip(statuses, groups) if g)
