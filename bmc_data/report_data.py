@@ -89,11 +89,12 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _completion(text: str, ids: list[int], offsets: list[tuple[int, int]], start: int) -> tuple[str, list[int], list[tuple[int, int]]]:
-    """The completion tokens (from `start`) with offsets relative to the completion's own text."""
+def _completion(text: str, ids: list[int], offsets: list[tuple[int, int]], start: int) -> "Side":
+    """The completion tokens (from `start`); their offsets stay in `text` and `first` says where the shown part
+    starts (shifted only for the few marked tokens, in `masked_side`)."""
     ids, offsets = ids[start:], offsets[start:]
     first = next((s for s, e in offsets if e > s), len(text))
-    return text[first:], ids, [(max(s - first, 0), max(e - first, 0)) for s, e in offsets]
+    return text[first:], ids, offsets, first
 
 
 def _fast_ok(tokenizer: Any) -> bool:
@@ -102,10 +103,10 @@ def _fast_ok(tokenizer: Any) -> bool:
     return _batch_encoder(tokenizer) is not None and _stock_chat_template(tokenizer)
 
 
-def _encode(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
-    enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+def _encode(tokenizer: Any, texts: list[str], add_special_tokens: bool, offsets: bool = True) -> tuple[list[list[int]], list]:
+    enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=offsets,
                     return_attention_mask=False)
-    return enc["input_ids"], [[tuple(o) for o in offs] for offs in enc["offset_mapping"]]
+    return enc["input_ids"], enc["offset_mapping"] if offsets else []
 
 
 def _pieces(tokenizer: Any, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
@@ -119,7 +120,8 @@ def _pieces(tokenizer: Any, ids: list[int]) -> tuple[str, list[tuple[int, int]]]
     return text, offsets
 
 
-Side = tuple[str, list[int], list[tuple[int, int]]]  # completion text, token ids, per-token (start, end)
+# completion text, token ids, per-token (start, end) in the full text, where the completion text starts in it
+Side = tuple[str, list[int], list[tuple[int, int]], int]
 
 
 def token_sides(tokenizer: Any, prompts: Sequence[Any], chosens: Sequence[Any], rejecteds: Sequence[Any]) -> list[tuple[Side, Side]]:
@@ -148,7 +150,7 @@ def token_sides(tokenizer: Any, prompts: Sequence[Any], chosens: Sequence[Any], 
         ps = [prompts[i] for i in plain]
         cs = [ps[k] + (c if c.endswith(eos) else c + eos) for k, c in enumerate(chosens[i] for i in plain)]
         rs = [ps[k] + (r if r.endswith(eos) else r + eos) for k, r in enumerate(rejecteds[i] for i in plain)]
-        p_ids, _ = _encode(tokenizer, ps, True)
+        p_ids, _ = _encode(tokenizer, ps, True, offsets=False)
         c_ids, c_offs = _encode(tokenizer, cs, True)
         r_ids, r_offs = _encode(tokenizer, rs, True)
         for k, i in enumerate(plain):
@@ -159,7 +161,7 @@ def token_sides(tokenizer: Any, prompts: Sequence[Any], chosens: Sequence[Any], 
         p_text = render(ps, tokenize=False, add_generation_prompt=True, tools=None)
         c_text = render([ps[k] + _as_messages(chosens[i], "chosen") for k, i in enumerate(chat)], tokenize=False, tools=None)
         r_text = render([ps[k] + _as_messages(rejecteds[i], "rejected") for k, i in enumerate(chat)], tokenize=False, tools=None)
-        p_ids, _ = _encode(tokenizer, p_text, False)
+        p_ids, _ = _encode(tokenizer, p_text, False, offsets=False)
         c_ids, c_offs = _encode(tokenizer, c_text, False)
         r_ids, r_offs = _encode(tokenizer, r_text, False)
         for k, i in enumerate(chat):
@@ -169,14 +171,15 @@ def token_sides(tokenizer: Any, prompts: Sequence[Any], chosens: Sequence[Any], 
             ids = tokenize_pair(tokenizer, prompts[i], chosens[i], rejecteds[i])
             c_text, c_offs = _pieces(tokenizer, ids["chosen_ids"])
             r_text, r_offs = _pieces(tokenizer, ids["rejected_ids"])
-            out[i] = ((c_text, ids["chosen_ids"], c_offs), (r_text, ids["rejected_ids"], r_offs))
+            out[i] = ((c_text, ids["chosen_ids"], c_offs, 0), (r_text, ids["rejected_ids"], r_offs, 0))
     return out  # type: ignore[return-value]
 
 
 def masked_side(side: Side, mask: Sequence[bool]) -> dict[str, Any]:
     """A side record whose spans are exactly the tokens where `mask` is True (caller checked the lengths)."""
-    text, _, offsets = side
-    return {"t": text, "m": encode_spans(compress(offsets, mask)), "n": len(offsets)}
+    text, _, offsets, first = side
+    spans = ((max(s - first, 0), max(e - first, 0)) for s, e in compress(offsets, mask))
+    return {"t": text, "m": encode_spans(spans), "n": len(offsets)}
 
 
 def chosen_share(side: dict[str, Any]) -> float | None:
