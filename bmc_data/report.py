@@ -192,6 +192,11 @@ def _records(batch: Mapping[str, list[Any]], tokenizer: Any) -> list[dict[str, A
     return out
 
 
+def _col(dataset: datasets.Dataset, name: str) -> list[Any]:
+    """A whole column as a list in one Arrow conversion (iterating `dataset[name]` formats row by row)."""
+    return dataset[name][:] if len(dataset) else []
+
+
 def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
@@ -338,14 +343,14 @@ def render_report(
         dataset = add_edit_distance_stats(dataset)
 
     n = len(dataset)
-    statuses = list(dataset[schema.STATUS])
+    statuses = _col(dataset, schema.STATUS)
     status_list = STATUS_NAMES + sorted({s for s in statuses if s not in STATUS_NAMES})
-    groups = [schema.reason_group(r or "") for r in dataset[schema.REASON]]
+    groups = [schema.reason_group(r or "") for r in _col(dataset, schema.REASON)]
     group_counts = Counter((s, g) for s, g in zip(statuses, groups) if g)
     group_list = [[g, s, c] for (s, g), c in sorted(group_counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     group_index = {(g, s): k for k, (g, s, _) in enumerate(group_list)}
-    ed_before = np.asarray(dataset[WORD_DISTANCE_BEFORE], dtype=float)
-    ed_after = np.asarray(dataset[WORD_DISTANCE_AFTER], dtype=float)
+    ed_before = np.asarray(_col(dataset, WORD_DISTANCE_BEFORE), dtype=float)
+    ed_after = np.asarray(_col(dataset, WORD_DISTANCE_AFTER), dtype=float)
 
     weights: dict[int, dict[str, list[float]]] = {}
     weight_info = None
@@ -412,8 +417,8 @@ def render_report(
     versions = sorted({v for v in dataset.unique(schema.PROMPT_VERSION) if v})
     src = source or config.provenance.get("source") or "not recorded"
     bridged = np.asarray([s == schema.Status.BRIDGED.value for s in statuses], dtype=bool)
-    norm_b = np.asarray(dataset[WORD_NORM_BEFORE], dtype=float)[bridged] if n else np.zeros(0)
-    norm_a = np.asarray(dataset[WORD_NORM_AFTER], dtype=float)[bridged] if n else np.zeros(0)
+    norm_b = np.asarray(_col(dataset, WORD_NORM_BEFORE), dtype=float)[bridged] if n else np.zeros(0)
+    norm_a = np.asarray(_col(dataset, WORD_NORM_AFTER), dtype=float)[bridged] if n else np.zeros(0)
     figures = ""
     if bridged.any():
         figures = (_histogram_svg(ed_before[bridged], ed_after[bridged], title="Word edit distance, bridged pairs",
