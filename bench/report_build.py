@@ -102,6 +102,17 @@ def bridged_rows(n: int, seed: int) -> datasets.Dataset:
     return datasets.load_from_disk(str(target))
 
 
+def take_screenshot(page, path: Path) -> None:
+    """The pair browser with a bridged row open (the rows with the largest diff share, fourth of them)."""
+    page.click("#status-chips .chip[data-status='bridged']")
+    page.select_option("#sort", "sh")
+    row = int(page.eval_on_selector("#rows tbody tr:nth-child(4)", "t => t.dataset.row"))
+    page.evaluate(f"() => {{ location.hash = 'row-{row}'; }}")
+    page.wait_for_selector(f"#detail[data-row='{row}']")
+    page.evaluate("() => document.querySelector('.browser').scrollIntoView()")
+    page.screenshot(path=str(path))
+
+
 def browser_timings(page_path: Path, screenshot: Path | None, runs: int = 5) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -141,12 +152,7 @@ def browser_timings(page_path: Path, screenshot: Path | None, runs: int = 5) -> 
                 heap = page.evaluate("() => performance.memory ? performance.memory.usedJSHeapSize : null")
                 if screenshot is not None:
                     page.fill("#q", "")
-                    page.click("#status-chips .chip[data-status='bridged']")
-                    page.select_option("#sort", "sh")
-                    row = int(page.eval_on_selector("#rows tbody tr:nth-child(4)", "t => t.dataset.row"))
-                    page.evaluate(f"() => {{ location.hash = 'row-{row}'; }}")
-                    page.wait_for_selector(f"#detail[data-row='{row}']")
-                    page.screenshot(path=str(screenshot))
+                    take_screenshot(page, screenshot)
             context.close()
         browser.close()
     out = {k: round(statistics.median(v), 1) for k, v in samples.items()}
@@ -163,8 +169,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "report_build.json")
     parser.add_argument("--screenshot", type=Path, default=REPO / "docs" / "report-screenshot.png")
+    parser.add_argument("--screenshot-only", action="store_true",
+                        help="only retake the screenshot from the report the last run built")
     args = parser.parse_args()
     from bmc_data.report import ReportConfig, render_report
+
+    if args.screenshot_only:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto((CACHE / "report-out" / "report.html").as_uri())
+            page.wait_for_selector("html[data-ready='1']")
+            take_screenshot(page, args.screenshot)
+            browser.close()
+        return
 
     t0, c0 = time.perf_counter(), _cpu()
     data = bridged_rows(args.rows, args.seed)

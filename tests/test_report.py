@@ -164,6 +164,9 @@ def test_cli_reads_a_save_bridged_folder_and_reports_bad_input_in_one_line(tmp_p
     folder = save_bridged(data, tmp_path / "ds", repo_id="org/ecqa-bmc", source="ecqa-train.jsonl", stats=False)
     loaded, prov = load_report_source(folder)
     assert len(loaded) == len(data) and prov["source"] == "ecqa-train.jsonl"
+    (tmp_path / "bridge-out").mkdir()
+    data.to_parquet(str(tmp_path / "bridge-out" / "bridged.parquet"))  # a `python -m bmc_data bridge` folder
+    assert load_report_source(tmp_path / "bridge-out")[0][schema.ID][:] == data[schema.ID][:]
     data.to_parquet(str(tmp_path / "rows.parquet"))
     proc = subprocess.run([sys.executable, "-m", "bmc_data.report", str(tmp_path / "rows.parquet"), "--out",
                            str(tmp_path / "cli.html"), "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True,
