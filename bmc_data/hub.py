@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "bmc_manifest.json"
 DEFAULT_MAX_SHARD_SIZE = 500 * 1024 * 1024  # bytes of in-memory Arrow data per parquet shard (like push_to_hub)
-MANAGED_PREFIXES = ("data/", "figures/", "report_files/")  # remote files there that the folder no longer has are deleted on push
+# remote files there that the folder no longer has are deleted on push (report_files/: the review page's data)
+MANAGED_PREFIXES = ("data/", "figures/", "report_files/")
 TOP_REASONS = 5
 
 

@@ -97,7 +97,8 @@ def load_report_source(source: str | Path) -> tuple[datasets.Dataset, dict[str, 
             source = path
         else:
             raise ValueError(f"{path}: no bmc_manifest.json, bridged.parquet or data/ folder in it")
-    if not path.exists() and (path.is_absolute() or str(source).startswith(".") or path.suffix or str(source).count("/") != 1):
+    looks_local = path.is_absolute() or str(source).startswith(".") or path.suffix or str(source).count("/") != 1
+    if not path.exists() and looks_local:
         raise FileNotFoundError(f"{source}: no such file or folder (and not a Hub repo id like org/name)")
     # a Hub repo (or manifest-less folder): every config, every split that exists
     parts = []
@@ -278,7 +279,8 @@ def _splits_svg(before: np.ndarray, after: np.ndarray, n: int = 6) -> str:
             h = ph * v / top
             out.append(f'<rect class="{cls}" x="{L + gw * (k + dx):.1f}" y="{T + ph - h:.1f}" width="{gw * 0.35:.1f}" '
                        f'height="{h:.1f}"><title>split {k + 1} {cls}: mean {v:.3g}</title></rect>')
-        out.append(f'<text class="tk" x="{L + gw * (k + 0.5):.1f}" y="{T + ph + 14}" text-anchor="middle">{k + 1}</text>')
+        out.append(f'<text class="tk" x="{L + gw * (k + 0.5):.1f}" y="{T + ph + 14}" '
+                   f'text-anchor="middle">{k + 1}</text>')
     out.append(f'<line class="ax" x1="{L}" y1="{T + ph}" x2="{L + pw}" y2="{T + ph}"/>')
     out.append(f'<text class="tk" x="{L - 6}" y="{T + 4}" text-anchor="end">{top:.3g}</text>')
     for j, (cls, text) in enumerate((("before", "before: y_w vs y_l"), ("after", "after: ỹ_w vs y_l"))):

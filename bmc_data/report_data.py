@@ -103,7 +103,8 @@ def _fast_ok(tokenizer: Any) -> bool:
     return _batch_encoder(tokenizer) is not None and _stock_chat_template(tokenizer)
 
 
-def _encode(tokenizer: Any, texts: list[str], add_special_tokens: bool, offsets: bool = True) -> tuple[list[list[int]], list]:
+def _encode(tokenizer: Any, texts: list[str], add_special_tokens: bool,
+            offsets: bool = True) -> tuple[list[list[int]], list]:
     enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=offsets,
                     return_attention_mask=False)
     return enc["input_ids"], enc["offset_mapping"] if offsets else []
@@ -124,7 +125,8 @@ def _pieces(tokenizer: Any, ids: list[int]) -> tuple[str, list[tuple[int, int]]]
 Side = tuple[str, list[int], list[tuple[int, int]], int]
 
 
-def token_sides(tokenizer: Any, prompts: Sequence[Any], chosens: Sequence[Any], rejecteds: Sequence[Any]) -> list[tuple[Side, Side]]:
+def token_sides(tokenizer: Any, prompts: Sequence[Any], chosens: Sequence[Any],
+                rejecteds: Sequence[Any]) -> list[tuple[Side, Side]]:
     """Per row, the chosen and rejected completion tokens as DPOTrainer sees them, with character offsets.
 
     The token ids equal `bmc_data.tokenization.tokenize_pair`'s `chosen_ids` / `rejected_ids` (the tests check
@@ -159,8 +161,10 @@ def token_sides(tokenizer: Any, prompts: Sequence[Any], chosens: Sequence[Any], 
         render = tokenizer.apply_chat_template
         ps = [prompts[i] for i in chat]
         p_text = render(ps, tokenize=False, add_generation_prompt=True, tools=None)
-        c_text = render([ps[k] + _as_messages(chosens[i], "chosen") for k, i in enumerate(chat)], tokenize=False, tools=None)
-        r_text = render([ps[k] + _as_messages(rejecteds[i], "rejected") for k, i in enumerate(chat)], tokenize=False, tools=None)
+        c_text = render([ps[k] + _as_messages(chosens[i], "chosen") for k, i in enumerate(chat)],
+                        tokenize=False, tools=None)
+        r_text = render([ps[k] + _as_messages(rejecteds[i], "rejected") for k, i in enumerate(chat)],
+                        tokenize=False, tools=None)
         p_ids, _ = _encode(tokenizer, p_text, False, offsets=False)
         c_ids, c_offs = _encode(tokenizer, c_text, False)
         r_ids, r_offs = _encode(tokenizer, r_text, False)

@@ -104,7 +104,8 @@ def test_filter_click_changes_the_list(page, data):
     assert count(page) == len(after)  # the reason filter stays until it is cleared
     page.select_option("#group", "-1")
     page.select_option("#sort", "eb")  # sorting by edit distance before, largest first
-    eds = page.eval_on_selector_all("#rows tbody tr td:nth-child(3)", "tds => tds.map(t => +t.textContent.split(' ')[0])")
+    eds = page.eval_on_selector_all("#rows tbody tr td:nth-child(3)",
+                                    "tds => tds.map(t => +t.textContent.split(' ')[0])")
     assert eds == sorted(eds, reverse=True) and len(eds) == PAGE_ROWS
     page.click("#next")
     assert "page 2 of 4" in page.inner_text("#pageinfo")
