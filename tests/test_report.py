@@ -15,14 +15,17 @@ from bmc_data.report import ReportConfig, load_report_source
 from bmc_data.report_data import decode_spans, encode_spans, token_sides, word_diff_sides
 from bmc_data.tokenization import tokenize_pair
 from report_fixtures import INJECTION, read_chunks, report_dataset, side_text
-from test_hub import tiny_tokenizer
+from test_hub import REPO, hub, tiny_tokenizer  # noqa: F401  (hub: the Hub stand-in fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """The recorded test tokenizer exists nowhere: fail fast instead of retrying huggingface.co."""
+def offline(request, monkeypatch):
+    """The recorded test tokenizer exists nowhere: fail fast instead of retrying huggingface.co (the Hub stand-in
+    test needs the network stack on, and passes the data without asking for a tokenizer by name)."""
+    if "hub" in request.fixturenames:
+        return
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -210,3 +213,17 @@ def test_weight_preview_gives_lambda_of_each_marked_token(tmp_path):
         assert rows[i]["lw"]["c"] == pytest.approx(expected.tolist(), abs=1e-3)
         assert len(rows[i]["lw"]["r"]) == sum(data[i][schema.REJECTED_DIFF_MASK])
         assert all(1.0 <= w <= 3.0 for w in rows[i]["lw"]["c"] + rows[i]["lw"]["r"])
+
+
+def test_hub_repo_source_reads_every_config(hub, tmp_path, data):
+    from bmc_data.hub import push_bridged, save_bridged
+
+    folder = save_bridged(data, tmp_path / "ds", repo_id=REPO, source="ecqa-train.jsonl", stats=False,
+                          report_path="report.html")
+    render_report(data, folder / "report.html")
+    push_bridged(folder, REPO)
+    assert {"report.html", "report_files/index.js"} <= set(hub.files(REPO))
+    loaded, prov = load_report_source(REPO)  # through load_bridged: default, filtered and failed configs
+    assert sorted(loaded[schema.ID][:]) == sorted(data[schema.ID][:]) and prov["source"] == REPO
+    render_report(loaded, tmp_path / "hub.html", source=REPO)
+    assert read_chunks(tmp_path / "hub_files")[0]["n"] == len(data)
