@@ -227,3 +227,12 @@ def test_hub_repo_source_reads_every_config(hub, tmp_path, data):
     assert sorted(loaded[schema.ID][:]) == sorted(data[schema.ID][:]) and prov["source"] == REPO
     render_report(loaded, tmp_path / "hub.html", source=REPO)
     assert read_chunks(tmp_path / "hub_files")[0]["n"] == len(data)
+
+
+def test_card_links_the_report_only_when_there_is_one(data):
+    from bmc_data.card import render_dataset_card, validate_card
+
+    with_link = render_dataset_card(data, repo_id=REPO, report_path="report.html").content
+    assert "[report.html](report.html)" in with_link and "`report_files/`" in with_link
+    validate_card(with_link)
+    assert "report.html" not in render_dataset_card(data, repo_id=REPO).content
