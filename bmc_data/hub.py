@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "bmc_manifest.json"
 DEFAULT_MAX_SHARD_SIZE = 500 * 1024 * 1024  # bytes of in-memory Arrow data per parquet shard (like push_to_hub)
-MANAGED_PREFIXES = ("data/", "figures/")  # remote files there that the folder no longer has are deleted on push
+# remote files there that the folder no longer has are deleted on push (report_files/: the review page's data)
+MANAGED_PREFIXES = ("data/", "figures/", "report_files/")
 TOP_REASONS = 5
 
 
@@ -191,6 +192,7 @@ def save_bridged(
     stats_tokenizer: Any = None,
     stats: bool = True,
     extra_manifest: Mapping[str, Any] | None = None,
+    report_path: str | None = None,
 ) -> Path:
     """Write a bridged dataset as a Hub-ready folder (parquet shards, README.md card, figures, manifest).
 
@@ -209,6 +211,7 @@ def save_bridged(
             when not given.
         stats_tokenizer: tokenizer for token-level edit distances (default: whatever `bmc_data.stats` uses).
         stats: compute edit-distance statistics and plots at all (False: a card without them, faster).
+        report_path: folder-relative review page (`bmc_data.report.render_report`) the card links to.
 
     Returns:
         `out_dir` as a Path.
@@ -268,7 +271,7 @@ def save_bridged(
     card = render_dataset_card(
         parts, repo_id=repo_id, template=templates, provider_info=provider, tokenizer_info=tokenizer_info,
         stats_table=stats_table, plot_paths=plot_rel, status_counts=counts, reasons=reasons, source=source,
-        license=license, pretty_name=pretty_name, features=everything.features,
+        license=license, pretty_name=pretty_name, features=everything.features, report_path=report_path,
     )
     card.save(out / "README.md")
 

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the edit-distance statistics and plots (faster; the card says they were not computed)")
     out.add_argument("--max-shard-size", type=positive_int, default=500,
                      help="max MB of data per parquet shard (default: %(default)s)")
+    out.add_argument("--no-report", action="store_true",
+                     help="do not write the review page (report.html + report_files/, see bmc_data.report)")
     add_logging_args(parser)
     return parser
 
@@ -173,9 +175,15 @@ def run(args: argparse.Namespace) -> int:
         dataset, out, repo_id=args.repo or repo_name, source=f"{args.source} (split {split})", license=license_,
         provider_info=identity, test_size=args.test_size, seed=args.seed,
         max_shard_size=args.max_shard_size * 1024 * 1024, stats_tokenizer=tokenizer, stats=not args.no_stats,
+        report_path=None if args.no_report else "report.html",
     )
+    if not args.no_report:
+        from .report import render_report
+
+        render_report(dataset, out / "report.html", tokenizer=tokenizer, source=f"{args.source} (split {split})",
+                      progress=not args.quiet)
     print(summary.headline())
-    print(f"wrote {out}/ (README.md, bmc_manifest.json, data/)")
+    print(f"wrote {out}/ (README.md, bmc_manifest.json, data/" + ("" if args.no_report else ", report.html") + ")")
     if args.no_push:
         print("not pushed (--no-push)")
         return EXIT_OK

@@ -16,6 +16,7 @@ from bmc_data import schema
 from bmc_data.publish import build_parser
 from hub_server import HubServer
 from llm_servers import LLMServer, bridge_reply
+from report_fixtures import read_chunks
 from test_hub import TOKEN, tiny_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +141,11 @@ def test_no_push_run_writes_a_folder_datasets_can_read(env, tmp_path, llm):
     assert manifest["rows"] == 8 and manifest["status_counts"]["failed"] == len(failed)
     card = (out / "README.md").read_text()
     assert str(source) in card and "instruction-v1" in card
+    # the review page: written into the folder, linked from the card, token-level diffs from the masks
+    assert "[report.html](report.html)" in card
+    index, rows = read_chunks(out / "report_files")
+    assert index["n"] == 8 and {r["k"] for r in rows} == {"token"}
+    assert str(source) in (out / "report.html").read_text()
     assert not any(p.name.startswith(".") for p in out.iterdir() if p.name != ".bmc_cache")
     _assert_no_secrets(proc, out)
 
@@ -168,6 +174,7 @@ def test_push_and_rerun_is_resumable_and_a_no_op(env, tmp_path, llm):
         assert hub.seen_tokens() == {TOKEN}
         files = hub.files("bmc-org/alpaca-bmc")
         assert ".bmc_cache/calls.sqlite" not in files and "README.md" in files
+        assert "report.html" in files and "report_files/index.js" in files  # pushed with the data
         assert all(TOKEN.encode() not in blob and OPENAI_KEY.encode() not in blob for blob in files.values())
     _assert_no_secrets(first, out)
     _assert_no_secrets(second, out)
