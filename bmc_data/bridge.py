@@ -281,6 +281,9 @@ def bridge_dataset(
         provider = get_provider("embedded")
     if cache_dir is None:
         cache_dir = default_cache_dir()
+    if hasattr(provider, "bind_store"):  # a batch provider: its ledger lives in the cache; rounds fill batches
+        provider.bind_store(Path(cache_dir) if cache_dir is not False else None)
+        concurrency = max(concurrency, provider.rows_in_flight)
     cached = _wrap_with_cache(provider, Path(cache_dir) if cache_dir is not False else None, template)
     bridger = Bridger(cached, template, task, max_tokens=max_tokens, temperature=temperature, seed=seed,
                       check_answers=check_answers)
