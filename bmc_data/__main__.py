@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--out", required=True, help="output folder")
     bridge.add_argument("--quiet", action="store_true", help="no progress bars")
     add_provider_args(bridge, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc")
+    from .batches_cli import add_parser as add_batches_parser
+
+    add_batches_parser(sub, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc")
     return parser
 
 
@@ -59,6 +62,10 @@ def write_outputs(dataset, summary, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "batches":
+        from .batches_cli import run as run_batches
+
+        return run_batches(args)
     from .bridge import bridge_dataset
     from .pairs import make_pairs
 

@@ -212,3 +212,12 @@ class BatchStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def request_counts(store: BatchStore) -> dict[int, tuple[int, int]]:
+    """local_id -> (requests with a reply, requests that came back without one) over the whole ledger."""
+    with store._lock:
+        rows = store._conn.execute(
+            "SELECT local_id, SUM(response IS NOT NULL), SUM(response IS NULL AND error IS NOT NULL) "
+            "FROM batch_requests GROUP BY local_id").fetchall()
+    return {local_id: (int(ok or 0), int(bad or 0)) for local_id, ok, bad in rows}

@@ -74,6 +74,11 @@ class BridgeSummary:
         lines.append(f"  calls: {u.get('calls', 0)} made, {u.get('cached_calls', 0)} from cache, "
                      f"{u.get('retries', 0)} retries; tokens in/out: {u.get('input_tokens', 0)}/{u.get('output_tokens', 0)}; "
                      f"estimated cost ${u.get('cost_usd', 0.0):.4f}")
+        if u.get("by_endpoint"):  # a pool of endpoints
+            lines.append("  calls per endpoint: " + ", ".join(f"{url} {n}" for url, n in u["by_endpoint"].items()))
+        if "batches" in u:  # a batch API
+            lines.append(f"  batches: {u['batches']}; {u.get('batch_requests_submitted', 0)} request(s) submitted, "
+                         f"{u.get('resubmitted', 0)} resubmitted; cost at {u.get('price_basis', 'batch')}")
         if self.skipped_input_rows:
             lines.append(f"  {self.skipped_input_rows} invalid input row(s) skipped")
         return "\n".join(lines)

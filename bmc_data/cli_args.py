@@ -6,7 +6,7 @@ import argparse
 
 from .providers.base import Provider
 
-PROVIDERS = ["embedded", "openai", "anthropic", "transformers"]
+PROVIDERS = ["embedded", "openai", "anthropic", "transformers", "openai-batch", "anthropic-batch"]
 
 
 def positive_int(value: str) -> int:
@@ -26,9 +26,12 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
                        help="LLM backend that writes the pseudo-winning responses (default: embedded "
                             "SmolLM2-135M-Instruct, weak: use a strong model for real data)")
     group.add_argument("--model", default=None, help="model name (API providers) or local path (transformers)")
-    group.add_argument("--base-url", default=None,
+    group.add_argument("--base-url", default=None, action="append",
                        help="OpenAI-compatible server URL (vLLM, llama.cpp, transformers serve) or Anthropic base "
-                            "URL; API keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY, never from flags")
+                            "URL; API keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY, never from flags. Several "
+                            "(repeat the flag or a comma list): a pool of self-hosted openai endpoints")
+    group.add_argument("--poll-interval", type=float, default=30.0,
+                       help="batch providers: seconds between polls of pending batches (default: %(default)s)")
     group.add_argument("--concurrency", type=positive_int, default=16, help="pairs in flight at once (default: %(default)s)")
     group.add_argument("--requests-per-minute", type=positive_int, default=None,
                        help="client-side request rate limit (default: none)")
@@ -44,15 +47,27 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
 def build_provider(args: argparse.Namespace) -> Provider:
     from .providers import get_provider
 
-    kwargs = {}
-    if args.base_url and args.provider not in ("openai", "anthropic"):
-        raise ValueError(f"--base-url is for the openai and anthropic providers, not {args.provider!r}")
-    if args.provider in ("openai", "anthropic"):
+    kwargs: dict = {}
+    remote = ("openai", "anthropic", "openai-batch", "anthropic-batch")
+    urls = [u.strip() for value in (args.base_url or []) for u in value.split(",") if u.strip()]
+    if urls and args.provider not in remote:
+        raise ValueError(f"--base-url is for the {', '.join(remote)} providers, not {args.provider!r}")
+    if len(urls) > 1 and args.provider != "openai":
+        raise ValueError(f"several --base-url values make a pool of openai endpoints; --provider {args.provider} takes one")
+    if args.provider.endswith("-batch"):
+        kwargs["poll_interval_s"] = args.poll_interval
+        kwargs["progress"] = not getattr(args, "quiet", False)
+    if args.provider in remote:
         from .providers.limits import ProviderLimits
 
-        if args.base_url:
-            kwargs["base_url"] = args.base_url
+        if urls:
+            kwargs["base_url"] = urls[0]
         limits = {"max_concurrency": args.concurrency, "requests_per_minute": args.requests_per_minute,
                   "tokens_per_minute": args.tokens_per_minute, "timeout_s": args.timeout}
         kwargs["limits"] = ProviderLimits(**{k: v for k, v in limits.items() if v is not None})
+    if len(urls) > 1:
+        from .providers.pool import EndpointPool
+
+        kwargs.pop("base_url")
+        return EndpointPool.from_urls(urls, args.model, **kwargs)
     return get_provider(args.provider, args.model, **kwargs)

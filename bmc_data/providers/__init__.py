@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError, Usage
 from .limits import ProviderLimits
 
-PROVIDER_NAMES = ("openai", "anthropic", "transformers", "embedded")
+PROVIDER_NAMES = ("openai", "anthropic", "transformers", "embedded", "openai-batch", "anthropic-batch")
+#: batch APIs (half price, results within 24 h): the online provider's options plus the batch ones
+_BATCH_CLASSES = {"openai-batch": "OpenAIBatchProvider", "anthropic-batch": "AnthropicBatchProvider"}
 
 _LAZY = {
     "OpenAIProvider": "openai_chat",
@@ -27,6 +29,9 @@ _LAZY = {
     "EmbeddedProvider": "embedded",
     "load_embedded_model": "embedded",
     "RetryableError": "limits",
+    "OpenAIBatchProvider": "openai_batch",
+    "AnthropicBatchProvider": "anthropic_batch",
+    "EndpointPool": "pool",
 }
 
 __all__ = [
@@ -65,7 +70,8 @@ def _pricing(value: Any) -> Pricing | None:
 
 
 def get_provider(name: str | None = None, model: str | None = None, **kwargs: Any) -> Provider:
-    """Build a provider by name: "openai", "anthropic", "transformers" or "embedded" (the default).
+    """Build a provider by name: "openai", "anthropic", "transformers" or "embedded" (the default), or a batch
+    API: "openai-batch" / "anthropic-batch" (also `poll_interval_s`, `cache_dir`, `max_requests_per_batch`, ...).
 
     Args:
         name: backend name; None means "embedded" (SmolLM2-135M-Instruct on CPU, no key, no network).
@@ -79,15 +85,15 @@ def get_provider(name: str | None = None, model: str | None = None, **kwargs: An
     name = (name or "embedded").lower()
     if name not in PROVIDER_NAMES:
         raise ValueError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDER_NAMES)}")
-    if name in ("openai", "anthropic"):
+    if name in ("openai", "anthropic", *_BATCH_CLASSES):
         if not model:
             raise ValueError(f"provider {name!r} needs a model, e.g. get_provider({name!r}, "
-                             f"{'gpt-4o-mini' if name == 'openai' else 'claude-sonnet-4-5'!r})")
-        prefix = name.upper()
+                             f"{'gpt-4o-mini' if name.startswith('openai') else 'claude-sonnet-4-5'!r})")
+        prefix = name.split("-")[0].upper()
         kwargs.setdefault("api_key", os.environ.get(f"{prefix}_API_KEY"))
         kwargs.setdefault("base_url", os.environ.get(f"{prefix}_BASE_URL"))
         limits, pricing = _limits(kwargs), _pricing(kwargs.pop("pricing", None))
-        cls = __getattr__("OpenAIProvider" if name == "openai" else "AnthropicProvider")
+        cls = __getattr__(_BATCH_CLASSES.get(name) or ("OpenAIProvider" if name == "openai" else "AnthropicProvider"))
         return cls(model, limits=limits, pricing=pricing, **kwargs)
     if name == "transformers":
         if not model:
@@ -106,5 +112,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .anthropic_messages import AnthropicProvider
     from .embedded import EmbeddedProvider, load_embedded_model
     from .limits import RetryableError
+    from .anthropic_batch import AnthropicBatchProvider
+    from .openai_batch import OpenAIBatchProvider
     from .openai_chat import OpenAIProvider
+    from .pool import EndpointPool
     from .transformers_local import TransformersProvider
