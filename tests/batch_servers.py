@@ -42,7 +42,7 @@ class BatchScript:
     final: str = "completed"  # completed | expired | cancelled | failed
     finished: int | None = None  # expired/cancelled: the first N requests have results (None: all)
     error_every: int = 0  # every k-th request (1-based) gets an error line instead of a reply
-    malformed_line: bool = False  # one garbage line in the results
+    malformed_line: bool = False  # one result line cut in half (unreadable)
     unfinished_in_error_file: bool = True  # OpenAI lists unfinished requests (batch_expired) in the error file
 
 
@@ -260,7 +260,8 @@ class BatchServer:
                 results.append({"custom_id": cid, "result": {"type": "succeeded", "message": completion}})
         lines = [json.dumps(x) for x in (out if batch.api == "openai" else results)]
         if script.malformed_line and lines:
-            lines.insert(len(lines) // 2, '{"custom_id": "broken", "response": {')
+            middle = len(lines) // 2  # that request's result line is cut short: it has no readable result
+            lines[middle] = lines[middle][: len(lines[middle]) // 2]
         data = ("\n".join(lines) + "\n").encode() if lines else b""
         if batch.api == "openai":
             if data:
