@@ -95,10 +95,9 @@ class BatchingMixin(abc.ABC):
         self.store: BatchStore | None = BatchStore.in_cache_dir(cache_dir) if cache_dir is not None else None
         self._rounds: dict[asyncio.AbstractEventLoop, _Round] = {}
 
-    #: rows `bridge_dataset` should keep in flight so that a round fills a batch
-    @property
-    def rows_in_flight(self) -> int:
-        return self.max_requests_per_batch
+    #: rows `bridge_dataset` keeps in flight: every row of a run up to this many, so that all of them go out in
+    #: the first round (sharded into batches) rather than waiting for earlier batches to finish
+    rows_in_flight: int = 200_000
 
     def bind_store(self, cache_dir: str | Path | None) -> None:
         """Keep the batch ledger in `cache_dir` (what `bridge_dataset` calls with its cache folder)."""
