@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--keep", default="all", choices=["all", "wrong"],
                         help="with --make-pairs: keep all pairs, or only those whose y_l is wrong")
     bridge.add_argument("--skip-invalid", action="store_true", help="skip and report bad input rows instead of stopping")
+    bridge.add_argument("--reply-format", default="full", choices=["full", "edits"],
+                        help="full: the editor writes the whole pseudo-winning response (paper); edits: it lists "
+                             "replacements of spans of the rejected response, which are applied here")
     bridge.add_argument("--out", required=True, help="output folder")
     bridge.add_argument("--quiet", action="store_true", help="no progress bars")
     add_provider_args(bridge, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc")
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             source.to_json(str(out / "pairs.jsonl"), lines=True, force_ascii=False)
         dataset, summary = bridge_dataset(
             source, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
+            reply_format=args.reply_format,
             max_tokens=args.max_tokens, layout="auto" if args.make_pairs else args.layout, split=args.split,
             limit=None if args.make_pairs else args.limit, on_invalid="skip" if args.skip_invalid else "raise",
             progress=not args.quiet, return_summary=True,

@@ -24,7 +24,7 @@ from . import schema as S
 from .concurrency import map_concurrently, run_sync
 from .answers import check_answer, extract_answer
 from .loading import Layout, LoadedPairs, OnInvalid, load_pairs
-from .parsing import ReplyFormatError, Verdict, parse_reply
+from .parsing import ParsedReply, ReplyFormatError, Verdict, parse_reply
 from .providers.base import ChatRequest, ChatResponse, Provider, ProviderError
 from .schema import PreferencePair, Status, Task
 from .templates import Template, load_template
@@ -107,6 +107,13 @@ class Bridger:
             raise _TruncatedReply(f"reply truncated at max_tokens={self.max_tokens} (finish_reason=length)")
         return response
 
+    def _parse(self, text: str, pair: PreferencePair) -> ParsedReply:
+        if self.template.reply_format == "edits":  # a list of replacements, applied to y_l here
+            from .edits import parse_edit_reply
+
+            return parse_edit_reply(text, pair.rejected, requires_verdict=self.template.requires_verdict)
+        return parse_reply(text, requires_verdict=self.template.requires_verdict)
+
     async def bridge(self, pair: PreferencePair) -> RowResult:
         messages = self.template.render(prompt=pair.prompt_text(), chosen=pair.chosen, rejected=pair.rejected)
         calls = 0
@@ -114,7 +121,7 @@ class Bridger:
             calls += 1
             reply = await self._call(messages)
             try:
-                parsed = parse_reply(reply.text, requires_verdict=self.template.requires_verdict)
+                parsed = self._parse(reply.text, pair)
             except ReplyFormatError as first_error:
                 # one repair turn: show the model its reply and why it could not be used
                 repair = messages + [{"role": "assistant", "content": reply.text},
@@ -122,7 +129,7 @@ class Bridger:
                 calls += 1
                 reply = await self._call(repair)
                 try:
-                    parsed = parse_reply(reply.text, requires_verdict=self.template.requires_verdict)
+                    parsed = self._parse(reply.text, pair)
                 except ReplyFormatError as error:
                     return RowResult(Status.FAILED, f"unparsable reply after one repair: {error}", calls=calls)
         except _TruncatedReply as error:
@@ -235,6 +242,7 @@ def bridge_dataset(
     task: Task | str,
     provider: Provider | None = None,
     template: Template | str | Path | None = None,
+    reply_format: str = "full",
     cache_dir: str | Path | None | bool = None,
     concurrency: int = 16,
     max_tokens: int = 2048,
@@ -258,6 +266,8 @@ def bridge_dataset(
         provider: any `bmc_data.providers` provider; default: the embedded SmolLM2-135M-Instruct (weak; for
             real data point this at a strong model, see the README).
         template: a `Template`, a path to a template file, or None for the newest bundled one for `task`.
+        reply_format: with `template=None`: "full" (the editor writes ỹ_w, as in the paper) or "edits" (it lists
+            replacements of spans of y_l, which the library applies; see `bmc_data.edits`).
         cache_dir: where LLM calls are cached (default `$BMC_CACHE_DIR` or `~/.cache/bmc`); `False` disables.
         concurrency: rows in flight at once (the provider's own limits also apply).
         check_answers: for QA/math, require ỹ_w to reach the known final answer.
@@ -277,7 +287,7 @@ def bridge_dataset(
     else:
         pairs = load_pairs(data, task=task, layout=layout, split=split, limit=limit, on_invalid=on_invalid)
     if not isinstance(template, Template):
-        template = load_template(task) if template is None else load_template(path=template)
+        template = load_template(task, reply_format=reply_format) if template is None else load_template(path=template)
     if task not in template.tasks:
         raise ValueError(f"template {template.version_id} is for tasks {[t.value for t in template.tasks]}, not {task.value!r}")
     if provider is None:
