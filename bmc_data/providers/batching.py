@@ -158,8 +158,10 @@ class BatchingMixin(abc.ABC):
         return cache_key(self.identity(), "batch", request)  # type: ignore[attr-defined]
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
-        if self.store is None:
-            self.bind_store(None)
+        if self.store is None:  # used outside bridge_dataset (make_pairs, scripts): the default cache folder
+            from ..bridge import default_cache_dir
+
+            self.bind_store(default_cache_dir())
         state = self._round()
         cid = self.custom_id(request)
         future = state.waiters.get(cid)
