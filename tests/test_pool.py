@@ -127,5 +127,8 @@ def test_cli_base_url_repeatable_or_comma_list_builds_a_pool():
     assert isinstance(single, OpenAIProvider) and single.base_url == "http://a:1/v1"
     with pytest.raises(ValueError, match="pool of openai endpoints"):
         build_provider(parser.parse_args(["--provider", "anthropic", "--model", "m", "--base-url", "http://a,http://b"]))
+    from bmc_data.providers import get_provider
+
+    assert isinstance(get_provider("openai", "m", base_url=["http://a/v1", "http://b/v1"]), EndpointPool)
     with pytest.raises(ValueError, match="twice"):
         EndpointPool.from_urls(["http://a/v1", "http://a/v1"], "m")

@@ -4,6 +4,8 @@
     provider = get_provider("openai", "gpt-4o-mini")                                   # $OPENAI_API_KEY
     provider = get_provider("openai", "Qwen/Qwen2.5-7B-Instruct", base_url="http://localhost:8000/v1")
     provider = get_provider("anthropic", "claude-sonnet-4-5", max_concurrency=8)     # $ANTHROPIC_API_KEY
+    provider = get_provider("openai-batch", "gpt-4o-mini")                           # Batch API, half price
+    provider = get_provider("openai", "Qwen/Qwen2.5-7B-Instruct", base_url=["http://gpu1:8000/v1", "http://gpu2:8000/v1"])
     provider = get_provider()                                                        # embedded SmolLM2-135M
 
 Backends are imported on first use, so `import bmc_data` stays light.
@@ -93,6 +95,9 @@ def get_provider(name: str | None = None, model: str | None = None, **kwargs: An
         kwargs.setdefault("api_key", os.environ.get(f"{prefix}_API_KEY"))
         kwargs.setdefault("base_url", os.environ.get(f"{prefix}_BASE_URL"))
         limits, pricing = _limits(kwargs), _pricing(kwargs.pop("pricing", None))
+        if name == "openai" and isinstance(kwargs.get("base_url"), (list, tuple)):  # several: a pool of endpoints
+            return __getattr__("EndpointPool").from_urls(list(kwargs.pop("base_url")), model, limits=limits,
+                                                         pricing=pricing, **kwargs)
         cls = __getattr__(_BATCH_CLASSES.get(name) or ("OpenAIProvider" if name == "openai" else "AnthropicProvider"))
         return cls(model, limits=limits, pricing=pricing, **kwargs)
     if name == "transformers":
