@@ -49,13 +49,14 @@ def build_provider(args: argparse.Namespace) -> Provider:
 
     kwargs: dict = {}
     remote = ("openai", "anthropic", "openai-batch", "anthropic-batch")
-    urls = [u.strip() for value in (args.base_url or []) for u in value.split(",") if u.strip()]
+    values = [args.base_url] if isinstance(args.base_url, str) else (args.base_url or [])  # one, or the repeated flag
+    urls = [u.strip() for value in values for u in value.split(",") if u.strip()]
     if urls and args.provider not in remote:
         raise ValueError(f"--base-url is for the {', '.join(remote)} providers, not {args.provider!r}")
     if len(urls) > 1 and args.provider != "openai":
         raise ValueError(f"several --base-url values make a pool of openai endpoints; --provider {args.provider} takes one")
     if args.provider.endswith("-batch"):
-        kwargs["poll_interval_s"] = args.poll_interval
+        kwargs["poll_interval_s"] = getattr(args, "poll_interval", 30.0)
         kwargs["progress"] = not getattr(args, "quiet", False)
     if args.provider in remote:
         from .providers.limits import ProviderLimits

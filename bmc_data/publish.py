@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = add_diff_masks(dataset, tokenizer)
     identity = dict(provider.identity()) if provider is not None and hasattr(provider, "identity") else {}
     if args.base_url:
-        identity["base_url"] = ", ".join(args.base_url)  # --base-url may repeat (a pool)
+        identity["base_url"] = ", ".join([args.base_url] if isinstance(args.base_url, str) else args.base_url)  # may repeat
     save_bridged(
         dataset, out, repo_id=args.repo or repo_name, source=f"{args.source} (split {split})", license=license_,
         provider_info=identity, test_size=args.test_size, seed=args.seed,

@@ -125,6 +125,10 @@ def test_cli_base_url_repeatable_or_comma_list_builds_a_pool():
     assert all(e.provider.limits.max_retries == 0 for e in pool.endpoints)
     single = build_provider(parser.parse_args(["--provider", "openai", "--model", "m", "--base-url", "http://a:1/v1"]))
     assert isinstance(single, OpenAIProvider) and single.base_url == "http://a:1/v1"
+    # a Namespace built by hand (experiments/qa_ablation) passes one URL as a string
+    plain = build_provider(argparse.Namespace(provider="openai", model="m", base_url="http://a:1/v1", concurrency=4,
+                                              requests_per_minute=None, tokens_per_minute=None, timeout=None))
+    assert isinstance(plain, OpenAIProvider) and plain.base_url == "http://a:1/v1"
     with pytest.raises(ValueError, match="pool of openai endpoints"):
         build_provider(parser.parse_args(["--provider", "anthropic", "--model", "m", "--base-url", "http://a,http://b"]))
     from bmc_data.providers import get_provider
