@@ -97,7 +97,7 @@ class BatchingMixin(abc.ABC):
 
     #: rows `bridge_dataset` keeps in flight: every row of a run up to this many, so that all of them go out in
     #: the first round (sharded into batches) rather than waiting for earlier batches to finish
-    rows_in_flight: int = 200_000
+    rows_in_flight: int = 100_000
 
     def bind_store(self, cache_dir: str | Path | None) -> None:
         """Keep the batch ledger in `cache_dir` (what `bridge_dataset` calls with its cache folder)."""
