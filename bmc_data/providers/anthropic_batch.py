@@ -13,8 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import httpx2
-
 from ..batch_store import BatchRecord
 from .anthropic_messages import _FINISH_REASONS, AnthropicProvider
 from .base import ChatRequest, ChatResponse, Pricing
@@ -87,35 +85,43 @@ class AnthropicBatchProvider(BatchingMixin, AnthropicProvider):
             return responses, errors
         client = self._client()
 
-        async def fetch() -> list[str]:
-            # the raw JSONL (not the SDK's decoder): one malformed line must not lose the lines after it
-            response = await client.get(remote.results_url, cast_to=httpx2.Response,
-                                        options={"headers": {"Accept": "application/binary"}})
-            return response.text.splitlines()
+        async def fetch() -> None:
+            # streamed and read line by line, raw (not the SDK's decoder): a malformed line loses only itself
+            responses.clear()
+            errors.clear()
+            number = malformed = 0
+            async with client.messages.batches.with_streaming_response.results(record.batch_id) as response:
+                async for line in response.iter_lines():
+                    number += 1
+                    if line.strip() and not self._read_line(line, responses, errors):
+                        malformed += 1
+                        logger.warning("%s: batch %s results line %d is not a result: %r", self.describe,
+                                       record.batch_id, number, line[:120])
+            if malformed:
+                logger.warning("%s: batch %s: %d unreadable result line(s); their requests count as unanswered",
+                               self.describe, record.batch_id, malformed)
 
-        malformed = 0
-        for number, line in enumerate(await self._api(fetch), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                cid, result = entry["custom_id"], entry["result"]
-                kind = result["type"]
-            except (ValueError, KeyError, TypeError):
-                malformed += 1
-                logger.warning("%s: batch %s results line %d is not a result: %r", self.describe, record.batch_id,
-                               number, line[:120])
-                continue
-            if kind == "succeeded":
-                try:
-                    responses[cid] = self._parse_message(result.get("message"))
-                except Exception as error:  # noqa: BLE001 - recorded as this request's failure
-                    errors[cid] = str(error)
-            elif kind == "errored":
-                errors[cid] = f"errored: {api_error_message(result.get('error'), 'error')}"[:300]
-            else:  # canceled / expired
-                errors[cid] = f"{kind} (batch ended before this request ran)"
+        await self._api(fetch)
         return responses, errors
+
+    def _read_line(self, line: str, responses: dict[str, ChatResponse], errors: dict[str, str]) -> bool:
+        """One results line into `responses` / `errors`; False when it is not a result line."""
+        try:
+            entry = json.loads(line)
+            cid, result = entry["custom_id"], entry["result"]
+            kind = result["type"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        if kind == "succeeded":
+            try:
+                responses[cid] = self._parse_message(result.get("message"))
+            except Exception as error:  # noqa: BLE001 - recorded as this request's failure
+                errors[cid] = str(error)
+        elif kind == "errored":
+            errors[cid] = f"errored: {api_error_message(result.get('error'), 'error')}"[:300]
+        else:  # canceled / expired
+            errors[cid] = f"{kind} (batch ended before this request ran)"
+        return True
 
     def _parse_message(self, message: Any) -> ChatResponse:
         try:
