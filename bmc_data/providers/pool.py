@@ -95,12 +95,14 @@ class EndpointPool(Provider):
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         last_error: ProviderError | None = None
-        for _attempt in range(self.max_attempts):
+        attempts = 0
+        while attempts < self.max_attempts:
             now = time.monotonic()
             endpoint = self._pick(now)
-            if endpoint is None:  # all out: wait for the first to come back
+            if endpoint is None:  # all out: wait for the first to come back (waiting is no attempt)
                 await asyncio.sleep(max(0.0, min(e.out_until for e in self.endpoints) - now))
                 continue
+            attempts += 1
             endpoint.in_flight += 1
             try:
                 response = await endpoint.provider.complete(request)
