@@ -77,7 +77,8 @@ class BridgeSummary:
         if u.get("by_endpoint"):  # a pool of endpoints
             lines.append("  calls per endpoint: " + ", ".join(f"{url} {n}" for url, n in u["by_endpoint"].items()))
         if "batches" in u:  # a batch API
-            lines.append(f"  batches: {u['batches']}; {u.get('batch_requests_submitted', 0)} request(s) submitted, "
+            states = ", ".join(f"{n} {state}" for state, n in u["batches"].items()) or "none ended"
+            lines.append(f"  batches: {states}; {u.get('batch_requests_submitted', 0)} request(s) submitted, "
                          f"{u.get('resubmitted', 0)} resubmitted; cost at {u.get('price_basis', 'batch')}")
         if self.skipped_input_rows:
             lines.append(f"  {self.skipped_input_rows} invalid input row(s) skipped")
