@@ -280,3 +280,34 @@ def test_batches_cli_table(server, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:4] == ["#", "api", "batch", "id"]
     assert out[1].split()[:6] == ["1", "openai", "batch_1", "completed,", "collected", "2"]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_recorded_open_batch_is_waited_for_not_resubmitted(api, server, tmp_path):
+    """What a rerun after a kill sees: requests already in a submitted batch wait for it (both APIs)."""
+    import asyncio
+
+    from bmc_data.bridge import Bridger
+    from bmc_data.schema import PreferencePair, Task
+    from bmc_data.templates import load_template
+
+    data = pairs(3)
+    first = make(api, server, cache_dir=tmp_path)
+    template = load_template("instruction")
+    bridger = Bridger(first, template, Task.INSTRUCTION)
+    requests = [bridger._request(template.render(prompt=p["prompt"], chosen=p["chosen"], rejected=p["rejected"]))
+                for p in data]
+    cids = [first.custom_id(r) for r in requests]
+    record = first.store.record_submission(api=api, endpoint=first.endpoint, model="editor", custom_ids=cids)
+
+    async def submit():
+        try:
+            return await first._submit(record, [first._batch_line(c, r) for c, r in zip(cids, requests)])
+        finally:
+            await first.aclose()
+
+    first.store.update(record.local_id, batch_id=asyncio.run(submit()), state="submitted")
+    assert len(server.created()) == 1
+    ds, summary = bridge(make(api, server), [PreferencePair(**p) for p in data], tmp_path)
+    assert ds["bmc_status"] == ["bridged"] * 3 and len(server.created()) == 1
+    assert summary.usage["batch_requests_submitted"] == 0 and summary.usage["calls"] == 3
