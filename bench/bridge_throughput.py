@@ -3,6 +3,11 @@
     python bench/bridge_throughput.py                     # end to end through bmc_data.bridge_dataset
     python bench/bridge_throughput.py --layer provider    # OpenAIProvider.complete() alone
     python bench/bridge_throughput.py --layer transport   # bare async HTTP client: the floor on this machine
+    python bench/bridge_throughput.py --layer bridge,peer --levels 64:512 --repeats 5   # next to a hand-written peer
+
+The peer is what a user would write by hand: a plain `openai.AsyncOpenAI` client and an `asyncio.Semaphore`,
+one `chat.completions.create` per pair with the same rendered prompt, reading the reply text (no cache, no
+parsing, no dataset). The summary reports bridge_dataset's pairs/s and client CPU per pair relative to it.
 
 The server (tests/llm_servers.py) runs in a child process, so `time.process_time()` here is the client's CPU
 only. Every request waits `--latency-ms` on the server, so the ideal rate is concurrency / latency; the
@@ -115,6 +120,57 @@ def run_transport(url: str, concurrency: int, n: int) -> tuple[float, float, dic
     return wall, cpu, {}
 
 
+def run_peer(url: str, concurrency: int, n: int) -> tuple[float, float, dict[str, Any]]:
+    """A hand-written peer: AsyncOpenAI + Semaphore, one create() per pair with the template's messages."""
+    import openai
+
+    from bmc_data.templates import load_template
+
+    template = load_template("instruction")
+    pairs = make_pairs(n)
+
+    async def drive() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-bench", max_retries=2, timeout=30)
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(pair: dict[str, str]) -> str:
+            async with semaphore:
+                messages = template.render(prompt=pair["prompt"], chosen=pair["chosen"], rejected=pair["rejected"])
+                completion = await client.chat.completions.create(model="bench-editor", messages=messages,
+                                                                  max_tokens=2048, temperature=0.0)
+                return completion.choices[0].message.content or ""
+
+        try:
+            return await asyncio.gather(*(one(p) for p in pairs))
+        finally:
+            await client.close()
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    replies = asyncio.run(drive())
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if not all("<revised>" in r for r in replies):
+        raise RuntimeError("the peer got unexpected replies")
+    return wall, cpu, {}
+
+
+def peer_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """bridge_dataset relative to the hand-written peer at each concurrency both ran (goal at 64: >= 0.95x pairs/s,
+    <= 1.2x client CPU per pair)."""
+    out = []
+    for bridge in (r for r in rows if r["layer"] == "bridge"):
+        peer = next((r for r in rows if r["layer"] == "peer" and r["concurrency"] == bridge["concurrency"]
+                     and r["pairs"] == bridge["pairs"]), None)
+        if peer is None:
+            continue
+        out.append({"concurrency": bridge["concurrency"], "pairs": bridge["pairs"],
+                    "bridge_pairs_per_s": bridge["pairs_per_s"], "peer_pairs_per_s": peer["pairs_per_s"],
+                    "throughput_ratio": round(bridge["pairs_per_s"] / peer["pairs_per_s"], 3),
+                    "bridge_cpu_ms_per_pair": bridge["client_cpu_ms_per_pair"],
+                    "peer_cpu_ms_per_pair": peer["client_cpu_ms_per_pair"],
+                    "cpu_ratio": round(bridge["client_cpu_ms_per_pair"] / peer["client_cpu_ms_per_pair"], 3)})
+    return out
+
+
 def _child_pids() -> list[int]:
     pids: list[int] = []
     for children in Path("/proc/self/task").glob("*/children"):
@@ -162,19 +218,24 @@ def warm_up(url: str) -> None:
     run_transport(url, 1, 2)
     run_provider(url, 1, 2)
     run_bridge(url, 2, 2)
+    run_peer(url, 2, 2)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layer", choices=["bridge", "provider", "transport", "all"], default="all")
+    parser.add_argument("--layer", default="all",
+                        help="bridge, peer, provider, transport, a comma list of them, or all (default)")
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--levels", default=DEFAULT_LEVELS, help="concurrency:requests,... (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every row; the median is reported")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "bridge_throughput.json"))
     args = parser.parse_args(argv)
     levels = [tuple(int(x) for x in level.split(":")) for level in args.levels.split(",")]
-    layers = ["bridge", "provider", "transport"] if args.layer == "all" else [args.layer]
-    runners = {"bridge": run_bridge, "provider": run_provider, "transport": run_transport}
+    runners = {"bridge": run_bridge, "peer": run_peer, "provider": run_provider, "transport": run_transport}
+    layers = list(runners) if args.layer == "all" else args.layer.split(",")
+    unknown = set(layers) - set(runners)
+    if unknown:
+        parser.error(f"--layer: unknown {sorted(unknown)}; choose from {sorted(runners)} or all")
     latency = args.latency_ms / 1000.0
     runs: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     load_at_start = os.getloadavg()[0]
@@ -213,11 +274,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_avg_1m_at_start": round(load_at_start, 2), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
         "results": rows,
+        "peer_comparison": peer_comparison(rows),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown_table(rows))
+    for c in result["peer_comparison"]:
+        print(f"concurrency {c['concurrency']}: bridge_dataset {c['throughput_ratio']:.3f}x the peer's pairs/s, "
+              f"{c['cpu_ratio']:.3f}x its client CPU per pair")
     print(f"wrote {out}")
     return result
 

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import add_logging_args, add_provider_args, build_provider, check_provider_args, positive_int, setup_logging
+from .cli_args import REMOTE_PROVIDERS, add_logging_args, add_provider_args, build_provider, check_provider_args, positive_int, setup_logging
 from .errors import AllRowsFailed, run_cli
 from .redaction import redact
 from .schema import Status, Task
@@ -42,9 +42,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --make-pairs: keep all pairs, or only those whose y_l is wrong")
     bridge.add_argument("--skip-invalid", action="store_true",
                         help="skip bad input rows (each listed in summary.json) instead of stopping at the first")
+    bridge.add_argument("--reply-format", default="full", choices=["full", "edits"],
+                        help="full: the editor writes the whole pseudo-winning response (paper); edits: it lists "
+                             "replacements of spans of the rejected response, which are applied here")
     bridge.add_argument("--out", required=True, help="output folder")
     add_provider_args(bridge, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc")
     add_logging_args(bridge)
+    from .batches_cli import add_parser as add_batches_parser
+
+    add_batches_parser(sub, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc")
     return parser
 
 
@@ -63,6 +69,11 @@ def write_outputs(dataset, summary, out: Path) -> None:
 
 def _bridge(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "batches":
+        from .batches_cli import run as run_batches
+
+        setup_logging()
+        return run_batches(args)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     check_provider_args(args)  # every option is checked before any data is read, model loaded or call made
     from .bridge import bridge_dataset
@@ -72,7 +83,7 @@ def _bridge(argv: list[str] | None) -> int:
 
     out = Path(args.out)
     cache_dir = args.cache_dir
-    remote = args.provider in ("openai", "anthropic")
+    remote = args.provider in REMOTE_PROVIDERS
     provider = build_provider(args) if remote else None  # cheap, and checks the key before the data is read
     sampling_usage = None
     if args.make_pairs:
@@ -94,6 +105,7 @@ def _bridge(argv: list[str] | None) -> int:
     dataset, summary = bridge_dataset(
         source, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
         max_tokens=args.max_tokens, layout="auto", split=args.split, progress=not args.quiet,
+        reply_format=args.reply_format,
         return_summary=True, max_input_tokens=args.max_input_tokens,
     )
     summary.sampling_usage = sampling_usage

@@ -25,7 +25,7 @@ from .concurrency import map_concurrently, run_sync
 from .answers import check_answer, extract_answer
 from .errors import SystemicFailure, UsageError
 from .loading import Layout, LoadedPairs, OnInvalid, load_pairs
-from .parsing import ReplyFormatError, Verdict, parse_reply
+from .parsing import ParsedReply, ReplyFormatError, Verdict, parse_reply
 from .providers.accounting import usage_since
 from .providers.base import ChatRequest, ChatResponse, Provider, ProviderError
 from .providers.throttle import estimate_tokens
@@ -102,6 +102,13 @@ class BridgeSummary:
                          f"{u.get('retries', 0)} retries, {u.get('failures', 0)} failed; tokens in/out: "
                          f"{u.get('input_tokens', 0)}/{u.get('output_tokens', 0)}; "
                          f"estimated cost ${u.get('cost_usd', 0.0):.4f}")
+        u = self.usage or {}
+        if u.get("by_endpoint"):  # a pool of endpoints
+            lines.append("  calls per endpoint: " + ", ".join(f"{url} {n}" for url, n in u["by_endpoint"].items()))
+        if "batches" in u:  # a batch API
+            states = ", ".join(f"{n} {state}" for state, n in u["batches"].items()) or "none ended"
+            lines.append(f"  batches: {states}; {u.get('batch_requests_submitted', 0)} request(s) submitted, "
+                         f"{u.get('resubmitted', 0)} resubmitted; cost at {u.get('price_basis', 'batch')}")
         if self.skipped_input_rows:
             lines.append(f"  {self.skipped_input_rows} invalid input row(s) skipped (listed in summary.json)")
             for row in self.skipped_rows[:3]:
@@ -145,6 +152,13 @@ class Bridger:
             raise _TruncatedReply(f"reply truncated at max_tokens={self.max_tokens} (finish_reason=length)")
         return response
 
+    def _parse(self, text: str, pair: PreferencePair) -> ParsedReply:
+        if self.template.reply_format == "edits":  # a list of replacements, applied to y_l here
+            from .edits import parse_edit_reply
+
+            return parse_edit_reply(text, pair.rejected, requires_verdict=self.template.requires_verdict)
+        return parse_reply(text, requires_verdict=self.template.requires_verdict)
+
     async def bridge(self, pair: PreferencePair) -> RowResult:
         messages = self.template.render(prompt=pair.prompt_text(), chosen=pair.chosen, rejected=pair.rejected)
         degenerate = self.precheck(pair, messages)
@@ -155,7 +169,7 @@ class Bridger:
             calls += 1
             reply = await self._call(messages)
             try:
-                parsed = parse_reply(reply.text, requires_verdict=self.template.requires_verdict)
+                parsed = self._parse(reply.text, pair)
             except ReplyFormatError as first_error:
                 # one repair turn: show the model its reply and why it could not be used
                 repair = messages + [{"role": "assistant", "content": reply.text},
@@ -163,7 +177,7 @@ class Bridger:
                 calls += 1
                 reply = await self._call(repair)
                 try:
-                    parsed = parse_reply(reply.text, requires_verdict=self.template.requires_verdict)
+                    parsed = self._parse(reply.text, pair)
                 except ReplyFormatError as error:
                     return RowResult(Status.FAILED, f"unparsable reply after one repair: {error}", calls=calls)
         except _TruncatedReply as error:
@@ -279,6 +293,7 @@ def bridge_dataset(
     task: Task | str,
     provider: Provider | None = None,
     template: Template | str | Path | None = None,
+    reply_format: str = "full",
     cache_dir: str | Path | None | bool = None,
     concurrency: int = 16,
     max_tokens: int = 2048,
@@ -303,6 +318,8 @@ def bridge_dataset(
         provider: any `bmc_data.providers` provider; default: the embedded SmolLM2-135M-Instruct (weak; for
             real data point this at a strong model, see the README).
         template: a `Template`, a path to a template file, or None for the newest bundled one for `task`.
+        reply_format: with `template=None`: "full" (the editor writes ỹ_w, as in the paper) or "edits" (it lists
+            replacements of spans of y_l, which the library applies; see `bmc_data.edits`).
         cache_dir: where LLM calls are cached (default `$BMC_CACHE_DIR` or `~/.cache/bmc`); `False` disables.
         concurrency: rows in flight at once (the provider's own limits also apply).
         check_answers: for QA/math, require ỹ_w to reach the known final answer.
@@ -337,7 +354,7 @@ def bridge_dataset(
     else:
         pairs = load_pairs(data, task=task, layout=layout, split=split, limit=limit, on_invalid=on_invalid)
     if not isinstance(template, Template):
-        template = load_template(task) if template is None else load_template(path=template)
+        template = load_template(task, reply_format=reply_format) if template is None else load_template(path=template)
     if task not in template.tasks:
         raise UsageError(f"template {template.version_id} is for tasks {[t.value for t in template.tasks]}, not {task.value!r}")
     if provider is None:
@@ -346,6 +363,9 @@ def bridge_dataset(
         provider = get_provider("embedded")
     if cache_dir is None:
         cache_dir = default_cache_dir()
+    if hasattr(provider, "bind_store"):  # a batch provider: its ledger lives in the cache; rounds fill batches
+        provider.bind_store(Path(cache_dir) if cache_dir is not False else None)
+        concurrency = max(concurrency, provider.rows_in_flight)
     cached = _wrap_with_cache(provider, Path(cache_dir) if cache_dir is not False else None, template)
     bridger = Bridger(cached, template, task, max_tokens=max_tokens, temperature=temperature, seed=seed,
                       check_answers=check_answers, max_input_tokens=max_input_tokens)

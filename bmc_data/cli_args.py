@@ -9,7 +9,7 @@ import math
 from .errors import UsageError
 from .providers.base import Provider
 
-PROVIDERS = ["embedded", "openai", "anthropic", "transformers"]
+PROVIDERS = ["embedded", "openai", "anthropic", "transformers", "openai-batch", "anthropic-batch"]
 
 
 def positive_int(value: str) -> int:
@@ -69,9 +69,12 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
                        help="LLM backend that writes the pseudo-winning responses (default: embedded "
                             "SmolLM2-135M-Instruct, weak: use a strong model for real data)")
     group.add_argument("--model", default=None, help="model name (API providers) or local path (transformers)")
-    group.add_argument("--base-url", default=None,
+    group.add_argument("--base-url", default=None, action="append",
                        help="OpenAI-compatible server URL (vLLM, llama.cpp, transformers serve) or Anthropic base "
-                            "URL; API keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY, never from flags")
+                            "URL; API keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY, never from flags. Several "
+                            "(repeat the flag or a comma list): a pool of self-hosted openai endpoints")
+    group.add_argument("--poll-interval", type=float, default=30.0,
+                       help="batch providers: seconds between polls of pending batches (default: %(default)s)")
     group.add_argument("--concurrency", type=positive_int, default=16, help="pairs in flight at once (default: %(default)s)")
     group.add_argument("--requests-per-minute", type=positive_int, default=None,
                        help="client-side request rate limit (default: none)")
@@ -96,13 +99,27 @@ def check_folder_arg(value: str | None, flag: str) -> None:
         raise UsageError(f"{flag} {value}: is a file, expected a folder")
 
 
+REMOTE_PROVIDERS = ("openai", "anthropic", "openai-batch", "anthropic-batch")
+
+
+def base_urls(value: str | list[str] | None) -> list[str]:
+    """`--base-url` given once, several times, or as a comma list (several make a pool of endpoints)."""
+    values = [value] if isinstance(value, str) else (value or [])
+    return [u.strip() for v in values for u in v.split(",") if u.strip()]
+
+
 def check_provider_args(args: argparse.Namespace) -> None:
     """What can be told wrong about the provider flags without building it."""
-    if args.base_url and args.provider not in ("openai", "anthropic"):
-        raise UsageError(f"--base-url is for the openai and anthropic providers, not {args.provider!r}")
-    if args.base_url and not args.base_url.startswith(("http://", "https://")):
-        raise UsageError(f"--base-url must start with http:// or https://, got {args.base_url!r}")
-    if args.provider in ("openai", "anthropic", "transformers") and not args.model:
+    urls = base_urls(args.base_url)
+    if urls and args.provider not in REMOTE_PROVIDERS:
+        raise UsageError(f"--base-url is for the {', '.join(REMOTE_PROVIDERS)} providers, not {args.provider!r}")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--base-url must start with http:// or https://, got {url!r}")
+    if len(urls) > 1 and args.provider != "openai":
+        raise UsageError(f"several --base-url values make a pool of openai endpoints; --provider {args.provider} "
+                         "takes one")
+    if args.provider in (*REMOTE_PROVIDERS, "transformers") and not args.model:
         raise UsageError(f"--provider {args.provider} needs --model")
     check_folder_arg(getattr(args, "cache_dir", None), "--cache-dir")
     check_folder_arg(getattr(args, "out", None), "--out")
@@ -113,16 +130,25 @@ def build_provider(args: argparse.Namespace) -> Provider:
     from .providers import get_provider
 
     check_provider_args(args)
-    kwargs = {}
-    if args.provider in ("openai", "anthropic"):
+    kwargs: dict = {}
+    urls = base_urls(args.base_url)
+    if args.provider.endswith("-batch"):
+        kwargs["poll_interval_s"] = getattr(args, "poll_interval", 30.0)
+        kwargs["progress"] = not getattr(args, "quiet", False)
+    if args.provider in REMOTE_PROVIDERS:
         from .providers.limits import ProviderLimits
 
-        if args.base_url:
-            kwargs["base_url"] = args.base_url
+        if urls:
+            kwargs["base_url"] = urls[0]
         limits = {"max_concurrency": args.concurrency, "requests_per_minute": args.requests_per_minute,
                   "tokens_per_minute": args.tokens_per_minute, "timeout_s": args.timeout}
         kwargs["limits"] = ProviderLimits(**{k: v for k, v in limits.items() if v is not None})
     try:
+        if len(urls) > 1:
+            from .providers.pool import EndpointPool
+
+            kwargs.pop("base_url")
+            return EndpointPool.from_urls(urls, args.model, **kwargs)
         return get_provider(args.provider, args.model, **kwargs)
     except UsageError:
         raise

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_args import add_logging_args, add_provider_args, build_provider, check_provider_args, positive_int, setup_logging
+from .cli_args import REMOTE_PROVIDERS, add_logging_args, add_provider_args, build_provider, check_provider_args, positive_int, setup_logging
 from .errors import (
     EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AllRowsFailed, InputError, MissingFileError, SystemicFailure, UsageError, run_cli,
 )
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or (DEFAULT_SOURCE_SPLIT if args.source == DEFAULT_SOURCE else "train")
     license_ = args.license or ("mit" if args.source == DEFAULT_SOURCE else "other")
 
-    remote = args.provider in ("openai", "anthropic")
+    remote = args.provider in REMOTE_PROVIDERS
     provider = build_provider(args) if remote else None  # checks the key before anything is read or loaded
     if not args.no_push:
         from huggingface_hub import get_token
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = add_diff_masks(dataset, tokenizer)
     identity = dict(provider.identity()) if provider is not None and hasattr(provider, "identity") else {}
     if args.base_url:
-        identity["base_url"] = args.base_url
+        identity["base_url"] = ", ".join([args.base_url] if isinstance(args.base_url, str) else args.base_url)  # may repeat
     save_bridged(
         dataset, out, repo_id=args.repo or repo_name, source=f"{args.source} (split {split})", license=license_,
         provider_info=identity, test_size=args.test_size, seed=args.seed,

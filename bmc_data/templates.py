@@ -31,6 +31,7 @@ class Template:
     repair: str
     sha256: str
     text: str  # the whole file, for dataset cards
+    reply_format: str = "full"  # "full": the editor writes ỹ_w; "edits": a list of replacements (bmc_data.edits)
 
     @property
     def version_id(self) -> str:
@@ -74,7 +75,17 @@ def parse_template(raw: bytes, *, source: str = "<bytes>") -> Template:
         repair=spec["repair"],
         sha256=hashlib.sha256(raw).hexdigest(),
         text=raw.decode("utf-8"),
+        reply_format=_reply_format(spec.get("reply_format", "full"), source),
     )
+
+
+REPLY_FORMATS = ("full", "edits")
+
+
+def _reply_format(value: object, source: str) -> str:
+    if value not in REPLY_FORMATS:
+        raise ValueError(f"template {source}: reply_format must be one of {list(REPLY_FORMATS)}, got {value!r}")
+    return str(value)
 
 
 def available_templates() -> list[Template]:
@@ -82,14 +93,18 @@ def available_templates() -> list[Template]:
     return [parse_template(p.read_bytes(), source=p.name) for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".yaml")]
 
 
-def load_template(task: Task | str | None = None, *, path: str | Path | None = None, version: str | None = None) -> Template:
-    """The template for `task` (newest version unless `version` is given), or the file at `path`."""
+def load_template(task: Task | str | None = None, *, path: str | Path | None = None, version: str | None = None,
+                  reply_format: str = "full") -> Template:
+    """The template for `task` and `reply_format` (newest version unless `version` is given), or the file at `path`."""
     if path is not None:
         return parse_template(Path(path).read_bytes(), source=str(path))
     if task is None:
         raise ValueError("load_template needs a task ('qa', 'math' or 'instruction') or a path")
     task = Task(task)
-    candidates = [t for t in available_templates() if task in t.tasks and (version is None or t.version == version)]
+    _reply_format(reply_format, "request")
+    candidates = [t for t in available_templates() if task in t.tasks and (
+        t.version == version if version is not None else t.reply_format == reply_format)]
     if not candidates:
-        raise ValueError(f"no prompt template for task {task.value!r}" + (f" with version {version!r}" if version else ""))
+        raise ValueError(f"no prompt template for task {task.value!r}" + (
+            f" with version {version!r}" if version else f" with reply_format {reply_format!r}"))
     return sorted(candidates, key=lambda t: t.version)[-1]

@@ -4,6 +4,8 @@
     provider = get_provider("openai", "gpt-4o-mini")                                   # $OPENAI_API_KEY
     provider = get_provider("openai", "Qwen/Qwen2.5-7B-Instruct", base_url="http://localhost:8000/v1")
     provider = get_provider("anthropic", "claude-sonnet-4-5", max_concurrency=8)     # $ANTHROPIC_API_KEY
+    provider = get_provider("openai-batch", "gpt-4o-mini")                           # Batch API, half price
+    provider = get_provider("openai", "Qwen/Qwen2.5-7B-Instruct", base_url=["http://gpu1:8000/v1", "http://gpu2:8000/v1"])
     provider = get_provider()                                                        # embedded SmolLM2-135M
 
 Backends are imported on first use, so `import bmc_data` stays light.
@@ -17,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError, Usage
 from .limits import ProviderLimits
 
-PROVIDER_NAMES = ("openai", "anthropic", "transformers", "embedded")
+PROVIDER_NAMES = ("openai", "anthropic", "transformers", "embedded", "openai-batch", "anthropic-batch")
+#: batch APIs (half price, results within 24 h): the online provider's options plus the batch ones
+_BATCH_CLASSES = {"openai-batch": "OpenAIBatchProvider", "anthropic-batch": "AnthropicBatchProvider"}
 
 _LAZY = {
     "OpenAIProvider": "openai_chat",
@@ -26,6 +30,9 @@ _LAZY = {
     "EmbeddedProvider": "embedded",
     "load_embedded_model": "embedded",
     "RetryableError": "retry",
+    "OpenAIBatchProvider": "openai_batch",
+    "AnthropicBatchProvider": "anthropic_batch",
+    "EndpointPool": "pool",
 }
 
 __all__ = [
@@ -64,7 +71,8 @@ def _pricing(value: Any) -> Pricing | None:
 
 
 def get_provider(name: str | None = None, model: str | None = None, **kwargs: Any) -> Provider:
-    """Build a provider by name: "openai", "anthropic", "transformers" or "embedded" (the default).
+    """Build a provider by name: "openai", "anthropic", "transformers" or "embedded" (the default), or a batch
+    API: "openai-batch" / "anthropic-batch" (also `poll_interval_s`, `cache_dir`, `max_requests_per_batch`, ...).
 
     Args:
         name: backend name; None means "embedded" (SmolLM2-135M-Instruct on CPU, no key, no network).
@@ -78,13 +86,16 @@ def get_provider(name: str | None = None, model: str | None = None, **kwargs: An
     name = (name or "embedded").lower()
     if name not in PROVIDER_NAMES:
         raise ValueError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDER_NAMES)}")
-    if name in ("openai", "anthropic"):
+    if name in ("openai", "anthropic", *_BATCH_CLASSES):
         if not model:
             raise ValueError(f"provider {name!r} needs a model, e.g. get_provider({name!r}, "
-                             f"{'gpt-4o-mini' if name == 'openai' else 'claude-sonnet-4-5'!r})")
+                             f"{'gpt-4o-mini' if name.startswith('openai') else 'claude-sonnet-4-5'!r})")
         # the backends read ${NAME}_API_KEY / ${NAME}_BASE_URL themselves (so errors name the variable)
         limits, pricing = _limits(kwargs), _pricing(kwargs.pop("pricing", None))
-        cls = __getattr__("OpenAIProvider" if name == "openai" else "AnthropicProvider")
+        if name == "openai" and isinstance(kwargs.get("base_url"), (list, tuple)):  # several: a pool of endpoints
+            return __getattr__("EndpointPool").from_urls(list(kwargs.pop("base_url")), model, limits=limits,
+                                                         pricing=pricing, **kwargs)
+        cls = __getattr__(_BATCH_CLASSES.get(name) or ("OpenAIProvider" if name == "openai" else "AnthropicProvider"))
         return cls(model, limits=limits, pricing=pricing, **kwargs)
     if name == "transformers":
         if not model:
@@ -103,5 +114,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .anthropic_messages import AnthropicProvider
     from .embedded import EmbeddedProvider, load_embedded_model
     from .retry import RetryableError
+    from .anthropic_batch import AnthropicBatchProvider
+    from .openai_batch import OpenAIBatchProvider
     from .openai_chat import OpenAIProvider
+    from .pool import EndpointPool
     from .transformers_local import TransformersProvider
