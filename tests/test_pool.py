@@ -11,6 +11,7 @@ from bmc_data import bridge_dataset
 from bmc_data.cli_args import add_provider_args, build_provider
 from bmc_data.providers import ChatRequest, ProviderError, ProviderLimits
 from bmc_data.providers.openai_chat import OpenAIProvider
+from bmc_data.errors import SystemicFailure
 from bmc_data.providers.pool import EndpointPool
 
 from llm_servers import Fault, LLMServer, bridge_reply
@@ -101,16 +102,17 @@ def test_a_request_the_server_refuses_fails_at_once_and_is_not_retried_elsewhere
     assert sum(s.call_count for s in servers) == 1
 
 
-def test_all_endpoints_down_fails_rows_with_the_reason(tmp_path):
+def test_all_endpoints_down_stops_the_run_naming_every_endpoint(tmp_path):
     servers = [LLMServer().start() for _ in range(2)]
     urls = [s.openai_base_url for s in servers]
     for s in servers:
         s.stop()
     pool = EndpointPool.from_urls(urls, "editor", limits=LIMITS, api_key="sk-test", eject_after=1, backoff_s=0.01,
                                   max_attempts=4)
-    ds = bridge_dataset(pairs(2), task="instruction", provider=pool, cache_dir=tmp_path, progress=False)
-    assert ds["bmc_status"] == ["failed"] * 2
-    assert all("no endpoint answered after 4 attempt(s)" in r for r in ds["bmc_reason"])
+    # every endpoint refusing connections is a systemic failure of the run (docs/errors.md), not a row failure
+    with pytest.raises(SystemicFailure, match="every endpoint failed") as caught:
+        bridge_dataset(pairs(2), task="instruction", provider=pool, cache_dir=tmp_path, progress=False)
+    assert all(url in str(caught.value) for url in urls) and "refused the connection" in str(caught.value)
 
 
 def test_cli_base_url_repeatable_or_comma_list_builds_a_pool():

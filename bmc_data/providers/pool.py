@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import SystemicFailure
 from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError, Usage
+from .systemic import SystemicProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class _Endpoint:
     consecutive_failures: int = 0
     ejections: int = 0
     out_until: float = 0.0  # monotonic time before which it is out of the pool
+    systemic: ProviderError | None = None  # its last systemic failure (refused, rejected key...), until it answers
 
 
 class EndpointPool(Provider):
@@ -100,12 +103,22 @@ class EndpointPool(Provider):
             now = time.monotonic()
             endpoint = self._pick(now)
             if endpoint is None:  # all out: wait for the first to come back (waiting is no attempt)
+                if all(e.systemic is not None for e in self.endpoints):  # nothing left to route to: stop the run
+                    raise SystemicProviderError(
+                        f"{self.name} {self.model}: every endpoint failed: "
+                        + "; ".join(f"{e.url}: {e.systemic}" for e in self.endpoints),
+                        status=self.endpoints[0].systemic.status)
                 await asyncio.sleep(max(0.0, min(e.out_until for e in self.endpoints) - now))
                 continue
             attempts += 1
             endpoint.in_flight += 1
             try:
                 response = await endpoint.provider.complete(request)
+            except SystemicFailure as error:  # this endpoint is down or refuses us; the others may carry on
+                last_error = error if isinstance(error, ProviderError) else ProviderError(str(error))
+                self._eject(endpoint, last_error, reason="a systemic failure")
+                self.usage.retries += 1
+                continue
             except ProviderError as error:
                 if not error.retryable:
                     self.usage.failures += 1
@@ -116,7 +129,7 @@ class EndpointPool(Provider):
                 continue
             finally:
                 endpoint.in_flight -= 1
-            endpoint.consecutive_failures = 0
+            endpoint.consecutive_failures, endpoint.systemic = 0, None
             self.usage.by_endpoint[endpoint.url] += 1
             self.record(response)
             return response
@@ -131,14 +144,24 @@ class EndpointPool(Provider):
         endpoint.consecutive_failures += 1
         if endpoint.consecutive_failures < self.eject_after or endpoint.out_until > time.monotonic():
             return
+        self._eject(endpoint, error, reason=f"{self.eject_after} consecutive failures")
+
+    def _eject(self, endpoint: _Endpoint, error: ProviderError, *, reason: str) -> None:
+        if endpoint.out_until > time.monotonic():  # already out (calls that were in flight report late)
+            return
+        if isinstance(error, SystemicFailure):
+            endpoint.systemic = error
+            reset = getattr(getattr(endpoint.provider, "_breaker", None), "reset", None)
+            if reset is not None:  # its own breaker tripped; it gets a fresh probe when it comes back
+                reset()
         backoff = min(self.backoff_max_s, self.backoff_s * 2 ** endpoint.ejections)
         endpoint.ejections += 1
         endpoint.consecutive_failures = self.eject_after - 1  # on probation when it comes back: one failure ejects
         endpoint.out_until = time.monotonic() + backoff
         self.usage.ejections[endpoint.url] = endpoint.ejections
         others = sum(1 for e in self.endpoints if e.out_until <= time.monotonic())
-        logger.warning("endpoint %s leaves the pool for %.0fs after %d consecutive failures (%s); %d endpoint(s) "
-                       "carry on", endpoint.url, backoff, self.eject_after, error, others)
+        logger.warning("endpoint %s leaves the pool for %.0fs after %s (%s); %d endpoint(s) carry on",
+                       endpoint.url, backoff, reason, error, others)
 
     async def aclose(self) -> None:
         for endpoint in self.endpoints:
