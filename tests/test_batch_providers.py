@@ -14,6 +14,7 @@ import pytest
 
 from bmc_data import bridge_dataset
 from bmc_data.batch_store import COLLECTED, BatchStore
+from bmc_data.errors import SystemicFailure
 from bmc_data.providers import ChatRequest, Pricing, ProviderLimits, get_provider
 from bmc_data.providers.anthropic_batch import AnthropicBatchProvider
 from bmc_data.providers.openai_batch import OpenAIBatchProvider
@@ -108,6 +109,17 @@ def test_upload_refused_for_good_fails_rows_with_the_reason(server, tmp_path):
     assert ds["bmc_status"] == ["failed"] * 2
     assert all("submission failed" in r and "429" in r for r in ds["bmc_reason"])
     assert not server.created()
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_rejected_key_on_upload_stops_the_run_and_a_rerun_submits_once(api, server, tmp_path):
+    server.upload_faults.append(401)
+    started = time.monotonic()
+    with pytest.raises(SystemicFailure, match="401"):
+        bridge(make(api, server), pairs(3), tmp_path)
+    assert time.monotonic() - started < 10 and not server.created()
+    ds, _ = bridge(make(api, server), pairs(3), tmp_path)  # the key fixed: nothing recorded blocks the rerun
+    assert ds["bmc_status"] == ["bridged"] * 3 and len(server.created()) == 1
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -28,6 +28,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..batch_store import COLLECTED, PREPARING, TERMINAL_STATES, BatchRecord, BatchStore
+from ..errors import SystemicFailure
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError, Usage
 from .limits import call_with_retries
 
@@ -207,6 +208,9 @@ class BatchingMixin(abc.ABC):
                     await asyncio.wait_for(state.wake.wait(), max(0.0, next_poll - time.monotonic()))
                 except asyncio.TimeoutError:
                     pass
+        except SystemicFailure as error:  # every waiting row gets it, so the run stops with one clear line
+            for cid in list(state.waiters):
+                self._fail(state, cid, error)
         except Exception as error:  # never leave rows waiting forever
             logger.exception("%s: batch driver stopped", self.describe)  # type: ignore[attr-defined]
             reason = ProviderError(f"{self.describe}: batch driver stopped: {type(error).__name__}: {error}; "  # type: ignore[attr-defined]
@@ -230,7 +234,7 @@ class BatchingMixin(abc.ABC):
             future.set_result(response)
         state.bar.update(1)
 
-    def _fail(self, state: _Round, cid: str, error: ProviderError) -> None:
+    def _fail(self, state: _Round, cid: str, error: BaseException) -> None:
         future = state.waiters.pop(cid, None)
         state.requests.pop(cid, None)
         if future is not None and not future.done():
@@ -281,6 +285,10 @@ class BatchingMixin(abc.ABC):
         record = self.store.record_submission(api=self.api, endpoint=self.endpoint, model=self.model, custom_ids=cids)  # type: ignore[attr-defined]
         try:
             batch_id = await self._submit(record, [line for _, line in shard])
+        except SystemicFailure:  # a rejected key, a refused connection: nothing was created, and the run stops
+            self.store.store_results(record.local_id, {}, {}, detail="never created")
+            self._discard_attempt(record.local_id)
+            raise
         except ProviderError as error:
             # nothing was created: the attempt counts (so a server that refuses every upload ends the run)
             logger.error("%s: could not submit a batch of %d request(s): %s", self.describe, len(cids), error)  # type: ignore[attr-defined]
@@ -310,6 +318,8 @@ class BatchingMixin(abc.ABC):
                 record = state.open[local_id] = self.store.get(local_id)  # type: ignore[assignment]
             try:
                 remote_state, terminal, remote = await self._poll(record.batch_id)  # type: ignore[arg-type]
+            except SystemicFailure:  # the batch stays in the ledger; the run stops, and a rerun resumes polling
+                raise
             except ProviderError as error:
                 # the batch itself stays in the ledger: a later run picks it up
                 logger.error("%s: cannot poll batch %s: %s", self.describe, record.batch_id, error)  # type: ignore[attr-defined]
