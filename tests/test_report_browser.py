@@ -27,6 +27,9 @@ def chromium_path() -> str | None:
 
 
 CHROMIUM = chromium_path()
+# CI installs chromium (.ci/run), so there a missing browser is a failure, not a quiet skip
+if CHROMIUM is None and os.environ.get("CI"):
+    raise RuntimeError("CI is set but no chromium binary was found: .ci/run must install the Debian package chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
 
 
