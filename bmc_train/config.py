@@ -79,8 +79,9 @@ class BMCConfig(DPOConfig):
             TRL's option, here per token: one no-grad reference pass before training stores every completion
             token's reference log-prob as dataset columns (cached on disk), and the reference model is released, so
             training runs only the policy. Every reference-based loss type; an error for the reference-free ones.
-        precompute_ref_dtype (`str`, defaults to `"float16"`), precompute_ref_cache_dir (`str`, *optional*):
-            Storage dtype of those values, and the cache folder (default: the datasets cache).
+        precompute_ref_dtype (`str`, defaults to `"auto"`), precompute_ref_cache_dir (`str`, *optional*):
+            Storage dtype of those values (`auto`: float32 for a float32 run, float16 under bf16/fp16, where its
+            rounding is below the compute noise), and the cache folder (default: the datasets cache).
     """
 
     # Paper defaults that differ from DPOConfig / TrainingArguments
@@ -168,11 +169,12 @@ class BMCConfig(DPOConfig):
     )
     # precomputed per-token reference log-probs (bmc_train/reference.py)
     precompute_ref_dtype: str = field(
-        default="float16",
+        default="auto",
         metadata={
-            "help": "Storage dtype of precomputed per-token reference log-probs: float16 (half the disk, loss error "
-            "measured in docs/training.md) or float32 (exact).",
-            "choices": ["float16", "float32"],
+            "help": "Storage dtype of precomputed per-token reference log-probs: float16 (half the bytes; its error is "
+            "below bf16 compute noise, measured in docs/training.md), float32 (exact), or auto: float32 for a float32 "
+            "run, float16 for a bf16/fp16 one.",
+            "choices": ["auto", "float16", "float32"],
         },
     )
     precompute_ref_cache_dir: str | None = field(
@@ -218,8 +220,10 @@ class BMCConfig(DPOConfig):
                 f"precompute_ref_log_probs=True with loss_type={loss_type!r}: this objective is reference-free (it "
                 "never runs a reference model), so there is nothing to precompute; set precompute_ref_log_probs=False"
             )
-        if self.precompute_ref_dtype not in ("float16", "float32"):
-            raise ValueError(f"precompute_ref_dtype must be 'float16' or 'float32', got {self.precompute_ref_dtype!r}")
+        if self.precompute_ref_dtype not in ("auto", "float16", "float32"):
+            raise ValueError(
+                f"precompute_ref_dtype must be 'auto', 'float16' or 'float32', got {self.precompute_ref_dtype!r}"
+            )
         # CPU-only machines: TRL defaults bf16 to True, which transformers rejects without a bf16 GPU
         if self.bf16 is None and not self.fp16 and not _bf16_available():
             self.bf16 = False

@@ -48,11 +48,32 @@ from bmc_data.ref_logps import (
     weights_fingerprint,
 )
 
-__all__ = ["REF_PER_TOKEN", "cache_folder", "precompute_reference_columns", "trainer_reference_identity"]
+__all__ = [
+    "REF_PER_TOKEN",
+    "cache_folder",
+    "precompute_reference_columns",
+    "release_reference",
+    "sampled_trl_weights_hash",
+    "trainer_reference_identity",
+]
 
 logger = get_logger(__name__)
 
 REF_PER_TOKEN = "ref_per_token_logps"  # the collated (2B, L-1) tensor; not a model input
+
+
+@contextlib.contextmanager
+def sampled_trl_weights_hash():
+    """While TRL's `DPOTrainer.__init__` runs: its `hash_module` (every weight copied to CPU and hashed: tens of seconds
+    for a 7B model, and unused here, where the cache key has its own fingerprint) becomes `weights_fingerprint`."""
+    import trl.trainer.dpo_trainer as dpo_trainer
+
+    original = dpo_trainer.hash_module
+    dpo_trainer.hash_module = weights_fingerprint
+    try:
+        yield
+    finally:
+        dpo_trainer.hash_module = original
 
 
 def cache_folder(args: Any) -> Path:
@@ -69,6 +90,16 @@ def _reference_module(trainer: Any) -> torch.nn.Module:
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
+def storage_dtype(trainer: Any) -> str:
+    """`precompute_ref_dtype`, with `auto` resolved: float32 for a float32 run, float16 under bf16/fp16 (where the
+    live reference pass is itself computed in 16-bit, and float16's rounding is the smaller error)."""
+    args = trainer.args
+    if args.precompute_ref_dtype != "auto":
+        return args.precompute_ref_dtype
+    param = next(_reference_module(trainer).parameters())
+    return "float32" if param.dtype == torch.float32 and not (args.bf16 or args.fp16) else "float16"
+
+
 def trainer_reference_identity(trainer: Any) -> dict[str, Any]:
     """The identity of the trainer's reference (computed once, rank 0's value on every rank)."""
     if getattr(trainer, "_bmc_ref_identity", None) is None:
@@ -77,7 +108,7 @@ def trainer_reference_identity(trainer: Any) -> dict[str, Any]:
         tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
         identity = reference_identity(
             ref, tokenizer, max_length=args.max_length, truncation_mode=args.truncation_mode,
-            dtype=args.precompute_ref_dtype, revision=(args.model_init_kwargs or {}).get("revision"),
+            dtype=storage_dtype(trainer), revision=(args.model_init_kwargs or {}).get("revision"),
             weights=weights_fingerprint(ref),
         )
         box = [identity]
@@ -195,8 +226,8 @@ def precompute_reference_columns(trainer: Any, dataset: Dataset, name: str, batc
     with bar:
         values = compute_completion_logps(forward, dataset, range(lo, hi), trainer.data_collator,
                                           batch_size=batch_size, device=acc.device, progress=bar)
-    pa_type = pa.list_(pa.float16() if args.precompute_ref_dtype == "float16" else pa.float32())
-    np_dtype = STORAGE_DTYPES[args.precompute_ref_dtype]
+    pa_type = pa.list_(pa.float16() if identity["dtype"] == "float16" else pa.float32())
+    np_dtype = STORAGE_DTYPES[identity["dtype"]]
     idx = list(range(lo, hi))
     shard = folder / f"{key[0]}.rank{rank}-of-{world}.arrow"
     _write_arrow(shard, {

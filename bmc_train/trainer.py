@@ -40,7 +40,7 @@ from bmc_data.schema import CHOSEN, CHOSEN_DIFF_MASK, MASK_COLUMNS, ORIGINAL_CHO
 
 from .config import BMCConfig
 from .losses import bmc_token_weights, compute_preference_loss, get_loss_type, token_weight_stats
-from .reference import REF_PER_TOKEN, precompute_reference_columns, release_reference
+from .reference import REF_PER_TOKEN, precompute_reference_columns, release_reference, sampled_trl_weights_hash
 
 __all__ = ["BMCTrainer", "DataCollatorForBMC", "compute_diff_mask_columns"]
 
@@ -225,7 +225,8 @@ class BMCTrainer(DPOTrainer):
         if not isinstance(args, BMCConfig):
             raise TypeError(f"BMCTrainer needs a BMCConfig, got {type(args).__name__}")
         self._loss_spec = get_loss_type(args.loss_type)
-        super().__init__(model, ref_model, args, *pos, **kwargs)
+        with sampled_trl_weights_hash():
+            super().__init__(model, ref_model, args, *pos, **kwargs)
         if self._is_vision_dataset:
             raise NotImplementedError("BMCTrainer does not support vision datasets")
         if type(self.data_collator) is DataCollatorForPreference:  # TRL's default: add the diff mask to it

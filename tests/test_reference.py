@@ -99,8 +99,9 @@ def test_training_under_gradient_accumulation_matches_live(tmp_path, tiny_model,
     kw = dict(max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2, loss_type="bmc")
     live = BMCTrainer(model=str(tiny_model), args=_config(tmp_path, **kw), train_dataset=pairs)
     live.train()
-    pre = BMCTrainer(model=str(tiny_model), args=_config(tmp_path, precompute_ref_log_probs=True, **kw),
-                     train_dataset=pairs)
+    pre = BMCTrainer(model=str(tiny_model), args=_config(tmp_path, precompute_ref_log_probs=True,
+                                                        precompute_ref_dtype="auto", **kw), train_dataset=pairs)
+    assert pre.train_dataset.features[REF_CHOSEN_TOKEN_LOGPS].feature.dtype == "float32"  # auto, float32 run
     pre.train()
     losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (live, pre)]
     assert len(losses[0]) == 2 and np.allclose(losses[0], losses[1], atol=1e-6, rtol=0)
