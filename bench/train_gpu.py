@@ -185,18 +185,20 @@ def child(args: argparse.Namespace) -> None:
     del ref
 
     times: list[float] = []
+    cpu_times: list[float] = []
     seq_lens: list[int] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *_, **__):
             if cuda:
                 torch.cuda.synchronize()
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *_, **__):
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t0)
+            cpu_times.append(time.process_time() - self.c0)  # on a shared CPU box, steadier than wall time
 
     trainer.add_callback(Timer())
     collate = trainer.data_collator
@@ -206,7 +208,7 @@ def child(args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
     trainer.train()
-    result = {"config": args.child, "step_s": times, "seq_lens": sorted(set(seq_lens)),
+    result = {"config": args.child, "step_s": times, "cpu_step_s": cpu_times, "seq_lens": sorted(set(seq_lens)),
               "precompute_s": timing["precompute_s"], "precompute_pairs": n_pairs if not live else 0,
               "holds_reference_model": trainer.ref_model is not None}
     if cuda:
@@ -281,6 +283,7 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
     result["process_s"] = time.perf_counter() - t0
     if config != "equality":
         result["median_step_s"] = statistics.median(result["step_s"][args.warmup:])
+        result["median_cpu_step_s"] = statistics.median(result["cpu_step_s"][args.warmup:])
     return result
 
 
@@ -323,7 +326,8 @@ def main() -> None:
             res = run_child(config, args)
             runs[config].append(res)
             mem = res.get("peak_train_gib", res.get("peak_rss_gib"))
-            print(f"repeat {r} {config:9s} step {res['median_step_s'] * 1e3:9.1f} ms  precompute "
+            print(f"repeat {r} {config:9s} step {res['median_step_s'] * 1e3:9.1f} ms "
+                  f"(CPU {res['median_cpu_step_s'] * 1e3:9.1f} ms)  precompute "
                   f"{res['precompute_s']:6.2f} s  peak {mem:6.2f} GiB  seq {res['seq_lens']}  process "
                   f"{res['process_s']:5.1f} s", flush=True)
             partial.write_text(json.dumps(runs, indent=1))
@@ -348,6 +352,8 @@ def main() -> None:
         summary[config] = {
             "median_step_s": step,
             "per_run_median_step_s": [r["median_step_s"] for r in results],
+            "median_cpu_step_s": statistics.median(r["median_cpu_step_s"] for r in results),
+            "per_run_median_cpu_step_s": [r["median_cpu_step_s"] for r in results],
             "tokens_per_s": tokens_per_step / step,
             "model_tflops_per_s": flops / step / 1e12,
             "mfu_vs_bf16_peak": (flops / step / 1e12 / peak) if peak else None,
@@ -362,6 +368,7 @@ def main() -> None:
         base = summary["trl_live"]
         for s in summary.values():
             s["step_vs_trl_live"] = s["median_step_s"] / base["median_step_s"]
+            s["cpu_step_vs_trl_live"] = s["median_cpu_step_s"] / base["median_cpu_step_s"]
             s["epoch_vs_trl_live"] = s["epoch_s_per_1000_pairs"] / base["epoch_s_per_1000_pairs"]
             s["peak_memory_minus_trl_live_gib"] = s["peak_memory_gib"] - base["peak_memory_gib"]
 
