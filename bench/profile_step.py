@@ -59,7 +59,7 @@ def child(args: argparse.Namespace) -> None:
     class Prof(TrainerCallback):
         def on_step_begin(self, a, s, c, **kw):
             if s.global_step == args.warmup:
-                state["prof"] = profile(activities=[ProfilerActivity.CPU])
+                state["prof"] = profile(activities=[ProfilerActivity.CPU], with_flops=True)
                 state["prof"].__enter__()
             self.t0, self.c0 = time.perf_counter(), time.process_time()
 
@@ -74,11 +74,13 @@ def child(args: argparse.Namespace) -> None:
     prof.__exit__(None, None, None)
     ops = defaultdict(float)
     counts = defaultdict(int)
+    flops = 0
     for evt in prof.key_averages():
         ops[evt.key] += evt.self_cpu_time_total / 1e3 / args.steps  # ms per step
         counts[evt.key] += evt.count / args.steps
+        flops += (evt.flops or 0) / args.steps
     print("RESULT " + json.dumps({"config": args.child, "step_s": state["times"], "cpu_step_s": state["cpu"],
-                                  "ops_ms": ops, "op_counts": counts}))
+                                  "ops_ms": ops, "op_counts": counts, "flops_per_step": flops}))
 
 
 def main() -> None:
@@ -134,8 +136,15 @@ def main() -> None:
         ops = {k: statistics.median(r["ops_ms"].get(k, 0.0) for r in results) for k in keys}
         step = statistics.median(statistics.median(r["step_s"]) for r in results) * 1e3
         cpu = statistics.median(statistics.median(r["cpu_step_s"]) for r in results) * 1e3
+        matmul = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::linear", "aten::matmul")
+        group = {"matmul_ms": sum(v for k, v in ops.items() if k in matmul),
+                 "attention_ms": sum(v for k, v in ops.items() if "scaled_dot_product" in k)}
+        group["other_ops_ms"] = sum(ops.values()) - group["matmul_ms"] - group["attention_ms"]
         summary[config] = {
-            "median_step_ms": step, "median_cpu_step_ms": cpu,
+            "median_step_ms": step, "median_cpu_step_ms": cpu, **group,
+            "flops_per_step": statistics.median(r["flops_per_step"] for r in results),
+            "op_calls_per_step": statistics.median(sum(r["op_counts"].values()) for r in results),
+            "per_run_cpu_step_ms": [statistics.median(r["cpu_step_s"]) * 1e3 for r in results],
             "per_run_step_ms": [statistics.median(r["step_s"]) * 1e3 for r in results],
             "ops_total_ms": sum(ops.values()),
             "top_ops_ms": dict(sorted(ops.items(), key=lambda kv: -kv[1])[:25]),
