@@ -211,7 +211,9 @@ def precompute_reference_columns(trainer: Any, dataset: Dataset, name: str, batc
     folder = cache_folder(args)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{key[0]}.arrow"
-    if final.exists():
+    cached = [final.exists()]
+    broadcast_object_list(cached, from_process=0)  # one decision for all ranks, or the barriers below would not match
+    if cached[0]:
         logger.info(f"{name} dataset: reusing cached per-token reference log-probs {final}", main_process_only=True)
         return _attach(dataset, final)
 
