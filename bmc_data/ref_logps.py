@@ -120,7 +120,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
         flat = t.reshape(-1)
         if flat.numel() > _SAMPLE:
-            idx = torch.linspace(0, flat.numel() - 1, _SAMPLE, device=flat.device).long()
+            # integer spacing: a float linspace rounds past the last index once numel > 2**24
+            idx = torch.arange(_SAMPLE, device=flat.device, dtype=torch.int64) * (flat.numel() - 1) // (_SAMPLE - 1)
             flat = flat[idx]
         h.update(flat.to("cpu", torch.float32).numpy().tobytes())
     return h.hexdigest()[:32]

@@ -242,3 +242,21 @@ def test_two_processes_compute_every_row_once_and_match_one_process(tmp_path, ti
         assert len(two[side]) == len(single.train_dataset[side])
         for a, b in zip(two[side], single.train_dataset[side]):
             assert len(a) == len(b) and np.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_weights_fingerprint_of_a_large_tensor_and_of_peft_wrapping():
+    from bmc_data.ref_logps import weights_fingerprint
+
+    big = torch.nn.Module()
+    big.register_buffer("w", torch.zeros(2**24 + 3, dtype=torch.uint8))  # past float32's exact integers
+    first = weights_fingerprint(big)
+    big.w[-1] = 1  # the last element is always sampled
+    assert weights_fingerprint(big) != first
+    plain, wrapped = torch.nn.Module(), torch.nn.Module()
+    plain.layer = torch.nn.Linear(2, 2)
+    wrapped.base_model = torch.nn.Module()
+    wrapped.base_model.model = torch.nn.Module()
+    wrapped.base_model.model.layer = torch.nn.Module()
+    wrapped.base_model.model.layer.base_layer = plain.layer
+    wrapped.base_model.model.layer.lora_A = torch.nn.Linear(2, 1)  # adapter: not part of the reference
+    assert weights_fingerprint(wrapped) == weights_fingerprint(plain)
