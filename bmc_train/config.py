@@ -75,6 +75,13 @@ class BMCConfig(DPOConfig):
         ignore_stopwords (`bool`, defaults to `False`):
             When the trainer computes diff masks itself, never mark English stopword tokens (the official BMC code
             does this; the paper does not mention it). Masks already stored in the dataset are used as they are.
+        precompute_ref_log_probs (`bool`, defaults to `False`):
+            TRL's option, here per token: one no-grad reference pass before training stores every completion
+            token's reference log-prob as dataset columns (cached on disk), and the reference model is released, so
+            training runs only the policy. Every reference-based loss type; an error for the reference-free ones.
+        precompute_ref_dtype (`str`, defaults to `"auto"`), precompute_ref_cache_dir (`str`, *optional*):
+            Storage dtype of those values (`auto`: float32 for a float32 run, float16 under bf16/fp16, where its
+            rounding is below the compute noise), and the cache folder (default: the datasets cache).
     """
 
     # Paper defaults that differ from DPOConfig / TrainingArguments
@@ -160,6 +167,23 @@ class BMCConfig(DPOConfig):
         default=False,
         metadata={"help": "When computing diff masks, never mark English stopword tokens (official-code behaviour)."},
     )
+    # precomputed per-token reference log-probs (bmc_train/reference.py)
+    precompute_ref_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Storage dtype of precomputed per-token reference log-probs: float16 (half the bytes; its error is "
+            "below bf16 compute noise, measured in docs/training.md), float32 (exact), or auto: float32 for a float32 "
+            "run, float16 for a bf16/fp16 one.",
+            "choices": ["auto", "float16", "float32"],
+        },
+    )
+    precompute_ref_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder caching precomputed reference log-probs (shared by all ranks/nodes); unset: "
+            "<HF datasets cache>/bmc_ref_logps."
+        },
+    )
 
     def __post_init__(self):
         if isinstance(self.loss_type, (list, tuple)):
@@ -198,14 +222,14 @@ class BMCConfig(DPOConfig):
             )
         if self.ipo_tau is None:
             self.ipo_tau = self.beta
-        if self.precompute_ref_log_probs:
-            if get_loss_type(loss_type).reference_free:
-                raise ValueError(f"loss_type={loss_type!r} is reference-free: set precompute_ref_log_probs=False")
+        if self.precompute_ref_log_probs and get_loss_type(loss_type).reference_free:
             raise ValueError(
-                f"precompute_ref_log_probs=True is not supported with loss_type={loss_type!r}: TRL stores one summed "
-                "reference log-prob per response, while BMCTrainer's objectives need the per-token reference "
-                "log-probs (BMC weights each token's log-ratio). Keep the live reference model (the default) or train "
-                "a PEFT adapter, whose reference pass just disables the adapter."
+                f"precompute_ref_log_probs=True with loss_type={loss_type!r}: this objective is reference-free (it "
+                "never runs a reference model), so there is nothing to precompute; set precompute_ref_log_probs=False"
+            )
+        if self.precompute_ref_dtype not in ("auto", "float16", "float32"):
+            raise ValueError(
+                f"precompute_ref_dtype must be 'auto', 'float16' or 'float32', got {self.precompute_ref_dtype!r}"
             )
         # CPU-only machines: TRL defaults bf16 to True, which transformers rejects without a bf16 GPU
         if self.bf16 is None and not self.fp16 and not _bf16_available():

@@ -36,17 +36,19 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from bmc_data.diff import token_diff_masks
+from bmc_data.ref_logps import REF_CHOSEN_TOKEN_LOGPS, REF_REJECTED_TOKEN_LOGPS, scatter_completion_logps
 from bmc_data.schema import CHOSEN, CHOSEN_DIFF_MASK, MASK_COLUMNS, ORIGINAL_CHOSEN, REJECTED_DIFF_MASK
 
 from .config import BMCConfig
 from .losses import bmc_token_weights, compute_preference_loss, get_loss_type, token_weight_stats
+from .reference import REF_PER_TOKEN, precompute_reference_columns, release_reference, sampled_trl_weights_hash
 
 __all__ = ["BMCTrainer", "DataCollatorForBMC", "compute_diff_mask_columns"]
 
 logger = get_logger(__name__)
 
 DIFF_MASK = "diff_mask"  # the collated (2B, L) mask; not a model input
-_NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", DIFF_MASK}
+_NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", DIFF_MASK, REF_PER_TOKEN}
 
 
 # --- data -------------------------------------------------------------------------------------------------------
@@ -61,13 +63,18 @@ class DataCollatorForBMC(DataCollatorForPreference):
     without mask fields get an all-false mask (no token is weighted: plain xPO).
 
     Each column in `float_columns` (per-example numbers such as MADPO's `reward_margin`) is returned as a `[B]`
-    float32 tensor under its own name.
+    float32 tensor under its own name. Examples with precomputed per-token reference log-probs
+    (`ref_chosen_token_logps` / `ref_rejected_token_logps`) also get `ref_per_token_logps`, a `(2B, L-1)` float32
+    tensor aligned with the shifted completion mask (`bmc_data.ref_logps.scatter_completion_logps`).
     """
 
     float_columns: tuple[str, ...] = ()
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         output = super().torch_call(examples)
+        if REF_CHOSEN_TOKEN_LOGPS in examples[0]:
+            rows = [e[REF_CHOSEN_TOKEN_LOGPS] for e in examples] + [e[REF_REJECTED_TOKEN_LOGPS] for e in examples]
+            output[REF_PER_TOKEN] = scatter_completion_logps(rows, output["completion_mask"])
         for column in self.float_columns:
             output[column] = _float_column(examples, column)
         n, width = output["input_ids"].shape
@@ -228,7 +235,8 @@ class BMCTrainer(DPOTrainer):
         if not isinstance(args, BMCConfig):
             raise TypeError(f"BMCTrainer needs a BMCConfig, got {type(args).__name__}")
         self._loss_spec = get_loss_type(args.loss_type)
-        super().__init__(model, ref_model, args, *pos, **kwargs)
+        with sampled_trl_weights_hash():
+            super().__init__(model, ref_model, args, *pos, **kwargs)
         if self._is_vision_dataset:
             raise NotImplementedError("BMCTrainer does not support vision datasets")
         if type(self.data_collator) is DataCollatorForPreference:  # TRL's default: add the diff mask to it
@@ -249,6 +257,8 @@ class BMCTrainer(DPOTrainer):
             )
         if self._loss_spec.reference_free and ref_model is None and self.ref_model is not None:
             self.ref_model = None  # SimPO/ORPO/FIGA never run it: give its memory back
+        if args.precompute_ref_log_probs:
+            release_reference(self)  # its values are stored: train with the policy alone
 
     # -- data --
 
@@ -272,9 +282,14 @@ class BMCTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        for name in (CHOSEN_DIFF_MASK, REJECTED_DIFF_MASK, *self._loss_spec.batch_inputs.values()):
+        extra = (REF_CHOSEN_TOKEN_LOGPS, REF_REJECTED_TOKEN_LOGPS) if self.args.precompute_ref_log_probs else ()
+        for name in (CHOSEN_DIFF_MASK, REJECTED_DIFF_MASK, *self._loss_spec.batch_inputs.values(), *extra):
             if name not in self._signature_columns:
                 self._signature_columns.append(name)
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """Per-token reference log-probs as dataset columns (TRL stores sums): see `bmc_train.reference`."""
+        return precompute_reference_columns(self, dataset, name, batch_size)
 
     # -- loss --
 
@@ -309,7 +324,16 @@ class BMCTrainer(DPOTrainer):
         # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens
         per_token_logps = outputs.log_probs[:, -seq_len:]
         ref_per_token_logps = None
-        if not spec.reference_free:
+        if spec.reference_free:
+            pass
+        elif REF_PER_TOKEN in inputs:  # precomputed: aligned with the shifted completion mask by the collator
+            ref_per_token_logps = inputs[REF_PER_TOKEN][:, -seq_len:].to(per_token_logps.device)
+        elif self.args.precompute_ref_log_probs:
+            raise ValueError(
+                f"precompute_ref_log_probs=True, but the batch has no `{REF_PER_TOKEN}`: the data collator "
+                f"{type(self.data_collator).__name__} must return it (DataCollatorForBMC does)"
+            )
+        else:
             ref_per_token_logps = self._reference_per_token_logps(model_kwargs, labels)[:, -seq_len:]
 
         # The log-prob at position t scores token t + 1, so the masks are shifted like TRL's completion mask.

@@ -239,8 +239,10 @@ def test_use_original_chosen_trains_on_y_w_with_fresh_masks(tmp_path, tiny_model
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="per-token reference"):
-        BMCConfig(output_dir="o", precompute_ref_log_probs=True, report_to="none")
+    with pytest.raises(ValueError, match="reference-free"):
+        BMCConfig(output_dir="o", precompute_ref_log_probs=True, loss_type="simpo", report_to="none")
+    with pytest.raises(ValueError, match="precompute_ref_dtype"):
+        BMCConfig(output_dir="o", precompute_ref_log_probs=True, precompute_ref_dtype="bfloat16", report_to="none")
     with pytest.raises(ValueError, match="ld_alpha"):
         BMCConfig(output_dir="o", ld_alpha=0.5, report_to="none")
     with pytest.raises(ValueError, match="unknown loss_type"):
