@@ -45,8 +45,10 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "bridge": _BRIDGE,
     "train": _TRAIN,
     "eval": (*_TRAIN, *_HELDOUT[1:]),
-    "sft_eval": _HELDOUT,
+    "sft_eval": _TEST,
+    "sft_logps": _HELDOUT,
 }
+_SHARED_STAGES = ("sft_eval", "sft_logps")
 
 
 class Stages:
@@ -67,7 +69,7 @@ class Stages:
     # --- bookkeeping ---------------------------------------------------------------------------------------
     def _reuse(self, stage: str, output: Path) -> bool:
         """True when `output` exists and was made with the current settings; an error when it was made with others."""
-        record = (self.shared if stage == "sft_eval" else self.root) / "settings.json"
+        record = (self.shared if stage in _SHARED_STAGES else self.root) / "settings.json"
         recorded = json.loads(record.read_text()) if record.exists() else {}
         current = {k: (self.seed if k == "seed" else getattr(self.config, k)) for k in STAGE_SETTINGS[stage]}
         if not output.exists():
@@ -311,7 +313,7 @@ class Stages:
     def logps(self, arm: str) -> datasets.Dataset:
         """Summed log-probs of y_w and y_l on the held-out pairs under one model (the SFT's are the reference)."""
         out = (self.shared if arm == SFT else self.root) / "logps" / f"{arm}.parquet"
-        if self._reuse("sft_eval" if arm == SFT else "eval", out):
+        if self._reuse("sft_logps" if arm == SFT else "eval", out):
             return datasets.Dataset.from_parquet(str(out))
         from transformers import AutoTokenizer
 
