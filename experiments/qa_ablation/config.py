@@ -19,21 +19,22 @@ ARMS: dict[str, dict[str, object]] = {
 }
 
 # Filled in by `resolve()` when left unset: (small on CPU, full on one GPU). The small sizes are set by measured
-# cost on a 2-core CPU (one seed of the first, 1-seed preset took 51.7 min: ~1 s per generated answer at batch 32
-# and 64 new tokens, ~5 s per training pair). The preset was shrunk so that three seeds fit in about an hour of a
-# shared machine: 12 instead of 32 train problems per source, 40 instead of 100 test questions per set, at most 24
-# held-out questions (each scored as 2 pairs; ~3 s per pair per model on the shared machine) instead of 96 pairs,
-# and no gradient accumulation (so ~22 pairs still give ~6 optimizer steps).
+# cost on the shared 2-core CPU (load 5-7 from other jobs): ~20 s per training pair and arm, ~2 s per test answer
+# (batch 32, 64 new tokens), ~3 s per held-out pair and model. The first, one-seed preset (32 train problems per
+# source, 100 test questions per set, 96 held-out pairs, batch 4x2) took 51.7 min for one seed on an idle machine;
+# this one is shrunk so that three seeds fit in about 85 minutes of the shared machine: 6 train problems per source
+# (~11 pairs; batch 2 without accumulation, so still ~6 optimizer steps), 20 test questions per set, 12 held-out
+# questions (24 pairs).
 _PRESETS: dict[str, tuple[object, object]] = {
-    "train_problems_per_source": (12, None),  # None: the whole train split
-    "test_problems_per_set": (40, None),
+    "train_problems_per_source": (6, None),  # None: the whole train split
+    "test_problems_per_set": (20, None),
     "answer_max_tokens": (64, 256),
     "editor_max_tokens": (192, 1024),
     "generation_batch_size": (32, 64),
-    "heldout_pairs": (24, None),
+    "heldout_pairs": (12, None),
     "learning_rate": (1e-5, 5e-6),
     "num_train_epochs": (1.0, 1.0),
-    "per_device_train_batch_size": (4, 8),
+    "per_device_train_batch_size": (2, 8),
     "gradient_accumulation_steps": (1, 16),
 }
 
