@@ -23,6 +23,7 @@ def run(config: AblationConfig) -> pd.DataFrame:
     config.resolve()
     started = time.perf_counter()
     shared = Stages(config)
+    shared.check_inputs()
     sft_answers = shared.answers(SFT).to_pandas().assign(seed=None)
     shared.logps(SFT)  # the reference log-probs of the held-out pairs, once for every seed
     answers, rewards, seeds_info = [sft_answers], [], {}

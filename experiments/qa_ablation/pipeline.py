@@ -344,6 +344,11 @@ class Stages:
                              "reward_rejected": beta * (policy["logp_rejected"] - reference["logp_rejected"])})
 
     # --- helpers --------------------------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        """Read (and check) every data file before minutes of model loading: train files first, then test files."""
+        for name in (*TRAIN_SOURCES, *TEST_SETS):
+            self._read(name)
+
     def _read(self, name: str) -> list[dict[str, Any]]:
         path = Path(self.config.data_dir) / f"{name}.jsonl"
         if not path.is_file():
