@@ -142,7 +142,10 @@ def results_table(answers: pd.DataFrame, rewards: pd.DataFrame, train_info: dict
                 continue
             m = margins[arm][kind]
             m_ci = crossed_bootstrap(m, samples=samples, seed=seed)
-            wins = (m > 0).astype(float)
+            if kind == "balanced":  # the mean of the two pair kinds' reward accuracies, per question
+                wins = ((margins[arm]["original"] > 0).astype(float) + (margins[arm]["minimal"] > 0)) / 2
+            else:
+                wins = (m > 0).astype(float)
             row.update({f"margin_{kind}": m_ci[0], f"margin_{kind}_sd": _sd(m.mean(axis=1)),
                         f"margin_{kind}_lo": m_ci[1], f"margin_{kind}_hi": m_ci[2],
                         f"reward_acc_{kind}": wins.mean(), f"reward_acc_{kind}_sd": _sd(wins.mean(axis=1))})
