@@ -149,7 +149,7 @@ def results_table(answers: pd.DataFrame, rewards: pd.DataFrame, train_info: dict
             row.update({f"margin_{kind}": m_ci[0], f"margin_{kind}_sd": _sd(m.mean(axis=1)),
                         f"margin_{kind}_lo": m_ci[1], f"margin_{kind}_hi": m_ci[2],
                         f"reward_acc_{kind}": wins.mean(), f"reward_acc_{kind}_sd": _sd(wins.mean(axis=1))})
-            pretty[f"margin, {label}"] = f"{mean_sd(m.mean(axis=1), digits=3)} {fmt(m_ci, digits=3)}"
+            pretty[f"margin, {label}"] = f"{mean_sd(m.mean(axis=1), digits=3)} [{m_ci[1]:.3f}, {m_ci[2]:.3f}]"
             pretty[f"reward acc %, {label}"] = mean_sd(wins.mean(axis=1), scale=100)
         if arm in margins:
             row["heldout_questions"] = heldout
