@@ -23,7 +23,7 @@ ARMS: dict[str, dict[str, object]] = {
 # (batch 32, 64 new tokens), ~3 s per held-out pair and model. The first, one-seed preset (32 train problems per
 # source, 100 test questions per set, 96 held-out pairs, batch 4x2) took 51.7 min for one seed on an idle machine;
 # this one is shrunk so that three seeds fit in about 85 minutes of the shared machine: 6 train problems per source
-# (~11 pairs; batch 2 without accumulation, so still ~6 optimizer steps), 20 test questions per set, 12 held-out
+# (8-12 pairs; batch 2 without accumulation, so 4-6 optimizer steps), 20 test questions per set, 12 held-out
 # questions (24 pairs).
 _PRESETS: dict[str, tuple[object, object]] = {
     "train_problems_per_source": (6, None),  # None: the whole train split
