@@ -43,11 +43,11 @@ _PRESETS: dict[str, tuple[object, object]] = {
 class AblationConfig:
     """DPO vs DPO-BC vs DPO-MC vs DPO-BMC on ECQA+QASC with SmolLM2-135M-Instruct as the SFT/reference model.
 
-    Unset sizes come from the preset: `--small` (CPU, about an hour on 2 cores) or the full size (all train
-    problems and all test questions; meant for `--device cuda`).
+    Unset sizes come from the preset: `--small` (CPU: three seeds took 63 min on 2 shared cores) or the full size
+    (all train problems and all test questions; meant for `--device cuda`). `--seeds` runs one replicate per seed.
     """
 
-    small: bool = field(default=False, metadata={"help": "Reduced size that finishes on a 2-core CPU in about an hour."})
+    small: bool = field(default=False, metadata={"help": "Reduced size: three seeds in about an hour on a 2-core CPU."})
     device: str = field(default="cpu", metadata={"help": "torch device for generation and training: cpu or cuda."})
     output_dir: str | None = field(
         default=None,
