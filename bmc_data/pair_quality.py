@@ -196,9 +196,18 @@ def pair_distance(a: Any, b: Any, tokenizer: Any = None) -> float:
     return _distance(_units(response_text(a), tokenizer), _units(response_text(b), tokenizer))[1]
 
 
-def dcrm_value(margin: float, distance: float, epsilon: float = DEFAULT_EPSILON) -> float:
-    """DCRM = Δr / (d + ε) (Huang & Goyal 2025; our reading, see the module docstring)."""
-    return margin / (distance + epsilon)
+def dcrm_value(margin: float, distance: float, epsilon: float = DEFAULT_EPSILON, min_distance: float = 0.0) -> float:
+    """DCRM = Δr / (max(d, min_distance) + ε) (Huang & Goyal 2025; our reading, see the module docstring).
+
+    As d → 0 the ratio grows to Δr/ε, so a near-identical pair whose reward gap is only noise outranks a real pair;
+    `min_distance` floors d in the denominator (0: no floor), capping any pair's DCRM at Δr / (min_distance + ε).
+    """
+    return margin / (max(distance, min_distance) + epsilon)
+
+
+def _check_min_distance(min_distance: float) -> None:
+    if not 0 <= min_distance <= 1:
+        raise ValueError(f"min_distance must be in [0, 1] (a normalised edit distance), got {min_distance}")
 
 
 def _check_epsilon(epsilon: float) -> None:
@@ -213,12 +222,13 @@ def finite_score(value: Any, row: int, column: str) -> float:
     return float(value)
 
 
-def _dcrm_batch(batch: dict[str, list[Any]], *, tokenizer: Any, epsilon: float) -> dict[str, list[Any]]:
+def _dcrm_batch(batch: dict[str, list[Any]], *, tokenizer: Any, epsilon: float,
+                min_distance: float = 0.0) -> dict[str, list[Any]]:
     # Module-level so that num_proc > 1 can pickle it.
     distances = [pair_distance(c, r, tokenizer) for c, r in zip(batch[CHOSEN], batch[REJECTED])]
     return {
-        DCRM_DISTANCE: distances,
-        DCRM: [dcrm_value(m, d, epsilon) for m, d in zip(batch[REWARD_MARGIN], distances)],
+        DCRM_DISTANCE: distances,  # the true d; the floor only enters the ratio
+        DCRM: [dcrm_value(m, d, epsilon, min_distance) for m, d in zip(batch[REWARD_MARGIN], distances)],
     }
 
 
@@ -236,6 +246,7 @@ def add_dcrm(
     reward_fn: RewardFn | None = None,
     tokenizer: Any = None,
     epsilon: float = DEFAULT_EPSILON,
+    min_distance: float = 0.0,
     num_proc: int | None = None,
 ) -> Dataset:
     """Add the DCRM of every (chosen, rejected) pair: `bmc_reward_margin`, `bmc_dcrm_distance` and `bmc_dcrm`.
@@ -253,9 +264,13 @@ def add_dcrm(
             `bmc_reward_rejected`.
         tokenizer: Token-level distance with this tokenizer; word-level without.
         epsilon: ε > 0 of the denominator.
+        min_distance: Floor on d in the denominator, in [0, 1] (default 0: none). Without it a near-identical pair
+            (d → 0) with a noisy reward gap gets DCRM ≈ Δr/ε and outranks every real pair; with it no pair's DCRM
+            exceeds Δr / (min_distance + ε). `bmc_dcrm_distance` keeps the true d.
         num_proc: Worker processes for the distance computation (`Dataset.map`).
     """
     _check_epsilon(epsilon)
+    _check_min_distance(min_distance)
     if reward_fn is not None and reward_columns is not None:
         raise ValueError("add_dcrm: pass either reward_columns or reward_fn, not both")
     if reward_fn is None:
@@ -284,7 +299,7 @@ def add_dcrm(
         _dcrm_batch,
         batched=True,
         num_proc=num_proc if num_proc and num_proc > 1 else None,
-        fn_kwargs={"tokenizer": tokenizer, "epsilon": epsilon},
+        fn_kwargs={"tokenizer": tokenizer, "epsilon": epsilon, "min_distance": min_distance},
         desc="Computing DCRM",
     )
 

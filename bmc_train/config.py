@@ -43,8 +43,8 @@ class BMCConfig(DPOConfig):
         loss_type (`str`, defaults to `"bmc"`):
             The objective. `"bmc"` (= `"dpo_bmc"`, eq. 4), `"dpo"`, `"ipo"`, `"ipo_bmc"`, `"rdpo"`, `"rdpo_bmc"`,
             `"simpo"`, `"simpo_bmc"`, `"orpo"`, `"orpo_bmc"`, `"figa"`, and the related objectives of
-            docs/related-objectives.md, each plain or with BMC token weights: `"bpo"`, `"bpo_bmc"`, `"gammapo"`,
-            `"gammapo_bmc"`, `"amapo"`, `"amapo_bmc"`, `"repo"`, `"repo_bmc"`, `"madpo"`, `"madpo_bmc"` (MADPO
+            docs/related-objectives.md, each plain or with BMC token weights: `"bpo"`, `"bpo_bmc"`, `"bpo_hinge"`,
+            `"bpo_hinge_bmc"`, `"gammapo"`, `"gammapo_bmc"`, `"gammapo_simpo"`, `"gammapo_simpo_bmc"`, `"amapo"`, `"amapo_bmc"`, `"repo"`, `"repo_bmc"`, `"madpo"`, `"madpo_bmc"` (MADPO
             needs a `reward_margin` dataset column). Replaces TRL's list-valued `loss_type`.
         delta (`float`, defaults to `2.0`):
             δ, the cap on the inverse policy probability in λ = 1 + min(1/π_θ, δ) on diff tokens.
@@ -62,7 +62,14 @@ class BMCConfig(DPOConfig):
             BPO's gap adaptor α ∈ (0, 1] in the balanced margin min(r_w, −α r_l) (official code's value).
         gammapo_gamma_beta_ratio (`float`, defaults to `0.4`), gammapo_tau (`float`, defaults to `10.0`):
             γ-PO's mean target margin γ0 = ratio · β and the KL strength τ pulling the instance-wise margins to γ0
-            (official Llama-3-8B-Instruct recipe). Ratio 0 is plain DPO.
+            (official Llama-3-8B-Instruct recipe). Ratio 0 is plain DPO (`gammapo`) / SimPO with γ = 0
+            (`gammapo_simpo`).
+        gammapo_simpo_beta (`float`, defaults to `10.0`):
+            β of `gammapo_simpo` (SimPO's reward scale; official Llama-3-8B-Instruct recipe). Its own field because
+            the shared `beta` default is BMC's 0.05.
+        gammapo_queue_size (`int`, defaults to `2048`), gammapo_queue_sample (`int`, defaults to `256`):
+            `gammapo_simpo`'s queue of recent reward gaps (trainer state, saved with checkpoints): gaps kept, and
+            gaps per solve including the current batch's (official values). Queue size 0 solves in-batch.
         repo_gamma (`float`, defaults to `0.6`):
             RePO's margin threshold γ in ReLU(γ − m) (official Llama-3-8B-Instruct recipe; 0.4 for Mistral).
         madpo_c_max (`float`, defaults to `2.0`), madpo_c_min (`float`, defaults to `0.5`), madpo_lambda (`float`,
@@ -135,6 +142,18 @@ class BMCConfig(DPOConfig):
     gammapo_tau: float = field(
         default=10.0,
         metadata={"help": "γ-PO KL strength τ > 0 pulling the instance-wise margins to γ0 (official recipe: 10)."},
+    )
+    gammapo_simpo_beta: float = field(
+        default=10.0,
+        metadata={"help": "β of gammapo_simpo, SimPO's reward scale (official Llama-3-8B-Instruct recipe: 10)."},
+    )
+    gammapo_queue_size: int = field(
+        default=2048,
+        metadata={"help": "gammapo_simpo: reward gaps kept in the queue across steps (official: 2048; 0 = in-batch)."},
+    )
+    gammapo_queue_sample: int = field(
+        default=256,
+        metadata={"help": "gammapo_simpo: gaps per margin solve, the current batch's included (official: 256)."},
     )
     repo_gamma: float = field(
         default=0.6,
@@ -214,6 +233,11 @@ class BMCConfig(DPOConfig):
             raise ValueError(
                 f"gammapo_tau must be > 0 and gammapo_gamma_beta_ratio >= 0, got {self.gammapo_tau} and "
                 f"{self.gammapo_gamma_beta_ratio}"
+            )
+        if self.gammapo_simpo_beta <= 0 or self.gammapo_queue_size < 0 or self.gammapo_queue_sample < 1:
+            raise ValueError(
+                f"gammapo_simpo_beta must be > 0, gammapo_queue_size >= 0 and gammapo_queue_sample >= 1; got "
+                f"{self.gammapo_simpo_beta}, {self.gammapo_queue_size} and {self.gammapo_queue_sample}"
             )
         if not 0 < self.madpo_c_min <= 1 <= self.madpo_c_max or self.madpo_tau <= 0 or self.madpo_lambda < 0:
             raise ValueError(

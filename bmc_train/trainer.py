@@ -16,6 +16,8 @@ logging, saving — is TRL's own code path):
 * `_compute_loss`: TRL sums the per-token log-probs inline, with no hook, so the loss is recomputed here from the
   per-token policy log-probs and a live per-token reference pass (the same forward calls TRL makes), then handed to
   the pure functions of `bmc_train.losses`. TRL's metrics are logged under the same names, plus `bmc/*`.
+* `train`: a loss type with `margin_queue` (γ-SimPO) keeps a `GapQueue` of past reward gaps per process, written
+  into every checkpoint by `GapQueueCallback` and restored here when training resumes from one.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from bmc_data.schema import CHOSEN, CHOSEN_DIFF_MASK, MASK_COLUMNS, ORIGINAL_CHO
 from .config import BMCConfig
 from .losses import bmc_token_weights, compute_preference_loss, get_loss_type, token_weight_stats
 from .reference import REF_PER_TOKEN, precompute_reference_columns, release_reference, sampled_trl_weights_hash
+from .margin_queue import GapQueue, GapQueueCallback
 
 __all__ = ["BMCTrainer", "DataCollatorForBMC", "compute_diff_mask_columns"]
 
@@ -259,6 +262,22 @@ class BMCTrainer(DPOTrainer):
             self.ref_model = None  # SimPO/ORPO/FIGA never run it: give its memory back
         if args.precompute_ref_log_probs:
             release_reference(self)  # its values are stored: train with the policy alone
+        self._gap_queue: GapQueue | None = None
+        if self._loss_spec.margin_queue and args.gammapo_queue_size > 0:
+            self._gap_queue = GapQueue(args.gammapo_queue_size, args.gammapo_queue_sample,
+                                       seed=args.seed + args.process_index)
+            self.add_callback(GapQueueCallback(self._gap_queue))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if self._gap_queue is not None and resume_from_checkpoint:
+            folder = resume_from_checkpoint
+            if isinstance(folder, bool):
+                from transformers.trainer_utils import get_last_checkpoint
+
+                folder = get_last_checkpoint(self.args.output_dir)
+            if folder:
+                self._gap_queue.load(folder, self.args.process_index)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # -- data --
 
@@ -349,10 +368,16 @@ class BMCTrainer(DPOTrainer):
         if ref_per_token_logps is not None:
             ref_chosen, ref_rejected = ref_per_token_logps.chunk(2, dim=0)
 
+        queued = None
+        if self._gap_queue is not None:
+            queued = torch.tensor(self._gap_queue.sample(chosen_logps.shape[0]), dtype=chosen_logps.dtype,
+                                  device=chosen_logps.device)
         out = compute_preference_loss(
             spec.name, self.args, chosen_logps, rejected_logps, ref_chosen, ref_rejected,
-            chosen_diff, rejected_diff, chosen_loss_mask, rejected_loss_mask, batch_inputs,
+            chosen_diff, rejected_diff, chosen_loss_mask, rejected_loss_mask, batch_inputs, queued_gaps=queued,
         )
+        if self._gap_queue is not None and mode == "train":  # evaluation reads the queue but never fills it
+            self._gap_queue.extend((out.chosen_rewards - out.rejected_rewards).detach().float().cpu().tolist())
         loss = out.losses.mean()
         if self.aux_loss_enabled:
             aux_loss = outputs.aux_loss

@@ -79,6 +79,27 @@ def test_hand_computed_dcrm_and_epsilon():
     assert add_dcrm(out).column_names == out.column_names
 
 
+def test_near_identical_noisy_pair_outranks_a_real_pair_unless_min_distance_floors_it():
+    """DCRM = Δr / (d + ε) at d → 0: a one-word edit of 40 words whose reward gap is noise (0.5) outranks a real pair
+    (half the words changed, gap 3.0); `min_distance` floors d in the ratio and the real pair ranks first."""
+    base = " ".join(f"w{i}" for i in range(40))
+    near = base.rsplit(" ", 1)[0] + " other"  # d = 1/40
+    real_rejected = " ".join(f"w{i}" if i % 2 else f"x{i}" for i in range(40))  # d = 20/40
+    rows = [(base, near, 5.5, 5.0), (base, real_rejected, 6.0, 3.0)]
+    plain = add_dcrm(pairs(rows))
+    assert plain[DCRM_DISTANCE] == pytest.approx([1 / 40, 0.5])
+    assert plain[DCRM] == pytest.approx([0.5 / (1 / 40 + EPS), 3.0 / (0.5 + EPS)])  # 14.3 > 5.9: the noise wins
+    assert plain[DCRM][0] > plain[DCRM][1]
+    floored = add_dcrm(pairs(rows), min_distance=0.1)
+    assert floored[DCRM_DISTANCE] == plain[DCRM_DISTANCE]  # the stored distance stays the true d
+    assert floored[DCRM] == pytest.approx([0.5 / (0.1 + EPS), 3.0 / (0.5 + EPS)])  # 4.5 < 5.9: the real pair wins
+    assert floored[DCRM][1] > floored[DCRM][0]
+    assert dcrm_value(2.0, 0.0, min_distance=0.2) == pytest.approx(2.0 / 0.21)
+    assert add_dcrm(pairs(rows), min_distance=0.0)[DCRM] == plain[DCRM]  # 0: no floor, the old values
+    with pytest.raises(ValueError, match=r"min_distance must be in \[0, 1\]"):
+        add_dcrm(pairs(rows), min_distance=1.5)
+
+
 def test_token_level_distance_uses_the_tokenizer():
     texts = ["the cat sat on the mat", "the cat sat on a hat", "dogs bark loudly at night"]
     tok = word_tokenizer(texts)

@@ -8,6 +8,7 @@ import csv
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 
 from bmc_train.testing import build_tiny_model, read_qa_rows
@@ -42,46 +43,68 @@ def test_small_ablation_end_to_end_then_resumes(tmp_path, monkeypatch):
     rows = read_qa_rows(QA / "ecqa-train.jsonl", limit=50) + read_qa_rows(QA / "qasc-train.jsonl", limit=50)
     model = build_tiny_model(tmp_path / "sft", [r["problem"] + "\n" + r["solution"] for r in rows])
     with LLMServer(reply=bridge_reply) as server:
-        config = _config(tmp_path, model, server)
+        config = _config(tmp_path, model, server, seeds=[0, 1])
         table = run(config)
         calls = server.call_count
-        # a random model never states the right answer: every train pair goes to the editor, which bridges it
-        assert calls == 6
+        # a random model never states the right answer: every train pair of every seed goes to the editor
+        assert calls == 12
         run_dir = tmp_path / "run"
         info = json.loads((run_dir / "run.json").read_text())
-        assert info["train_problems"] == 6 and info["pairs_to_bridge"] == 6 and info["train_pairs"] == 6
-        assert info["bridge_counts"].get("bridged") == 6
+        assert set(info["seeds"]) == {"0", "1"}
+        for seed in info["seeds"].values():
+            assert seed["train_problems"] == 6 and seed["pairs_to_bridge"] == 6 and seed["train_pairs"] == 6
+            assert seed["bridge_counts"].get("bridged") == 6
+        # the seed changes the train problems and the sampled y_l
+        pairs = [datasets.Dataset.from_parquet(str(run_dir / f"seed-{s}" / "pairs.parquet")) for s in (0, 1)]
+        assert pairs[0]["prompt"] != pairs[1]["prompt"] and pairs[0]["rejected"] != pairs[1]["rejected"]
+        # one row per arm with across-seed statistics
         assert list(table["arm"]) == ["SFT", *ARMS]
-        # every arm was trained with its own objective on the same rows
+        assert (table["seeds"] == 2).all()
+        trained = table[table["arm"] != "SFT"]
+        assert trained["all_sd"].notna().all() and table.loc[table["arm"] == "SFT", "all_sd"].eq(0).all()
         for arm, settings in ARMS.items():
-            trained = json.loads((run_dir / "models" / arm / "ablation_train.json").read_text())
-            assert trained["loss_type"] == settings["loss_type"] and trained["steps"] == 3
-        # 3 questions x 3 test sets per arm; accuracy is a fraction; the Δ column is paired against DPO
+            for seed in (0, 1):
+                done = json.loads((run_dir / f"seed-{seed}" / "models" / arm / "ablation_train.json").read_text())
+                assert done["loss_type"] == settings["loss_type"] and done["steps"] == 3 and done["seed"] == seed
+        per_seed = [float(v) for v in table.loc[table["arm"] == "DPO-BMC", "per_seed_acc"].item().split()]
+        assert len(per_seed) == 2
+        assert table.loc[table["arm"] == "DPO-BMC", "all_acc"].item() == pytest.approx(sum(per_seed) / 2)
+        # 3 questions x 3 test sets, the same for every seed; the Δ column is paired against DPO
         assert (table["all_n"] == 9).all() and table["all_acc"].between(0, 1).all()
         assert table.loc[table["arm"] == "DPO", "delta_vs_baseline"].isna().all()
         assert table.loc[table["arm"] == "DPO-BMC", "delta_vs_baseline"].notna().all()
-        # reward metrics exist for the trained arms only, on the held-out pairs built from the SFT's wrong answers
-        assert table.loc[table["arm"] == "SFT", "reward_margin"].isna().all()
-        assert table.loc[table["arm"] != "SFT", "heldout_pairs"].eq(info["heldout_pairs"]).all()
-        assert info["heldout_pairs"] > 0
+        # held-out reward metrics on both pair kinds, for the trained arms only
+        assert table.loc[table["arm"] == "SFT", "margin_balanced"].isna().all()
+        assert info["heldout_questions"] > 0
+        assert table.loc[table["arm"] != "SFT", "heldout_questions"].eq(info["heldout_questions"]).all()
+        for kind in ("original", "minimal"):
+            assert trained[f"margin_{kind}"].notna().all()
+        assert trained["margin_balanced"].to_numpy() == pytest.approx(
+            (trained["margin_original"] + trained["margin_minimal"]).to_numpy() / 2)
+        with (run_dir / "differences.csv").open() as handle:
+            diffs = list(csv.DictReader(handle))
+        assert [d["comparison"] for d in diffs] == ["DPO-BMC − DPO", "DPO-BMC − DPO-BC", "DPO-MC − DPO", "DPO-BC − DPO"]
+        for d in diffs:
+            assert float(d["lo"]) <= float(d["delta"]) <= float(d["hi"]) and d["seeds"] == "2"
         markdown = (run_dir / "results.md").read_text()
         for arm in ARMS:
             assert f"| {arm} |" in markdown
+        assert "| DPO-BMC − DPO-BC |" in markdown
         with (run_dir / "results.csv").open() as handle:
             assert len(list(csv.DictReader(handle))) == 5
         assert (run_dir / "results.png").stat().st_size > 10_000
 
         # resume: nothing is recomputed, no editor call, the same numbers
-        weights = run_dir / "models" / "DPO-BMC" / "model.safetensors"
+        weights = run_dir / "seed-1" / "models" / "DPO-BMC" / "model.safetensors"
         stamp = weights.stat().st_mtime_ns
-        again = run(_config(tmp_path, model, server))
+        again = run(_config(tmp_path, model, server, seeds=[0, 1]))
         assert server.call_count == calls
         assert weights.stat().st_mtime_ns == stamp
         assert again.drop(columns=["train_seconds"]).equals(table.drop(columns=["train_seconds"]))
         # a changed setting never silently reuses an output made with the old one
         with pytest.raises(SystemExit, match=r"models/DPO/ablation_train.json was made with other settings "
                                              r"\(learning_rate: 0.001 -> 0.002\)"):
-            run(_config(tmp_path, model, server, learning_rate=2e-3))
+            run(_config(tmp_path, model, server, seeds=[0, 1], learning_rate=2e-3))
 
 
 def test_bad_data_and_arguments_fail_clearly(tmp_path):

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_QA = REPO.parent / "shared" / "data" / "qa" / "ecqa-train.jsonl"
 NEW_NAMES = ["bpo", "gammapo", "amapo", "repo", "madpo"]
 NEW_TYPES = [n for name in NEW_NAMES for n in (name, f"{name}_bmc")]
+AUTHOR_FORMS = ["bpo_hinge_bmc", "gammapo_simpo_bmc"]  # tests/test_official_forms.py checks their formulas
 
 
 
@@ -403,7 +404,7 @@ def tiny_run(tmp_path_factory):
     return model, data
 
 
-@pytest.mark.parametrize("loss_type", NEW_TYPES)
+@pytest.mark.parametrize("loss_type", NEW_TYPES + AUTHOR_FORMS)
 def test_cli_three_steps(tmp_path, tiny_run, loss_type):
     model, data = tiny_run
     out = tmp_path / "run"

