@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .providers.base import ChatResponse
+from .redaction import redact
 
 #: batch states after which the provider does nothing more with the job
 TERMINAL_STATES = frozenset({"completed", "ended", "expired", "cancelled", "canceled", "failed"})
@@ -153,11 +154,12 @@ class BatchStore:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany("UPDATE batch_requests SET response = ? WHERE custom_id = ? AND local_id = ?",
-                                       ((response_to_json(r), cid, local_id) for cid, r in responses.items()))
+                                       ((redact(response_to_json(r)), cid, local_id) for cid, r in responses.items()))
                 self._conn.executemany("UPDATE batch_requests SET error = ? WHERE custom_id = ? AND local_id = ?",
-                                       ((e, cid, local_id) for cid, e in errors.items()))
+                                       ((redact(e), cid, local_id) for cid, e in errors.items()))
+                # what a server sends back may echo the key (docs/errors.md): the ledger is scrubbed like the cache
                 self._conn.execute("UPDATE batches SET state = ?, detail = ?, updated_at = ? WHERE local_id = ?",
-                                   (COLLECTED, detail, time.time(), local_id))
+                                   (COLLECTED, redact(detail), time.time(), local_id))
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")

@@ -73,7 +73,7 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
                        help="OpenAI-compatible server URL (vLLM, llama.cpp, transformers serve) or Anthropic base "
                             "URL; API keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY, never from flags. Several "
                             "(repeat the flag or a comma list): a pool of self-hosted openai endpoints")
-    group.add_argument("--poll-interval", type=float, default=30.0,
+    group.add_argument("--poll-interval", type=positive_float, default=30.0,
                        help="batch providers: seconds between polls of pending batches (default: %(default)s)")
     group.add_argument("--concurrency", type=positive_int, default=16, help="pairs in flight at once (default: %(default)s)")
     group.add_argument("--requests-per-minute", type=positive_int, default=None,

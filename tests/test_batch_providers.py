@@ -323,3 +323,18 @@ def test_a_recorded_open_batch_is_waited_for_not_resubmitted(api, server, tmp_pa
     ds, summary = bridge(make(api, server), [PreferencePair(**p) for p in data], tmp_path)
     assert ds["bmc_status"] == ["bridged"] * 3 and len(server.created()) == 1
     assert summary.usage["batch_requests_submitted"] == 0 and summary.usage["calls"] == 3
+
+
+def test_batch_ledger_never_stores_a_key_a_server_echoes(tmp_path):
+    from bmc_data.redaction import register_secret
+
+    key = "sk-batch-ledger-ECHO-0123456789"
+    register_secret(key)
+    store = BatchStore.in_cache_dir(tmp_path)
+    record = store.record_submission(api="openai", endpoint="http://127.0.0.1:1/v1", model="editor", custom_ids=["a"])
+    store.store_results(record.local_id, {}, {"a": f"401: Incorrect API key provided: {key}"},
+                        detail=f"failed: Bearer {key}")
+    store._conn.commit()
+    data = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert key.encode() not in data and key[4:20].encode() not in data
+    assert "401: Incorrect API key provided" in store.history(["a"], api="openai", endpoint="http://127.0.0.1:1/v1")["a"].errors[-1]
