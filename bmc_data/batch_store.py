@@ -15,8 +15,6 @@ Nothing here holds credentials: endpoints are stored without keys, and keys come
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -105,13 +103,10 @@ class BatchStore:
     """The `batches` / `batch_requests` tables of one cache file; safe across threads and processes."""
 
     def __init__(self, path: str | Path, *, timeout_s: float = 30.0):
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        from .cache import open_cache_db  # same file, same settings as the call cache
+
+        self.path, self._lock, self._conn = open_cache_db(path, timeout_s)
         with self._lock:
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
 
     @classmethod

@@ -81,6 +81,21 @@ def _response_to_json(response: ChatResponse) -> str:
     })
 
 
+
+def open_cache_db(path: str | Path, timeout_s: float = 30.0) -> tuple[Path, threading.Lock, sqlite3.Connection]:
+    """The cache's SQLite file (shared by the call cache and the batch ledger): one connection per process,
+    guarded by a lock, in autocommit mode (every write is committed when it returns)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
+    lock = threading.Lock()
+    with lock:
+        # WAL + NORMAL survives a killed process (only an OS crash may lose the last commits); NORMAL first, so
+        # that switching a new file to WAL is not synced at FULL
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA journal_mode=WAL")
+    return path, lock, conn
+
 class CallCache:
     """SQLite store of call results, safe to share between asyncio tasks, threads and processes.
 
@@ -89,16 +104,8 @@ class CallCache:
     """
 
     def __init__(self, path: str | Path, *, timeout_s: float = 30.0):
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        # autocommit (isolation_level=None): every INSERT is committed when it returns
-        self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        self.path, self._lock, self._conn = open_cache_db(path, timeout_s)
         with self._lock:
-            # WAL + NORMAL survives a killed process (only an OS crash may lose the last commits); NORMAL
-            # first, so that switching a new file to WAL is not synced at FULL
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(_SCHEMA)
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:

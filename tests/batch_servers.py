@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from urllib.parse import parse_qs, urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llm_servers import _completion, _messages, _words, bridge_reply  # noqa: E402
+from llm_servers import _completion, _messages, _words, bridge_reply, serve_until_signalled  # noqa: E402
 
 
 @dataclass
@@ -362,13 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    server = BatchServer(port=args.port).start()
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    print(f"READY {server.url}", flush=True)
-    done.wait()
-    server.stop()
+    serve_until_signalled(BatchServer(port=args.port).start())
 
 
 if __name__ == "__main__":

@@ -407,6 +407,11 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     server = LLMServer(reply=_load_reply(args.reply) if args.reply else None, latency_s=args.latency_ms / 1000,
                        host=args.host, port=args.port).start()
+    serve_until_signalled(server)
+
+
+def serve_until_signalled(server: Any) -> None:
+    """A started server as a subprocess: print its URL, then serve until SIGTERM/SIGINT."""
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
