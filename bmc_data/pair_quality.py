@@ -306,7 +306,7 @@ def add_dcrm(
 
 # --- best-of-N² pairing -----------------------------------------------------------------------------------------
 def _best_pair(
-    responses: Sequence[Any], rewards: Sequence[float], tokenizer: Any, epsilon: float
+    responses: Sequence[Any], rewards: Sequence[float], tokenizer: Any, epsilon: float, min_distance: float = 0.0
 ) -> tuple[str, tuple[int, int, float, float, float] | None]:
     """(status, (i+, i-, margin, distance, dcrm) or None)."""
     if len(responses) < 2:
@@ -323,7 +323,7 @@ def _best_pair(
             pos, neg = (i, j) if rewards[i] > rewards[j] else (j, i)
             margin = rewards[pos] - rewards[neg]
             distance = _distance(units[pos], units[neg])[1]
-            score = dcrm_value(margin, distance, epsilon)
+            score = dcrm_value(margin, distance, epsilon, min_distance)
             # strictly greater: among exact ties on (DCRM, margin) the first pair in (i, j) order stays
             if best is None or (score, margin) > (best[4], best[2]):
                 best = (pos, neg, margin, distance, score)
@@ -338,6 +338,7 @@ def _pairs_batch(
     rewards_column: str,
     tokenizer: Any,
     epsilon: float,
+    min_distance: float = 0.0,
 ) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {k: [] for k in (
         CHOSEN, REJECTED, SCORE_CHOSEN, SCORE_REJECTED, REWARD_MARGIN, DCRM_DISTANCE, DCRM, CHOSEN_INDEX,
@@ -350,7 +351,7 @@ def _pairs_batch(
                 f"row {row}: {len(responses)} response(s) in {responses_column!r} but {len(rewards)} reward(s) in "
                 f"{rewards_column!r}; expected one reward per response"
             )
-        status, best = _best_pair(responses, rewards, tokenizer, epsilon)
+        status, best = _best_pair(responses, rewards, tokenizer, epsilon, min_distance)
         out[PAIR_STATUS].append(status)
         if best is None:
             for key in out:
@@ -390,6 +391,7 @@ def best_of_n2_pairs(
     rewards_column: str = "rewards",
     tokenizer: Any = None,
     epsilon: float = DEFAULT_EPSILON,
+    min_distance: float = 0.0,
     drop_invalid: bool = False,
     num_proc: int | None = None,
 ) -> Dataset:
@@ -412,10 +414,13 @@ def best_of_n2_pairs(
         rewards_column: Column of the reward lists (finite numbers, one per response).
         tokenizer: Token-level distance with this tokenizer; word-level without.
         epsilon: ε > 0 of the DCRM denominator.
+        min_distance: Floor on d in the DCRM denominator (as in `add_dcrm`): without it, two near-identical
+            responses with a noisy reward gap win the pairing (docs/data-selection.md).
         drop_invalid: Drop the rows without a valid pair (their number is logged).
         num_proc: Worker processes for `Dataset.map`.
     """
     _check_epsilon(epsilon)
+    _check_min_distance(min_distance)
     missing = [c for c in (responses_column, rewards_column) if c not in dataset.column_names]
     if missing:
         raise ValueError(f"best_of_n2_pairs: dataset is missing column(s) {missing}; it has {dataset.column_names}")
@@ -431,6 +436,7 @@ def best_of_n2_pairs(
             "rewards_column": rewards_column,
             "tokenizer": tokenizer,
             "epsilon": epsilon,
+            "min_distance": min_distance,
         },
         desc="Best-of-N² pairing",
     )

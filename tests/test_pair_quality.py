@@ -192,6 +192,23 @@ def test_best_of_n2_picks_highest_dcrm_not_largest_margin():
     assert max(scores, key=scores.get) == (0, 1) and row[DCRM] == pytest.approx(max(scores.values()))
 
 
+def test_best_of_n2_min_distance_floor_changes_the_winning_pair():
+    # the plain winner (0, 1) has d = 1/9; with d floored at 0.9 it scores 6 / 0.9 ≈ 6.7 and the largest margin
+    # (0, 3), d = 1: 8 / 1 = 8, wins
+    floored = best_of_n2_pairs(candidates([BEST_OF_4]), min_distance=0.9)[0]
+    responses, rewards = BEST_OF_4
+    scores = {
+        (i, j): dcrm_value(rewards[i] - rewards[j], pair_distance(responses[i], responses[j]), min_distance=0.9)
+        for i in range(4) for j in range(4) if rewards[i] > rewards[j]
+    }
+    best = max(scores, key=scores.get)
+    assert best == (0, 3) and (floored["bmc_chosen_index"], floored["bmc_rejected_index"]) == best
+    assert floored[DCRM] == pytest.approx(scores[best])
+    assert floored[DCRM_DISTANCE] == pytest.approx(pair_distance(responses[best[0]], responses[best[1]]))
+    with pytest.raises(ValueError, match=r"min_distance must be in \[0, 1\]"):
+        best_of_n2_pairs(candidates([BEST_OF_4]), min_distance=-0.1)
+
+
 def test_best_of_n2_ties_and_no_valid_pair_rows_are_kept(caplog):
     ds = candidates([
         (["a b", "a c", "a d"], [2, 1, 1]),  # (0,1) and (0,2) tie on DCRM and margin: the first pair wins
