@@ -32,27 +32,12 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from datasets import Dataset
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
 
-    from bmc_train import BMCConfig, BMCTrainer
-    from bmc_train.testing import qa_bridged_rows, read_qa_rows
+    from train_overhead import make_trainer  # bench/ is on sys.path when this file runs as a script
 
-    rows = qa_bridged_rows(read_qa_rows(QA, limit=args.batch * (args.steps + args.warmup)))
-    dataset = Dataset.from_list(rows)
-    common = dict(
-        output_dir=tempfile.mkdtemp(), max_steps=args.steps + args.warmup, per_device_train_batch_size=args.batch,
-        learning_rate=1e-6, report_to="none", save_strategy="no", logging_steps=1, gradient_checkpointing=False,
-        max_length=args.max_length, bf16=False, disable_tqdm=True, beta=0.1, seed=0, dataloader_num_workers=0,
-    )
-    if args.child == "trl_dpo":
-        trainer = DPOTrainer(model=args.model_dir, args=DPOConfig(**common), train_dataset=dataset)
-    else:
-        loss_type = "bmc" if args.child == "bmc" else "dpo"
-        trainer = BMCTrainer(model=args.model_dir, args=BMCConfig(**common, loss_type=loss_type, warmup_steps=0),
-                             train_dataset=dataset)
+    trainer = make_trainer(args)  # BMC with the default δ (train_overhead.py times δ = 2)
 
     state: dict = {"prof": None, "times": [], "cpu": []}
 

@@ -46,13 +46,10 @@ def _smollm2_gguf() -> tuple[str, str]:
     return found
 
 
-def child(args: argparse.Namespace) -> None:
-    """One training run; prints a JSON line with the per-step times and peak RSS."""
-    import torch
-
-    torch.set_num_threads(args.threads)
+def make_trainer(args: argparse.Namespace, **bmc_options):
+    """The trainer of one configuration (`args.child`: trl_dpo, bmc_dpo or bmc) on the ECQA rows, with the settings
+    every step-time benchmark shares (also used by bench/profile_step.py)."""
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from bmc_train import BMCConfig, BMCTrainer
@@ -65,14 +62,21 @@ def child(args: argparse.Namespace) -> None:
         learning_rate=1e-6, report_to="none", save_strategy="no", logging_steps=1, gradient_checkpointing=False,
         max_length=args.max_length, bf16=False, disable_tqdm=True, beta=0.1, seed=0, dataloader_num_workers=0,
     )
-    model_kwargs = {"model": args.model_dir}
-
     if args.child == "trl_dpo":
-        trainer = DPOTrainer(args=DPOConfig(**common), train_dataset=dataset, **model_kwargs)
-    else:
-        loss_type = "bmc" if args.child == "bmc" else "dpo"
-        trainer = BMCTrainer(args=BMCConfig(**common, loss_type=loss_type, delta=2.0, warmup_steps=0),
-                             train_dataset=dataset, **model_kwargs)
+        return DPOTrainer(model=args.model_dir, args=DPOConfig(**common), train_dataset=dataset)
+    loss_type = "bmc" if args.child == "bmc" else "dpo"
+    return BMCTrainer(model=args.model_dir, args=BMCConfig(**common, loss_type=loss_type, warmup_steps=0, **bmc_options),
+                      train_dataset=dataset)
+
+
+def child(args: argparse.Namespace) -> None:
+    """One training run; prints a JSON line with the per-step times and peak RSS."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from transformers import TrainerCallback
+
+    trainer = make_trainer(args, delta=2.0)
 
     times: list[float] = []
     cpu_times: list[float] = []
