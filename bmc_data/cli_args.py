@@ -155,6 +155,6 @@ def build_provider(args: argparse.Namespace) -> Provider:
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
     except OSError as error:  # a local model that cannot be loaded (no such folder, no weights)
-        from .errors import InputError
+        from .errors import InputError, first_line
 
-        raise InputError(f"--model {args.model}: cannot load it: {str(error).strip().splitlines()[0][:300]}") from None
+        raise InputError(f"--model {args.model}: cannot load it: {first_line(error)}") from None

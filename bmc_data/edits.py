@@ -92,12 +92,6 @@ def apply_edits(text: str, edits: list[Edit]) -> str:
     return "".join(out)
 
 
-def _boundaries(text: str) -> list[int]:
-    bounds = [m.start() for m in _TOKEN.finditer(text)]
-    bounds.append(len(text))
-    return bounds
-
-
 def edits_between(a: str, b: str) -> list[Edit]:
     """The edits that turn `a` into `b` under `apply_edits`' rules (empty when they are equal)."""
     ta, tb = _TOKEN.findall(a), _TOKEN.findall(b)
@@ -115,7 +109,7 @@ def edits_between(a: str, b: str) -> list[Edit]:
             spans[-1][1], spans[-1][2] = end, spans[-1][2] + new
         else:
             spans.append([start, end, new])
-    bounds = _boundaries(a)
+    bounds = offs_a  # token starts and len(a): the tokens cover a end to end
     edits: list[Edit] = []
     cursor, i = 0, 0
     while i < len(spans):

@@ -77,6 +77,16 @@ class AllRowsFailed(BMCError, RuntimeError):
     exit_code = EXIT_ALL_FAILED
 
 
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (at most 300 characters), for one-line reports; an empty message
+    falls back to its cause's, then to the exception's type name."""
+    cause = error
+    while cause.__cause__ is not None and not str(cause).strip():
+        cause = cause.__cause__
+    lines = str(cause).strip().splitlines()
+    return lines[0][:300] if lines else type(cause).__name__
+
 def debug_enabled(argv: Sequence[str] | None = None) -> bool:
     return "--debug" in (argv or ()) or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 

@@ -23,7 +23,7 @@ import datasets
 import pandas as pd
 from pydantic import ValidationError
 
-from .errors import InputError, MissingFileError, UsageError
+from .errors import InputError, MissingFileError, UsageError, first_line
 from .schema import PreferencePair, Task
 
 logger = logging.getLogger(__name__)
@@ -101,31 +101,23 @@ def read_rows(source: Any, *, split: str = "train") -> datasets.Dataset:
             try:
                 loaded = datasets.load_dataset(str(path))
             except Exception as error:
-                raise InputError(f"{path}: cannot read the folder as a dataset: {_first_line(error)}") from error
+                raise InputError(f"{path}: cannot read the folder as a dataset: {first_line(error)}") from error
             return read_rows(loaded, split=split)
         if looks_like_hub_id(source):
             try:
                 return datasets.load_dataset(str(source), split=split)  # a Hub repo id
             except ValueError as error:
                 if "split" in str(error).lower():
-                    raise InputError(f"{source}: {_first_line(error)}") from error
+                    raise InputError(f"{source}: {first_line(error)}") from error
                 raise InputError(f"{source}: no such local file or folder, and the Hub dataset could not be "
-                                 f"loaded: {_first_line(error)}") from error
+                                 f"loaded: {first_line(error)}") from error
             except (FileNotFoundError, ConnectionError, OSError) as error:
                 raise InputError(f"{source}: no such local file or folder, and the Hub dataset could not be "
-                                 f"loaded: {_first_line(error)}") from error
+                                 f"loaded: {first_line(error)}") from error
         raise MissingFileError(f"{source}: no such file or folder" + (
             "" if _looks_like_path(source) else ", and not a Hub repo id of the form 'org/name'"))
     raise TypeError(f"unsupported data source of type {type(source).__name__}; expected a Dataset, DatasetDict, "
                     "path, Hub repo id, pandas DataFrame or list of dicts")
-
-
-def _first_line(error: BaseException) -> str:
-    cause = error
-    while cause.__cause__ is not None and not str(cause).strip():
-        cause = cause.__cause__
-    lines = str(cause).strip().splitlines()
-    return lines[0][:300] if lines else type(cause).__name__
 
 
 def _looks_like_path(source: Any) -> bool:
@@ -159,7 +151,7 @@ def _file_error(path: Path, error: BaseException) -> InputError:
             _read_json_rows(path)
         except InputError as precise:
             return precise
-    return InputError(f"{path}: cannot read it as {path.suffix.lstrip('.')}: {_first_line(error)}")
+    return InputError(f"{path}: cannot read it as {path.suffix.lstrip('.')}: {first_line(error)}")
 
 
 def _read_json_rows(path: Path) -> list[Any]:

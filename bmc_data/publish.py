@@ -23,7 +23,8 @@ from typing import Any
 
 from .cli_args import REMOTE_PROVIDERS, add_logging_args, add_provider_args, build_provider, check_provider_args, positive_int, setup_logging
 from .errors import (
-    EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AllRowsFailed, InputError, MissingFileError, SystemicFailure, UsageError, run_cli,
+    EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AllRowsFailed, InputError, MissingFileError, SystemicFailure, UsageError, first_line,
+    run_cli,
 )
 
 DEFAULT_SOURCE = "HuggingFaceH4/ultrafeedback_binarized"
@@ -109,7 +110,7 @@ def _load_tokenizer(name: str) -> Any:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as error:
         raise InputError(f"--tokenizer {name}: cannot load a tokenizer from it: "
-                         f"{str(error).strip().splitlines()[0][:300]}") from None
+                         f"{first_line(error)}") from None
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bmc_data.errors import InputError, MissingFileError, UsageError, run_cli
+from bmc_data.errors import InputError, MissingFileError, UsageError, first_line, run_cli
 from bmc_data.schema import CHOSEN, ORIGINAL_CHOSEN, PROMPT, REJECTED, STATUS
 
 logger = logging.getLogger("bmc_train")
@@ -73,11 +73,6 @@ def make_parser(prog: str | None = None):
     )
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:300] if lines else type(error).__name__
-
-
 def load_preference_dataset(name: str, config: str | None = None):
     """A `DatasetDict` from a bmc_data folder, a data file, or a Hub id; a bad source is an `InputError`."""
     from datasets import Dataset, DatasetDict, load_dataset
@@ -95,17 +90,17 @@ def load_preference_dataset(name: str, config: str | None = None):
             try:
                 return DatasetDict({"train": Dataset.from_list(rows)})
             except Exception as error:  # e.g. an extra column whose type differs between rows
-                raise InputError(f"--dataset_name {name}: cannot build a table from its rows: {_first_line(error)}") from None
+                raise InputError(f"--dataset_name {name}: cannot build a table from its rows: {first_line(error)}") from None
         try:
             return load_dataset(builder, data_files={"train": str(path)})
         except Exception as error:
-            raise InputError(f"--dataset_name {name}: cannot read it as {builder}: {_first_line(error)}") from None
+            raise InputError(f"--dataset_name {name}: cannot read it as {builder}: {first_line(error)}") from None
     if not path.is_dir() and not looks_like_hub_id(name):
         raise MissingFileError(f"--dataset_name {name}: no such file or folder")
     try:
         return load_dataset(name, name=config)
     except Exception as error:
-        raise InputError(f"--dataset_name {name}: cannot load it: {_first_line(error)}") from None
+        raise InputError(f"--dataset_name {name}: cannot load it: {first_line(error)}") from None
 
 
 def check_rows(rows, where: str, *, use_original_chosen: bool = False) -> None:
@@ -222,7 +217,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except (ValueError, TypeError) as error:  # BMCConfig/TrainingArguments checks (e.g. beta > 0)
-        raise UsageError(f"invalid option: {_first_line(error)}") from None
+        raise UsageError(f"invalid option: {first_line(error)}") from None
     return train(script_args, training_args, model_args)
 
 
@@ -285,7 +280,7 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
         )
     except OSError as error:  # no weights, no config, no tokenizer at that path or Hub id
         raise InputError(f"--model_name_or_path {model_args.model_name_or_path}: cannot load the model or its "
-                         f"tokenizer: {_first_line(error)}") from None
+                         f"tokenizer: {first_line(error)}") from None
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
