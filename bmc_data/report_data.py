@@ -25,8 +25,7 @@ from collections.abc import Iterable, Sequence
 from itertools import compress
 from typing import Any
 
-from rapidfuzz.distance import Levenshtein
-
+from .diff import token_diff_masks
 from .schema import response_text
 
 __all__ = ["decode_spans", "encode_spans", "token_sides", "word_diff_sides"]
@@ -67,15 +66,7 @@ def word_diff_sides(chosen: str, rejected: str) -> tuple[dict[str, Any], dict[st
     r_words = [(m.start(), m.end()) for m in _WORD.finditer(rejected)]
     c_text = [chosen[s:e] for s, e in c_words]
     r_text = [rejected[s:e] for s, e in r_words]
-    c_mark = [False] * len(c_words)
-    r_mark = [False] * len(r_words)
-    for tag, r, c in Levenshtein.editops(r_text, c_text).as_list():
-        if tag == "replace":
-            r_mark[r] = c_mark[c] = True
-        elif tag == "delete":
-            r_mark[r] = True
-        else:
-            c_mark[c] = True
+    c_mark, r_mark = token_diff_masks(c_text, r_text)  # the mask alignment, over words instead of token ids
     return ({"t": chosen, "m": encode_spans(compress(c_words, c_mark)), "n": len(c_words)},
             {"t": rejected, "m": encode_spans(compress(r_words, r_mark)), "n": len(r_words)})
 
