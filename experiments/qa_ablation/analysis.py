@@ -11,25 +11,6 @@ import pandas as pd
 Interval = tuple[float, float, float]  # point estimate, 2.5th percentile, 97.5th percentile
 
 
-def bootstrap(values: Sequence[float] | np.ndarray, *, samples: int, seed: int) -> Interval:
-    """Percentile bootstrap 95% interval of the mean."""
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
-        return (float("nan"),) * 3
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(samples, data.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(data.mean()), float(low), float(high)
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float], *, samples: int, seed: int) -> Interval:
-    """Bootstrap interval of mean(a − b) over the same items (questions or pairs), resampled together."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples differ in size: {a.shape} vs {b.shape}")
-    return bootstrap(a - b, samples=samples, seed=seed)
-
-
 def fmt(interval: Interval, *, scale: float = 1.0, digits: int = 1, signed: bool = False) -> str:
     point, low, high = (v * scale for v in interval)
     if np.isnan(point):
@@ -107,6 +88,13 @@ def results_table(answers: pd.DataFrame, rewards: pd.DataFrame, train_info: dict
         by_kind["balanced"] = (by_kind["original"] + by_kind["minimal"]) / 2
         margins[arm] = by_kind
 
+    paired: dict[tuple[str, str], Interval] = {}
+
+    def accuracy_difference(a: str, b: str) -> Interval:  # each pair once: the arm rows and COMPARISONS share it
+        if (a, b) not in paired:
+            paired[a, b] = crossed_bootstrap(correct[a] - correct[b], samples=samples, seed=seed)
+        return paired[a, b]
+
     numeric, shown = [], []
     heldout = next((m["original"].shape[1] for m in margins.values()), 0)
     for arm in arms:
@@ -130,7 +118,7 @@ def results_table(answers: pd.DataFrame, rewards: pd.DataFrame, train_info: dict
             row["stated_answer"] = float(mine["stated_answer"].mean())
             pretty["states an answer %"] = f"{100 * mine['stated_answer'].mean():.0f}"
         if arm != baseline and baseline in correct:
-            diff = crossed_bootstrap(matrix - correct[baseline], samples=samples, seed=seed)
+            diff = accuracy_difference(arm, baseline)
             row.update({"delta_vs_baseline": diff[0], "delta_lo": diff[1], "delta_hi": diff[2]})
             pretty[f"Δ acc vs {baseline} (pts)"] = fmt(diff, scale=100, signed=True)
         else:
@@ -161,9 +149,8 @@ def results_table(answers: pd.DataFrame, rewards: pd.DataFrame, train_info: dict
     for a, b in COMPARISONS:
         if a not in correct or b not in correct:
             continue
-        d = correct[a] - correct[b]
-        ci = crossed_bootstrap(d, samples=samples, seed=seed)
-        per_seed = d.mean(axis=1)
+        ci = accuracy_difference(a, b)
+        per_seed = (correct[a] - correct[b]).mean(axis=1)
         diffs.append({"comparison": f"{a} − {b}", "delta": ci[0], "lo": ci[1], "hi": ci[2], "sd_over_seeds": _sd(per_seed),
                       "per_seed": " ".join(f"{100 * v:+.1f}" for v in per_seed),
                       "seeds_positive": int((per_seed > 0).sum()), "seeds": len(per_seed)})
@@ -217,7 +204,7 @@ def plot_results(table: pd.DataFrame, diffs: pd.DataFrame, out: Path) -> Path:
     trained = table[table["margin_balanced"].notna()] if "margin_balanced" in table else table.iloc[0:0]
     if len(trained):
         width = 0.27
-        for k, kind in enumerate(("original", "minimal", "balanced")):
+        for k, kind in enumerate(PAIR_KINDS):
             m = trained[f"margin_{kind}"].to_numpy()
             right.bar(np.arange(len(trained)) + (k - 1) * width, m, width, label=f"{kind} pairs",
                       yerr=[m - trained[f"margin_{kind}_lo"].to_numpy(), trained[f"margin_{kind}_hi"].to_numpy() - m], capsize=2)
