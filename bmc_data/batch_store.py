@@ -14,13 +14,13 @@ Nothing here holds credentials: endpoints are stored without keys, and keys come
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache import open_cache_db, response_from_json, response_to_json  # the same file and reply format
 from .providers.base import ChatResponse
 from .redaction import redact
 
@@ -87,24 +87,10 @@ class RequestHistory:
     errors: tuple[str, ...]  # reasons of attempts that came back without a reply
 
 
-def response_to_json(response: ChatResponse) -> str:
-    return json.dumps({"text": response.text, "finish_reason": response.finish_reason,
-                       "input_tokens": response.input_tokens, "output_tokens": response.output_tokens,
-                       "model": response.model}, ensure_ascii=False)
-
-
-def response_from_json(text: str) -> ChatResponse:
-    data = json.loads(text)
-    return ChatResponse(text=data["text"], finish_reason=data["finish_reason"], input_tokens=data["input_tokens"],
-                        output_tokens=data["output_tokens"], model=data.get("model", ""), cached=True)
-
-
 class BatchStore:
     """The `batches` / `batch_requests` tables of one cache file; safe across threads and processes."""
 
     def __init__(self, path: str | Path, *, timeout_s: float = 30.0):
-        from .cache import open_cache_db  # same file, same settings as the call cache
-
         self.path, self._lock, self._conn = open_cache_db(path, timeout_s)
         with self._lock:
             self._conn.executescript(_SCHEMA)

@@ -74,11 +74,19 @@ def cache_key(identity: dict[str, Any], namespace: str, request: ChatRequest) ->
     return _key_and_request_json(identity, namespace, request)[0]
 
 
-def _response_to_json(response: ChatResponse) -> str:
+def response_to_json(response: ChatResponse) -> str:
+    """How a reply is stored (the call cache and the batch ledger)."""
     return _canonical({
         "text": response.text, "finish_reason": response.finish_reason, "input_tokens": response.input_tokens,
         "output_tokens": response.output_tokens, "model": response.model,
     })
+
+
+def response_from_json(text: str) -> ChatResponse:
+    """A stored reply, marked `cached`; malformed JSON or a missing field raises ValueError/KeyError/TypeError."""
+    data = json.loads(text)
+    return ChatResponse(text=data["text"], finish_reason=data["finish_reason"], input_tokens=data["input_tokens"],
+                        output_tokens=data["output_tokens"], model=data.get("model", ""), cached=True)
 
 
 
@@ -123,11 +131,7 @@ class CallCache:
             row = self._conn.execute("SELECT response FROM calls WHERE key = ?", (key,)).fetchone()
         if row is not None:
             try:
-                data = json.loads(row[0])
-                response = ChatResponse(
-                    text=data["text"], finish_reason=data["finish_reason"], input_tokens=data["input_tokens"],
-                    output_tokens=data["output_tokens"], model=data.get("model", ""), cached=True,
-                )
+                response = response_from_json(row[0])
             except (ValueError, KeyError, TypeError) as error:
                 logger.warning("%s: unreadable cache entry %s (%s); calling again", self.path, key[:12], error)
             else:
@@ -145,7 +149,7 @@ class CallCache:
             request_json = _canonical(request_payload(request))
         # scrubbed: a secret must not reach the disk, even inside a prompt or a reply (the key is a hash)
         values = (key, namespace, str(identity.get("provider", "")), str(identity.get("model", "")),
-                  redact(request_json), redact(_response_to_json(response)), time.time())
+                  redact(request_json), redact(response_to_json(response)), time.time())
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)", values)
         self.writes += 1

@@ -138,17 +138,12 @@ def build_provider(args: argparse.Namespace) -> Provider:
     if args.provider in REMOTE_PROVIDERS:
         from .providers.limits import ProviderLimits
 
-        if urls:
-            kwargs["base_url"] = urls[0]
+        if urls:  # several: get_provider makes them a pool of endpoints
+            kwargs["base_url"] = urls if len(urls) > 1 else urls[0]
         limits = {"max_concurrency": args.concurrency, "requests_per_minute": args.requests_per_minute,
                   "tokens_per_minute": args.tokens_per_minute, "timeout_s": args.timeout}
         kwargs["limits"] = ProviderLimits(**{k: v for k, v in limits.items() if v is not None})
     try:
-        if len(urls) > 1:
-            from .providers.pool import EndpointPool
-
-            kwargs.pop("base_url")
-            return EndpointPool.from_urls(urls, args.model, **kwargs)
         return get_provider(args.provider, args.model, **kwargs)
     except UsageError:
         raise
