@@ -182,7 +182,10 @@ def compute_completion_logps(
     if batch_size < 1:
         raise ValueError(f"precompute batch size must be >= 1, got {batch_size}")
     keys = ("prompt_ids", "chosen_ids", "rejected_ids")
-    examples = {i: {k: rows[i][k] for k in keys} for i in indices}
+    examples = {}
+    for i in indices:
+        row = rows[i]  # one read per row (a Dataset decodes the whole row on each indexing)
+        examples[i] = {k: row[k] for k in keys}
     order = sorted(indices, key=lambda i: -(len(examples[i]["prompt_ids"]) + max(len(examples[i]["chosen_ids"]),
                                                                                len(examples[i]["rejected_ids"]))))
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -226,7 +226,8 @@ def precompute_reference_columns(trainer: Any, dataset: Dataset, name: str, batc
     bar = tqdm(total=hi - lo, desc=f"Computing per-token reference log-probs for {name} dataset", unit="pair",
                disable=not acc.is_local_main_process or bool(os.environ.get("TQDM_DISABLE", "")))
     with bar:
-        values = compute_completion_logps(forward, dataset, range(lo, hi), trainer.data_collator,
+        ids = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])  # not the masks and texts
+        values = compute_completion_logps(forward, ids, range(lo, hi), trainer.data_collator,
                                           batch_size=batch_size, device=acc.device, progress=bar)
     pa_type = pa.list_(pa.float16() if identity["dtype"] == "float16" else pa.float32())
     np_dtype = STORAGE_DTYPES[identity["dtype"]]
