@@ -109,7 +109,8 @@ def trainer_reference_identity(trainer: Any) -> dict[str, Any]:
         identity = reference_identity(
             ref, tokenizer, max_length=args.max_length, truncation_mode=args.truncation_mode,
             dtype=storage_dtype(trainer), revision=(args.model_init_kwargs or {}).get("revision"),
-            weights=weights_fingerprint(ref),
+            # TRL's __init__ already fingerprinted the reference (sampled_trl_weights_hash), before any sharding
+            weights=getattr(trainer, "_precompute_model_hash", None) or weights_fingerprint(ref),
         )
         box = [identity]
         broadcast_object_list(box, from_process=0)
