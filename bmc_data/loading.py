@@ -200,9 +200,7 @@ def _python_rows(source: Any, *, split: str) -> list[dict[str, Any]]:
         records = list(source)
     elif isinstance(source, (str, Path)) and Path(source).expanduser().is_file() and \
             Path(source).suffix.lower() in (".jsonl", ".json"):
-        path = Path(source).expanduser()
-        _check_file(path)
-        records = _read_json_rows(path)
+        records = _read_json_rows(Path(source).expanduser())  # its own "the file is empty" and UTF-8 checks
     else:
         return read_rows(source, split=split).to_list()
     rows = []
