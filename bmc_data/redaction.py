@@ -96,10 +96,6 @@ def _compiled() -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
     return pattern, anchors
 
 
-def _pattern() -> re.Pattern[str] | None:
-    return _compiled()[0]
-
-
 def _scrub(text: str, pattern: re.Pattern[str] | None, anchors: tuple[str, ...]) -> str:
     # every form starts with one of a few prefixes: C-speed substring tests skip the regex for clean text
     if pattern is None or not text or not any(anchor in text for anchor in anchors):
@@ -121,7 +117,7 @@ def redact(text: str, *secrets: str | None) -> str:
 def contains_secret(text: str | bytes) -> bool:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    pattern = _pattern()
+    pattern, _ = _compiled()
     return bool(pattern is not None and pattern.search(text))
 
 
@@ -163,17 +159,18 @@ def install_log_redaction() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        if _pattern() is None:
+        pattern, anchors = _compiled()  # once per record: it reads the secret variables of the environment
+        if pattern is None:
             return record
         try:
             message = record.getMessage()
         except Exception:  # a bad format string: leave it to logging's own error report
             return record
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = _scrub(message, pattern, anchors), None
         if record.exc_info and not record.exc_text:
-            record.exc_text = redact(formatter.formatException(record.exc_info))
+            record.exc_text = _scrub(formatter.formatException(record.exc_info), pattern, anchors)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = _scrub(record.stack_info, pattern, anchors)
         return record
 
     logging.setLogRecordFactory(factory)
