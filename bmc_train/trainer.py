@@ -42,7 +42,7 @@ from bmc_data.ref_logps import REF_CHOSEN_TOKEN_LOGPS, REF_REJECTED_TOKEN_LOGPS,
 from bmc_data.schema import CHOSEN, CHOSEN_DIFF_MASK, MASK_COLUMNS, ORIGINAL_CHOSEN, REJECTED_DIFF_MASK
 
 from .config import BMCConfig
-from .losses import bmc_token_weights, compute_preference_loss, get_loss_type, token_weight_stats
+from .losses import PairLogps, bmc_token_weights, compute_preference_loss, get_loss_type, token_weight_stats
 from .reference import REF_PER_TOKEN, precompute_reference_columns, release_reference, sampled_trl_weights_hash
 from .margin_queue import GapQueue, GapQueueCallback
 
@@ -372,10 +372,9 @@ class BMCTrainer(DPOTrainer):
         if self._gap_queue is not None:
             queued = torch.tensor(self._gap_queue.sample(chosen_logps.shape[0]), dtype=chosen_logps.dtype,
                                   device=chosen_logps.device)
-        out = compute_preference_loss(
-            spec.name, self.args, chosen_logps, rejected_logps, ref_chosen, ref_rejected,
-            chosen_diff, rejected_diff, chosen_loss_mask, rejected_loss_mask, batch_inputs, queued_gaps=queued,
-        )
+        batch = PairLogps(chosen_logps, rejected_logps, ref_chosen, ref_rejected,
+                          chosen_diff, rejected_diff, chosen_loss_mask, rejected_loss_mask)
+        out = compute_preference_loss(spec.name, self.args, batch, batch_inputs=batch_inputs, queued_gaps=queued)
         if self._gap_queue is not None and mode == "train":  # evaluation reads the queue but never fills it
             self._gap_queue.extend((out.chosen_rewards - out.rejected_rewards).detach().float().cpu().tolist())
         loss = out.losses.mean()
