@@ -62,8 +62,9 @@ def run_case(case: str, url: str, n: int) -> dict:
             replies = asyncio.run(drive())
             ok = sum(1 for r in replies if r.text)
         else:
-            from bmc_data import bridge_dataset
             from bridge_throughput import make_pairs
+
+            from bmc_data import bridge_dataset
 
             out = bridge_dataset(make_pairs(n), task="instruction", provider=provider, cache_dir=cache, progress=False)
             ok = out["bmc_status"].count("bridged")

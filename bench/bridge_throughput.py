@@ -124,7 +124,7 @@ def run_peer(url: str, concurrency: int, n: int) -> tuple[float, float, dict[str
     """A hand-written peer: AsyncOpenAI + Semaphore, one create() per pair with the template's messages."""
     import openai
 
-    from bmc_data.templates import load_template
+    from bmc_data.bridging.templates import load_template
 
     template = load_template("instruction")
     pairs = make_pairs(n)

@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bmc_data import bridge_dataset, make_pairs
-    from bmc_data.schema import reason_group
+    from bmc_data.pairs.schema import reason_group
 
     result: dict = {"command": f"python bench/edit_format_embedded.py --pairs {args.pairs} --problems {args.problems} "
                                f"--answer-tokens {args.answer_tokens} --editor-tokens {args.editor_tokens}",

@@ -1,4 +1,4 @@
-"""Output tokens per pair of the two reply formats: the full rewrite of ỹ_w vs the edit list (bmc_data.edits).
+"""Output tokens per pair of the two reply formats: the full rewrite of ỹ_w vs the edit list (bmc_data.bridging.edits).
 
     python bench/edit_format_tokens.py            # QA: 300 test pairs each of ECQA, QASC, OpenBookQA; instruction: AlpacaEval
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 
-from bmc_data.edits import apply_edits, edits_between, format_edits  # noqa: E402
+from bmc_data.bridging.edits import apply_edits, edits_between, format_edits  # noqa: E402
 
 
 def _wrong_option(problem: str, answer: str, rng: random.Random) -> str | None:
@@ -86,8 +86,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "edit_format_tokens.json"))
     args = parser.parse_args()
 
-    from bmc_data.providers.embedded import embedded_model_file
     from transformers import AutoTokenizer
+
+    from bmc_data.providers.embedded import embedded_model_file
 
     path = embedded_model_file()
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bmc_data import bridge_dataset, make_pairs
-    from bmc_data.schema import reason_group
+    from bmc_data.pairs.schema import reason_group
 
     started = time.perf_counter()
     pairs = make_pairs(args.data, task="qa", keep="wrong", limit=args.limit, max_tokens=args.answer_tokens,

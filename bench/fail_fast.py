@@ -5,7 +5,7 @@
 
 Cases: a refused port, a server answering 401 to every request, a server answering 404 (unknown model), and, as the
 reference of a run that does succeed, a server that answers every request. Each case is the whole CLI in a
-subprocess (imports included: `import-only` is `python -c "import bmc_data.__main__, bmc_data.bridge"`), median of
+subprocess (imports included: `import-only` is `python -c "import bmc_data.__main__, bmc_data.bridging.bridge"`), median of
 `--repeats`. Writes bench/results/fail_fast.json.
 """
 
@@ -66,7 +66,7 @@ def main() -> None:
             for _ in range(args.repeats):  # round-robin, so the shared machine's load falls on every case alike
                 for name, url in cases.items():
                     run += 1
-                    command = [sys.executable, "-c", "import bmc_data.__main__, bmc_data.bridge"] if url is None \
+                    command = [sys.executable, "-c", "import bmc_data.__main__, bmc_data.bridging.bridge"] if url is None \
                         else bridge(url, run)
                     seconds, code = _run(command, env)
                     times[name].append(seconds)

@@ -47,9 +47,9 @@ sys.path.insert(0, str(REPO))
 
 from datasets import Dataset, disable_caching  # noqa: E402
 
-from bmc_data.diff import token_diff_masks  # noqa: E402
-from bmc_data.masks import add_diff_masks  # noqa: E402
-from bmc_data.tokenization import tokenize_pair, tokenize_pairs_batched  # noqa: E402
+from bmc_data.tokens.diff import token_diff_masks  # noqa: E402
+from bmc_data.tokens.masks import add_diff_masks  # noqa: E402
+from bmc_data.tokens.tokenization import tokenize_pair, tokenize_pairs_batched  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 CACHE = REPO / ".bmc_cache" / "bench"

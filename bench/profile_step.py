@@ -33,9 +33,8 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     from torch.profiler import ProfilerActivity, profile
-    from transformers import TrainerCallback
-
     from train_overhead import make_trainer  # bench/ is on sys.path when this file runs as a script
+    from transformers import TrainerCallback
 
     trainer = make_trainer(args)  # BMC with the default δ (train_overhead.py times δ = 2)
 

@@ -37,8 +37,8 @@ def main() -> None:
     from trl.trainer.dpo_trainer import DataCollatorForPreference
     from trl.trainer.utils import add_fused_lm_head
 
-    from bmc_data.diff import token_diff_masks
-    from bmc_data.tokenization import tokenize_pairs_batched
+    from bmc_data.tokens.diff import token_diff_masks
+    from bmc_data.tokens.tokenization import tokenize_pairs_batched
     from bmc_train.losses import bmc_dpo_loss
     from bmc_train.testing import qa_bridged_rows, read_qa_rows, save_gguf_as_float32, smollm2_gguf
 

@@ -41,7 +41,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import datasets  # noqa: E402
-
 from mask_building import CACHE, ULTRAFEEDBACK_ROWS, load_corpus, load_tokenizer, synthesize  # noqa: E402
 
 # The page's budget: what "opens fast" means for a 61k-row dataset on a laptop-class machine.
@@ -68,7 +67,7 @@ def _cpu() -> float:
 
 def bridged_rows(n: int, seed: int) -> datasets.Dataset:
     """Masked synthetic rows, built once and cached (masks from the SmolLM2 tokenizer)."""
-    from bmc_data.masks import add_diff_masks
+    from bmc_data.tokens.masks import add_diff_masks
 
     target = CACHE / f"report-rows-{n}-{seed}"
     if (target / "dataset_info.json").exists():

@@ -14,22 +14,22 @@ __version__ = "0.1.0"
 
 # Lazy attributes keep `import bmc_data` fast (no torch/transformers until used).
 _EXPORTS = {
-    "bridge_dataset": "bridge", "BridgeSummary": "bridge",
-    "load_pairs": "loading", "LoadedPairs": "loading", "InvalidRowError": "loading",
-    "make_pairs": "pairs",
-    "PreferencePair": "schema", "Status": "schema", "Task": "schema",
-    "load_template": "templates", "Template": "templates",
-    "token_diff_masks": "diff",
-    "add_diff_masks": "masks", "masks_fit": "masks",
-    "add_edit_distance_stats": "stats", "summarize_edit_distances": "stats", "plot_edit_distances": "stats",
-    "load_bridged": "hub", "save_bridged": "hub", "push_bridged": "hub",
+    "bridge_dataset": "bridging.bridge", "BridgeSummary": "bridging.bridge",
+    "load_pairs": "pairs.loading", "LoadedPairs": "pairs.loading", "InvalidRowError": "pairs.loading",
+    "make_pairs": "bridging.sampling",
+    "PreferencePair": "pairs.schema", "Status": "pairs.schema", "Task": "pairs.schema",
+    "load_template": "bridging.templates", "Template": "bridging.templates",
+    "token_diff_masks": "tokens.diff",
+    "add_diff_masks": "tokens.masks", "masks_fit": "tokens.masks",
+    "add_edit_distance_stats": "tokens.stats", "summarize_edit_distances": "tokens.stats", "plot_edit_distances": "tokens.stats",
+    "load_bridged": "hub.load", "save_bridged": "hub.save", "push_bridged": "hub.push",
     "get_provider": "providers",
     "BMCError": "errors", "UsageError": "errors", "InputError": "errors", "CredentialError": "errors",
     "SystemicFailure": "errors", "AllRowsFailed": "errors",
-    "add_dcrm": "pair_quality", "best_of_n2_pairs": "pair_quality", "SequenceClassifierReward": "pair_quality",
-    "add_implicit_reward_margins": "selection", "add_alignment_potential": "selection",
-    "add_dual_margin": "selection", "select_top": "selection",
-    "render_report": "report",
+    "add_dcrm": "selection.pair_quality", "best_of_n2_pairs": "selection.pair_quality", "SequenceClassifierReward": "selection.pair_quality",
+    "add_implicit_reward_margins": "selection.margins", "add_alignment_potential": "selection.margins",
+    "add_dual_margin": "selection.margins", "select_top": "selection.margins",
+    "render_report": "report.page",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -47,17 +47,39 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .bridge import BridgeSummary, bridge_dataset
-    from .diff import token_diff_masks
-    from .errors import AllRowsFailed, BMCError, CredentialError, InputError, SystemicFailure, UsageError
-    from .hub import load_bridged, push_bridged, save_bridged
-    from .loading import InvalidRowError, LoadedPairs, load_pairs
-    from .masks import add_diff_masks, masks_fit
-    from .pair_quality import SequenceClassifierReward, add_dcrm, best_of_n2_pairs
-    from .pairs import make_pairs
+    from .bridging.bridge import BridgeSummary, bridge_dataset
+    from .bridging.sampling import make_pairs
+    from .bridging.templates import Template, load_template
+    from .errors import (
+        AllRowsFailed,
+        BMCError,
+        CredentialError,
+        InputError,
+        SystemicFailure,
+        UsageError,
+    )
+    from .hub.load import load_bridged
+    from .hub.push import push_bridged
+    from .hub.save import save_bridged
+    from .pairs.loading import InvalidRowError, LoadedPairs, load_pairs
+    from .pairs.schema import PreferencePair, Status, Task
     from .providers import get_provider
-    from .report import render_report
-    from .schema import PreferencePair, Status, Task
-    from .selection import add_alignment_potential, add_dual_margin, add_implicit_reward_margins, select_top
-    from .stats import add_edit_distance_stats, plot_edit_distances, summarize_edit_distances
-    from .templates import Template, load_template
+    from .report.page import render_report
+    from .selection.margins import (
+        add_alignment_potential,
+        add_dual_margin,
+        add_implicit_reward_margins,
+        select_top,
+    )
+    from .selection.pair_quality import (
+        SequenceClassifierReward,
+        add_dcrm,
+        best_of_n2_pairs,
+    )
+    from .tokens.diff import token_diff_masks
+    from .tokens.masks import add_diff_masks, masks_fit
+    from .tokens.stats import (
+        add_edit_distance_stats,
+        plot_edit_distances,
+        summarize_edit_distances,
+    )

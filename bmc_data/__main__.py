@@ -18,10 +18,17 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import REMOTE_PROVIDERS, add_logging_args, add_provider_args, build_provider, check_provider_args, positive_int, setup_logging
-from .errors import AllRowsFailed, run_cli
+from .cli.args import (
+    REMOTE_PROVIDERS,
+    add_provider_args,
+    build_provider,
+    check_provider_args,
+    positive_int,
+)
+from .errors import AllRowsFailed
+from .pairs.schema import Status, Task
 from .redaction import redact
-from .schema import Status, Task
+from .runner import add_logging_args, run_cli, setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--out", required=True, help="output folder")
     add_provider_args(bridge, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc")
     add_logging_args(bridge)
-    from .batches_cli import add_parser as add_batches_parser
+    from .cli.batches import add_parser as add_batches_parser
 
     add_batches_parser(sub, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc")
     return parser
@@ -70,15 +77,15 @@ def write_outputs(dataset, summary, out: Path) -> None:
 def _bridge(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "batches":
-        from .batches_cli import run as run_batches
+        from .cli.batches import run as run_batches
 
         setup_logging()
         return run_batches(args)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     check_provider_args(args)  # every option is checked before any data is read, model loaded or call made
-    from .bridge import bridge_dataset
-    from .loading import load_pairs
-    from .pairs import make_pairs
+    from .bridging.bridge import bridge_dataset
+    from .bridging.sampling import make_pairs
+    from .pairs.loading import load_pairs
     from .providers.accounting import usage_since
 
     out = Path(args.out)

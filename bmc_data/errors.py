@@ -8,23 +8,17 @@
     ├── SystemicFailure   the run was stopped: the server refused, the key was rejected, ... (exit 3)
     └── AllRowsFailed     the run finished but not one row succeeded (exit 4)
 
-`run_cli(main, argv)` turns any of them into ONE redacted line on stderr (`error: ...`) and its exit code; an
-unexpected exception gets one line too, plus how to see the traceback (`--debug` or `BMC_DEBUG=1`).
-The exit codes are documented in docs/errors.md.
+`bmc_data.runner.run_cli(main, argv)` turns any of them into ONE redacted line on stderr (`error: ...`) and its
+exit code. The exit codes are documented in docs/errors.md. This module imports nothing from bmc_data: every
+other module may import it.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-import traceback
-from collections.abc import Callable, Sequence
-
 __all__ = [
     "BMCError", "UsageError", "CredentialError", "InputError", "MissingFileError", "SystemicFailure", "AllRowsFailed",
     "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_SYSTEMIC", "EXIT_ALL_FAILED", "EXIT_INTERRUPTED",
-    "debug_enabled", "run_cli",
+    "first_line",
 ]
 
 EXIT_OK = 0
@@ -86,39 +80,3 @@ def first_line(error: BaseException) -> str:
         cause = cause.__cause__
     lines = str(cause).strip().splitlines()
     return lines[0][:300] if lines else type(cause).__name__
-
-def debug_enabled(argv: Sequence[str] | None = None) -> bool:
-    return "--debug" in (argv or ()) or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def run_cli(main: Callable[[list[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run a CLI `main(argv) -> exit code` so that every failure ends in one clear, redacted line.
-
-    `--debug` (removed from argv here) or `BMC_DEBUG=1` re-raises instead, for the full traceback."""
-    from .redaction import install_log_redaction, redact
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = debug_enabled(args)
-    args = [a for a in args if a != "--debug"]
-    install_log_redaction()
-    try:
-        return main(args)
-    except SystemExit:
-        raise  # argparse's own usage errors (exit 2) and --help (exit 0)
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume (LLM calls are cached)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BMCError as error:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        return error.exit_code
-    except Exception as error:  # a bug or an unforeseen failure: still one line, unless asked for more
-        if debug:
-            print(redact(traceback.format_exc()), file=sys.stderr)
-        else:
-            logging.getLogger("bmc").debug("unexpected error", exc_info=True)
-        first = redact(str(error)).strip().splitlines()
-        print(f"error: {type(error).__name__}: {first[0] if first else ''} (rerun with --debug or {DEBUG_ENV}=1 "
-              "for the traceback, and please report it)", file=sys.stderr)
-        return EXIT_FAILURE

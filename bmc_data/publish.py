@@ -21,11 +21,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_args import REMOTE_PROVIDERS, add_logging_args, add_provider_args, build_provider, check_provider_args, positive_int, setup_logging
-from .errors import (
-    EXIT_FAILURE, EXIT_OK, EXIT_USAGE, AllRowsFailed, InputError, MissingFileError, SystemicFailure, UsageError, first_line,
-    run_cli,
+from .cli.args import (
+    REMOTE_PROVIDERS,
+    add_provider_args,
+    build_provider,
+    check_provider_args,
+    positive_int,
 )
+from .errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    AllRowsFailed,
+    InputError,
+    MissingFileError,
+    SystemicFailure,
+    UsageError,
+    first_line,
+)
+from .runner import add_logging_args, run_cli, setup_logging
 
 DEFAULT_SOURCE = "HuggingFaceH4/ultrafeedback_binarized"
 DEFAULT_SOURCE_SPLIT = "train_prefs"
@@ -101,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
-    from .loading import looks_like_hub_id
+    from .pairs.loading import looks_like_hub_id
 
     path = Path(name).expanduser()
     if not path.exists() and not looks_like_hub_id(name):
@@ -132,8 +146,9 @@ def _check_test_size(test_size: float | int | None, rows: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    from .bridge import bridge_dataset
-    from .hub import push_bridged, save_bridged
+    from .bridging.bridge import bridge_dataset
+    from .hub.push import push_bridged
+    from .hub.save import save_bridged
 
     repo_name = (args.repo or "bmc-dataset").split("/")[-1]
     out = Path(args.out) if args.out else Path("bmc-publish") / repo_name
@@ -149,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         from .redaction import register_secret
 
         register_secret(get_token())  # the saved `hf auth login` token is a secret too
-    from .loading import load_pairs
+    from .pairs.loading import load_pairs
 
     pairs = load_pairs(args.source, task=args.task, layout=args.layout, split=split, limit=args.limit,
                        on_invalid="skip" if args.skip_invalid else "raise")
@@ -166,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         raise AllRowsFailed(f"every one of the {summary.total} pair(s) failed (most common reason: {first}); "
                             f"nothing written or pushed")
     if tokenizer is not None:
-        from .masks import add_diff_masks
+        from .tokens.masks import add_diff_masks
 
         dataset = add_diff_masks(dataset, tokenizer)
     identity = dict(provider.identity()) if provider is not None and hasattr(provider, "identity") else {}
@@ -179,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         report_path=None if args.no_report else "report.html",
     )
     if not args.no_report:
-        from .report import render_report
+        from .report.page import render_report
 
         render_report(dataset, out / "report.html", tokenizer=tokenizer, source=f"{args.source} (split {split})",
                       progress=not args.quiet)

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bmc_data.errors import InputError, MissingFileError, UsageError, first_line, run_cli
-from bmc_data.schema import CHOSEN, ORIGINAL_CHOSEN, PROMPT, REJECTED, STATUS
+from bmc_data.errors import InputError, MissingFileError, UsageError, first_line
+from bmc_data.pairs.schema import CHOSEN, ORIGINAL_CHOSEN, PROMPT, REJECTED, STATUS
+from bmc_data.runner import run_cli
 
 logger = logging.getLogger("bmc_train")
 
@@ -77,7 +78,7 @@ def load_preference_dataset(name: str, config: str | None = None):
     """A `DatasetDict` from a bmc_data folder, a data file, or a Hub id; a bad source is an `InputError`."""
     from datasets import Dataset, DatasetDict, load_dataset
 
-    from bmc_data.loading import _python_rows, looks_like_hub_id
+    from bmc_data.pairs.loading import _python_rows, looks_like_hub_id
 
     path = Path(name).expanduser()
     if path.is_file():
@@ -107,7 +108,7 @@ def check_rows(rows, where: str, *, use_original_chosen: bool = False) -> None:
     """Every row through bmc_data's loader (the same checks as bridging) before TRL sees it: a wrong type or a
     missing field is an `InputError` naming the row and the field; pairs with chosen == rejected are counted in one
     warning (they carry no preference)."""
-    from bmc_data.loading import load_pairs
+    from bmc_data.pairs.loading import load_pairs
 
     columns = [PROMPT, CHOSEN, REJECTED] + ([ORIGINAL_CHOSEN] if use_original_chosen else [])
     if not isinstance(rows, list):
@@ -132,7 +133,7 @@ def check_rows(rows, where: str, *, use_original_chosen: bool = False) -> None:
 
 def check_model_path(name: str) -> None:
     """A model given as a path must exist (a Hub id is left to transformers)."""
-    from bmc_data.loading import looks_like_hub_id
+    from bmc_data.pairs.loading import looks_like_hub_id
 
     if not Path(name).expanduser().exists() and not looks_like_hub_id(name):
         raise MissingFileError(f"--model_name_or_path {name}: no such folder (nor a Hub model id of the form "
@@ -207,7 +208,7 @@ def select_rows(dataset, split_label: str, *, status_filter: str, use_original_c
 
 
 def _main(argv: list[str] | None) -> int:
-    from bmc_data.cli_args import setup_logging
+    from bmc_data.runner import setup_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(quiet="--quiet" in argv, verbose="--verbose" in argv)

@@ -22,7 +22,10 @@ _UNSUPPORTED_DEFAULTS = {
 
 def _bf16_available() -> bool:
     try:
-        from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+        from transformers.utils import (
+            is_torch_bf16_gpu_available,
+            is_torch_xla_available,
+        )
 
         return bool(is_torch_bf16_gpu_available() or is_torch_xla_available())
     except Exception:  # pragma: no cover - very old transformers

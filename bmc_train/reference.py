@@ -1,7 +1,7 @@
 """`precompute_ref_log_probs=True` for BMCTrainer: one no-grad reference pass, per-token values as dataset columns.
 
 TRL precomputes one summed reference log-prob per response; BMC weights each token's log-ratio, so this pass keeps
-the reference log-prob of every scored completion token (layout and identity in `bmc_data.ref_logps`). The pass:
+the reference log-prob of every scored completion token (layout and identity in `bmc_data.tokens.ref_logps`). The pass:
 
 * batches rows with the trainer's own collator (so tokenization, truncation and shifting are the training step's),
   longest first, `precompute_ref_batch_size` rows per batch, under a tqdm bar, in the reference model (or the PEFT
@@ -12,7 +12,7 @@ the reference log-prob of every scored completion token (layout and identity in 
   datasets cache by default, `precompute_ref_cache_dir` otherwise);
 * caches the merged columns as one Arrow file named by a hash of the dataset fingerprint and the reference identity
   (model, revision, weights fingerprint, tokenizer, max_length, truncation mode, dtype): a rerun, or `evaluate`, finds
-  it and computes nothing. Columns a dataset already carries (`bmc_data.ref_logps.add_reference_logps`) are used only
+  it and computes nothing. Columns a dataset already carries (`bmc_data.tokens.ref_logps.add_reference_logps`) are used only
   when their identity equals the trainer's; otherwise a log line says why they are recomputed.
 """
 
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from bmc_data.ref_logps import (
+from bmc_data.tokens.ref_logps import (
     REF_CHOSEN_TOKEN_LOGPS,
     REF_COLUMNS,
     REF_LOGPS_IDENTITY,

@@ -4,8 +4,8 @@ What is overridden, and why (everything else — tokenization, ref-model creatio
 logging, saving — is TRL's own code path):
 
 * `_prepare_dataset`: after TRL tokenizes, keep the dataset's diff masks when they were built for this tokenizer
-  (`bmc_data.masks.masks_fit`) and have one entry per `chosen_ids`/`rejected_ids` token; otherwise compute them once
-  in a `Dataset.map` with `bmc_data.diff.token_diff_masks` (never in the training step).
+  (`bmc_data.tokens.masks.masks_fit`) and have one entry per `chosen_ids`/`rejected_ids` token; otherwise compute them once
+  in a `Dataset.map` with `bmc_data.tokens.diff.token_diff_masks` (never in the training step).
   A loss type with per-example inputs (`LossTypeSpec.batch_inputs`, e.g. MADPO's `reward_margin`) needs those
   columns in the dataset: a clear error names them before any training step.
 * `_set_signature_columns_if_needed`: keep the two mask columns (and those per-example columns), which TRL would drop
@@ -37,14 +37,35 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer
 from trl.trainer.utils import use_adapter
 
-from bmc_data.diff import token_diff_masks
-from bmc_data.ref_logps import REF_CHOSEN_TOKEN_LOGPS, REF_REJECTED_TOKEN_LOGPS, scatter_completion_logps
-from bmc_data.schema import CHOSEN, CHOSEN_DIFF_MASK, MASK_COLUMNS, ORIGINAL_CHOSEN, REJECTED_DIFF_MASK
+from bmc_data.pairs.schema import (
+    CHOSEN,
+    CHOSEN_DIFF_MASK,
+    MASK_COLUMNS,
+    ORIGINAL_CHOSEN,
+    REJECTED_DIFF_MASK,
+)
+from bmc_data.tokens.diff import token_diff_masks
+from bmc_data.tokens.ref_logps import (
+    REF_CHOSEN_TOKEN_LOGPS,
+    REF_REJECTED_TOKEN_LOGPS,
+    scatter_completion_logps,
+)
 
 from .config import BMCConfig
-from .losses import PairLogps, bmc_token_weights, compute_preference_loss, get_loss_type, token_weight_stats
-from .reference import REF_PER_TOKEN, precompute_reference_columns, release_reference, sampled_trl_weights_hash
+from .losses import (
+    PairLogps,
+    bmc_token_weights,
+    compute_preference_loss,
+    get_loss_type,
+    token_weight_stats,
+)
 from .margin_queue import GapQueue, GapQueueCallback
+from .reference import (
+    REF_PER_TOKEN,
+    precompute_reference_columns,
+    release_reference,
+    sampled_trl_weights_hash,
+)
 
 __all__ = ["BMCTrainer", "DataCollatorForBMC", "compute_diff_mask_columns"]
 
@@ -68,7 +89,7 @@ class DataCollatorForBMC(DataCollatorForPreference):
     Each column in `float_columns` (per-example numbers such as MADPO's `reward_margin`) is returned as a `[B]`
     float32 tensor under its own name. Examples with precomputed per-token reference log-probs
     (`ref_chosen_token_logps` / `ref_rejected_token_logps`) also get `ref_per_token_logps`, a `(2B, L-1)` float32
-    tensor aligned with the shifted completion mask (`bmc_data.ref_logps.scatter_completion_logps`).
+    tensor aligned with the shifted completion mask (`bmc_data.tokens.ref_logps.scatter_completion_logps`).
     """
 
     float_columns: tuple[str, ...] = ()
@@ -142,7 +163,7 @@ def _stored_masks_usable(dataset: Dataset | IterableDataset, tokenizer: Any) -> 
         return False  # streaming: cannot check every row up front, so recompute on the fly
     if any(c not in dataset.column_names for c in MASK_COLUMNS):
         return False
-    from bmc_data.masks import masks_fit
+    from bmc_data.tokens.masks import masks_fit
 
     if not masks_fit(dataset, tokenizer):
         return False
@@ -172,8 +193,8 @@ def compute_diff_mask_columns(
     columns = dataset.column_names or []
     stale = [c for c in (CHOSEN_DIFF_MASK, REJECTED_DIFF_MASK) if c in columns]
     if stale:
-        from bmc_data.schema import MASK_TOKENIZER
-        from bmc_data.tokenization import tokenizer_name
+        from bmc_data.pairs.schema import MASK_TOKENIZER
+        from bmc_data.tokens.tokenization import tokenizer_name
 
         built_for = dataset.unique(MASK_TOKENIZER) if MASK_TOKENIZER in columns and isinstance(dataset, Dataset) \
             else ["an unrecorded tokenizer"]
@@ -184,7 +205,7 @@ def compute_diff_mask_columns(
         dataset = dataset.remove_columns(stale)
     ignore = None
     if ignore_stopwords:
-        from bmc_data.stopwords import stopword_token_ids
+        from bmc_data.tokens.stopwords import stopword_token_ids
 
         ignore = frozenset(stopword_token_ids(tokenizer))
     kwargs: dict[str, Any] = {"fn_kwargs": {"ignore_token_ids": ignore}}
@@ -213,7 +234,7 @@ class BMCTrainer(DPOTrainer):
 
     Same arguments as `DPOTrainer`; `args` must be a [`BMCConfig`]. The dataset is a TRL preference dataset
     (`prompt`, `chosen`, `rejected`), optionally with `chosen_diff_mask` / `rejected_diff_mask` from
-    `bmc_data.masks.add_diff_masks` (computed here otherwise). Vision datasets are not supported.
+    `bmc_data.tokens.masks.add_diff_masks` (computed here otherwise). Vision datasets are not supported.
     """
 
     _tag_names = ["trl", "dpo", "bmc"]

@@ -1,1 +1,1 @@
-"""Versioned prompt templates for targeted modification (data files; loaded by bmc_data.templates)."""
+"""Versioned prompt templates for targeted modification (data files; loaded by bmc_data.bridging.templates)."""

@@ -32,7 +32,13 @@ from urllib.parse import parse_qs, urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llm_servers import _completion, _messages, _words, bridge_reply, serve_until_signalled  # noqa: E402
+from llm_servers import (  # noqa: E402
+    _completion,
+    _messages,
+    _words,
+    bridge_reply,
+    serve_until_signalled,
+)
 
 
 @dataclass

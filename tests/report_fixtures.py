@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import datasets
-
-from bmc_data import schema
 from test_hub import bridged_rows, tiny_tokenizer, with_masks
+
+from bmc_data.pairs import schema
 
 INJECTION = '<img src=x onerror="window.__pwned=1"></pre><script>window.__pwned=2</script>'
 UNICODE = "Le café coûte 3 €, naïve 数学 🙂."

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bmc_data.answers import answers_match, check_answer, extract_answer
+from bmc_data.pairs.answers import answers_match, check_answer, extract_answer
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -11,16 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+from batch_servers import BatchScript, BatchServer
+from llm_servers import LLMServer, bridge_reply
 
 from bmc_data import bridge_dataset
-from bmc_data.batch_store import COLLECTED, BatchStore
 from bmc_data.errors import SystemicFailure
 from bmc_data.providers import ChatRequest, Pricing, ProviderLimits, get_provider
 from bmc_data.providers.anthropic_batch import AnthropicBatchProvider
+from bmc_data.providers.batch_store import COLLECTED, BatchStore
 from bmc_data.providers.openai_batch import OpenAIBatchProvider
-
-from batch_servers import BatchScript, BatchServer
-from llm_servers import LLMServer, bridge_reply
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ProviderLimits(max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=10)
@@ -299,9 +298,9 @@ def test_a_recorded_open_batch_is_waited_for_not_resubmitted(api, server, tmp_pa
     """What a rerun after a kill sees: requests already in a submitted batch wait for it (both APIs)."""
     import asyncio
 
-    from bmc_data.bridge import Bridger
-    from bmc_data.schema import PreferencePair, Task
-    from bmc_data.templates import load_template
+    from bmc_data.bridging.bridge import Bridger
+    from bmc_data.bridging.templates import load_template
+    from bmc_data.pairs.schema import PreferencePair, Task
 
     data = pairs(3)
     first = make(api, server, cache_dir=tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,14 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from llm_servers import Fault, LLMServer, _section, bridge_reply
 
 from bmc_data import bridge_dataset
+from bmc_data.bridging.templates import load_template
 from bmc_data.providers.anthropic_messages import AnthropicProvider
 from bmc_data.providers.limits import ProviderLimits
 from bmc_data.providers.openai_chat import OpenAIProvider
-from bmc_data.templates import load_template
-
-from llm_servers import Fault, LLMServer, _section, bridge_reply
 
 FAST = ProviderLimits(max_concurrency=8, timeout_s=2.0, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05)
 SECRET = "sk-test-SECRET-0123456789"
@@ -219,7 +217,7 @@ def test_embedded_smollm2_bridges_real_qa_pairs_end_to_end(shared_data, tmp_path
     test asserts the contract — one row per pair, a status and a reason for each, provenance, cache reuse — and
     not the quality of its edits."""
     from bmc_data import make_pairs
-    from bmc_data.schema import Status
+    from bmc_data.pairs.schema import Status
 
     pairs = make_pairs(shared_data / "qa" / "ecqa-train.jsonl", task="qa", limit=2, max_tokens=32,
                        cache_dir=tmp_path, progress=False)

@@ -10,12 +10,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from bmc_data.cache import CachedProvider, CallCache, cache_key
-from bmc_data.providers import ChatRequest, ChatResponse, Pricing, ProviderError, ProviderLimits
-from bmc_data.providers.openai_chat import OpenAIProvider
-
 from llm_servers import Fault, LLMServer
+
+from bmc_data.providers import (
+    ChatRequest,
+    ChatResponse,
+    Pricing,
+    ProviderError,
+    ProviderLimits,
+)
+from bmc_data.providers.cache import CachedProvider, CallCache, cache_key
+from bmc_data.providers.openai_chat import OpenAIProvider
 
 SECRET = "sk-test-SECRET-cache-0123456789"
 FAST = ProviderLimits(max_concurrency=16, timeout_s=2.0, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05)
@@ -157,7 +162,7 @@ def test_rows_committed_before_sigkill_survive(tmp_path):
     path = tmp_path / "calls.sqlite"
     child = textwrap.dedent(f"""
         import os, signal, sys
-        from bmc_data.cache import CallCache, cache_key
+        from bmc_data.providers.cache import CallCache, cache_key
         from bmc_data.providers.base import ChatRequest, ChatResponse
         cache = CallCache({str(path)!r})
         for i in range(50):

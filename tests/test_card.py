@@ -6,12 +6,18 @@ import datasets
 import pandas as pd
 import pytest
 from huggingface_hub import DatasetCard, DatasetCardData
-
-from bmc_data import schema
-from bmc_data.card import render_dataset_card, safe_provider_info, size_category, validate_card
-from bmc_data.hub import partition_by_status, save_bridged, status_counts, top_reasons
-from bmc_data.templates import load_template
 from test_hub import REPO, TOKEN, bridged_rows
+
+from bmc_data.bridging.templates import load_template
+from bmc_data.hub.card import (
+    render_dataset_card,
+    safe_provider_info,
+    size_category,
+    validate_card,
+)
+from bmc_data.hub.facts import status_counts, top_reasons
+from bmc_data.hub.save import partition_by_status, save_bridged
+from bmc_data.pairs import schema
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +122,8 @@ def test_saved_card_matches_saved_files(tmp_path, rows):
 
 
 def test_stand_in_hub_validates_the_card(tmp_path, card):
-    from huggingface_hub import HfApi
-
     from hub_server import HubServer, hub_endpoint
+    from huggingface_hub import HfApi
 
     with HubServer() as server, hub_endpoint(server, cache_dir=tmp_path / "hf"):
         api = HfApi(token="hf_x")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bmc_data.diff import levenshtein_distance, token_diff_masks
+from bmc_data.tokens.diff import levenshtein_distance, token_diff_masks
 
 
 def dp_distance(a: list[int], b: list[int]) -> int:

@@ -7,14 +7,21 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from llm_servers import LLMServer, _section
 
 from bmc_data import bridge_dataset
-from bmc_data.edits import Edit, EditError, apply_edits, edits_between, format_edits, parse_edit_reply, parse_edits
-from bmc_data.parsing import Verdict
+from bmc_data.bridging.edits import (
+    Edit,
+    EditError,
+    apply_edits,
+    edits_between,
+    format_edits,
+    parse_edit_reply,
+    parse_edits,
+)
+from bmc_data.bridging.parsing import Verdict
+from bmc_data.bridging.templates import load_template
 from bmc_data.providers import get_provider
-from bmc_data.templates import load_template
-
-from llm_servers import LLMServer, _section
 
 # few distinct characters and words: repeated spans (the ambiguous case) are common
 WORDS = st.sampled_from(["a", "b", "the", "cat", "sat", "on", "mat", "42", "é", "\n", " ", ".", ",", "  ", "(", "x=1"])

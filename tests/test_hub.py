@@ -12,13 +12,15 @@ from pathlib import Path
 
 import datasets
 import pytest
+from hub_server import HubServer, hub_endpoint, wait_until
 from huggingface_hub import DatasetCard, HfApi
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from bmc_data import schema
-from bmc_data.hub import load_bridged, local_files, push_bridged, save_bridged
-from hub_server import HubServer, hub_endpoint, wait_until
+from bmc_data.hub.load import load_bridged
+from bmc_data.hub.push import local_files, push_bridged
+from bmc_data.hub.save import save_bridged
+from bmc_data.pairs import schema
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TOKEN = "hf_bmcTestToken0123456789abcdefSECRET"
@@ -74,7 +76,7 @@ def tiny_tokenizer(vocab_size: int = 600, extra: str = "") -> PreTrainedTokenize
 
 
 def with_masks(dataset: datasets.Dataset, tokenizer) -> datasets.Dataset:
-    from bmc_data.masks import add_diff_masks
+    from bmc_data.tokens.masks import add_diff_masks
 
     return add_diff_masks(dataset, tokenizer)
 
@@ -122,8 +124,8 @@ def test_round_trip_rows_and_masks(hub, tmp_path, tokenizer, caplog):
     with caplog.at_level(logging.WARNING, logger="bmc_data.hub"):
         refit = load_bridged(REPO, tokenizer=other, cache_dir=tmp_path / "c3")
     assert "recomputing diff masks" in caplog.text
-    from bmc_data.masks import masks_fit
-    from bmc_data.tokenization import tokenizer_fingerprint
+    from bmc_data.tokens.masks import masks_fit
+    from bmc_data.tokens.tokenization import tokenizer_fingerprint
 
     assert masks_fit(refit, other) and not masks_fit(refit, tokenizer)
     assert set(refit[schema.MASK_TOKENIZER_HASH]) == {tokenizer_fingerprint(other)}
@@ -208,7 +210,7 @@ def test_killed_push_leaves_no_partial_commit_and_repush_completes(hub, tmp_path
     out = save_bridged(bridged_rows(), tmp_path / "out", repo_id=REPO, stats=False)
     hub.inject_fault("lfs_upload_stall")  # the first LFS upload stops halfway; then we kill the client
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf")}
-    script = f"from bmc_data.hub import push_bridged; push_bridged({str(out)!r}, {REPO!r})"
+    script = f"from bmc_data import push_bridged; push_bridged({str(out)!r}, {REPO!r})"
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -300,7 +302,7 @@ def test_token_never_leaks(hub, tmp_path, capsys, caplog):
 
 
 def test_stats_plots_are_published(hub, tmp_path):
-    pytest.importorskip("bmc_data.stats")
+    pytest.importorskip("bmc_data.tokens.stats")
     out = save_bridged(bridged_rows(), tmp_path / "out", repo_id=REPO)
     pngs = sorted((out / "figures").glob("*.png"))
     assert pngs and all(p.stat().st_size > 0 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
@@ -312,7 +314,7 @@ def test_stats_plots_are_published(hub, tmp_path):
 
 
 def test_precomputed_stats_and_plots_are_used(tmp_path):
-    stats = pytest.importorskip("bmc_data.stats")
+    stats = pytest.importorskip("bmc_data.tokens.stats")
     data = bridged_rows()
     with_stats = stats.add_edit_distance_stats(data)
     out = tmp_path / "out"

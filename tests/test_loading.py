@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from bmc_data import InvalidRowError, PreferencePair, load_pairs
-from bmc_data.schema import Task
+from bmc_data.pairs.schema import Task
 
 STANDARD = [
     {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_batches import float64_default  # noqa: F401  (autouse fixture)
+from loss_batches import random_batch as _batch
 
-from loss_batches import float64_default, random_batch as _batch  # noqa: F401  (autouse fixture)
 from bmc_train.losses import (
     LOSS_TYPES,
     LossTypeSpec,
@@ -26,11 +27,6 @@ from bmc_train.losses import (
     register_loss_type,
     token_weight_stats,
 )
-
-
-
-
-
 
 # --- λ ---------------------------------------------------------------------------------------------------------
 

@@ -12,18 +12,18 @@ from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from bmc_data.diff import token_diff_masks
-from bmc_data.masks import add_diff_masks, check_masks, masks_fit
-from bmc_data.schema import (
+from bmc_data.pairs.schema import (
     CHOSEN_DIFF_MASK,
     MASK_TOKENIZER,
     MASK_TOKENIZER_HASH,
     REJECTED_DIFF_MASK,
     STATUS,
 )
-from bmc_data import tokenization
-from bmc_data.stopwords import load_stopwords, stopword_token_ids
-from bmc_data.tokenization import (
+from bmc_data.tokens import tokenization
+from bmc_data.tokens.diff import token_diff_masks
+from bmc_data.tokens.masks import add_diff_masks, check_masks, masks_fit
+from bmc_data.tokens.stopwords import load_stopwords, stopword_token_ids
+from bmc_data.tokens.tokenization import (
     _batch_encoder,
     tokenize_pair,
     tokenize_pairs_batched,

@@ -9,19 +9,25 @@ import logging
 import time
 
 import pytest
+from llm_servers import Fault, LLMServer, bridge_reply
 
 from bmc_data import bridge_dataset, load_pairs
 from bmc_data.errors import (
-    AllRowsFailed, BMCError, CredentialError, InputError, MissingFileError, SystemicFailure, UsageError, run_cli,
+    AllRowsFailed,
+    BMCError,
+    CredentialError,
+    InputError,
+    MissingFileError,
+    SystemicFailure,
+    UsageError,
 )
-from bmc_data.loading import InvalidRowError
+from bmc_data.pairs.loading import InvalidRowError
 from bmc_data.providers.anthropic_messages import AnthropicProvider
 from bmc_data.providers.base import ProviderError
 from bmc_data.providers.limits import ProviderLimits
 from bmc_data.providers.openai_chat import OpenAIProvider
 from bmc_data.redaction import contains_secret, redact, register_secret, secret_forms
-
-from llm_servers import Fault, LLMServer, bridge_reply
+from bmc_data.runner import run_cli
 
 # production-like retries (7 attempts, 1 s base backoff): a systemic failure must not wait them out
 REAL = ProviderLimits(max_concurrency=4, timeout_s=5.0)

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from llm_servers import Fault, LLMServer, bridge_reply
 
 from bmc_data.__main__ import main as bridge_main
 from bmc_data.publish import main as publish_main
 from bmc_data.redaction import secret_forms
-
-from llm_servers import Fault, LLMServer, bridge_reply
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-cliSECRET-Distinct-0a1b2c3d4e5f"

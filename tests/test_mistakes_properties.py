@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from llm_servers import LLMServer, bridge_reply
 
 from bmc_data import bridge_dataset, load_pairs
 from bmc_data.errors import InputError
-from bmc_data.loading import InvalidRowError
+from bmc_data.pairs.loading import InvalidRowError
+from bmc_data.pairs.schema import PreferencePair
 from bmc_data.providers.limits import ProviderLimits
 from bmc_data.providers.openai_chat import OpenAIProvider
-from bmc_data.schema import PreferencePair
 from bmc_train.cli import check_rows
-
-from llm_servers import LLMServer, bridge_reply
 
 HUGE = "word " * 40_000
 texts = st.one_of(st.text(max_size=30), st.just(""), st.just("   \n"), st.just(HUGE), st.just("caf\u00e9 \u2603 \x00"))

@@ -9,12 +9,16 @@ import logging
 
 import pytest
 from datasets import Dataset
+from test_hub import tiny_tokenizer
 
-from bmc_data.schema import CHOSEN_DIFF_MASK, MASK_TOKENIZER, MASK_TOKENIZER_HASH, REJECTED_DIFF_MASK
+from bmc_data.pairs.schema import (
+    CHOSEN_DIFF_MASK,
+    MASK_TOKENIZER,
+    MASK_TOKENIZER_HASH,
+    REJECTED_DIFF_MASK,
+)
 from bmc_train.cli import main as cli_main
 from bmc_train.trainer import compute_diff_mask_columns
-
-from test_hub import tiny_tokenizer
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from loss_batches import float64_default, random_batch  # noqa: F401  (autouse fixture)
+
 from bmc_train.losses import (
     PairLogps,
     bpo_hinge_loss,

@@ -11,8 +11,7 @@ from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from bmc_data.diff import levenshtein_distance
-from bmc_data.pair_quality import (
+from bmc_data.selection.pair_quality import (
     DCRM,
     DCRM_DISTANCE,
     PAIR_STATUS,
@@ -25,6 +24,7 @@ from bmc_data.pair_quality import (
     dcrm_value,
     pair_distance,
 )
+from bmc_data.tokens.diff import levenshtein_distance
 from bmc_train.testing import build_tiny_model, read_qa_rows
 
 EPS = 0.01
@@ -217,7 +217,7 @@ def test_best_of_n2_ties_and_no_valid_pair_rows_are_kept(caplog):
         ([], []),
         BEST_OF_4,
     ])
-    with caplog.at_level(logging.INFO, logger="bmc_data.pair_quality"):
+    with caplog.at_level(logging.INFO, logger="bmc_data.selection.pair_quality"):
         out = best_of_n2_pairs(ds)
     assert len(out) == 5
     assert out[PAIR_STATUS] == ["paired", "too_few_responses", "all_rewards_equal", "too_few_responses", "paired"]

@@ -1,6 +1,6 @@
 import pytest
 
-from bmc_data.parsing import ReplyFormatError, Verdict, parse_reply
+from bmc_data.bridging.parsing import ReplyFormatError, Verdict, parse_reply
 
 
 def test_tagged_reply_with_revision():

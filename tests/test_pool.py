@@ -6,15 +6,14 @@ import logging
 import threading
 
 import pytest
+from llm_servers import Fault, LLMServer, bridge_reply
 
 from bmc_data import bridge_dataset
-from bmc_data.cli_args import add_provider_args, build_provider
+from bmc_data.cli.args import add_provider_args, build_provider
+from bmc_data.errors import SystemicFailure
 from bmc_data.providers import ChatRequest, ProviderError, ProviderLimits
 from bmc_data.providers.openai_chat import OpenAIProvider
-from bmc_data.errors import SystemicFailure
 from bmc_data.providers.pool import EndpointPool
-
-from llm_servers import Fault, LLMServer, bridge_reply
 
 LIMITS = ProviderLimits(max_concurrency=8, timeout_s=5, max_retries=0)
 

@@ -7,13 +7,18 @@ import logging
 import time
 
 import pytest
+from llm_servers import Fault, LLMServer
 
-from bmc_data.providers import ChatRequest, Pricing, ProviderError, ProviderLimits, get_provider
+from bmc_data.providers import (
+    ChatRequest,
+    Pricing,
+    ProviderError,
+    ProviderLimits,
+    get_provider,
+)
 from bmc_data.providers.anthropic_messages import AnthropicProvider, split_system
 from bmc_data.providers.limits import TokenBucket, parse_retry_after
 from bmc_data.providers.openai_chat import NO_KEY, OpenAIProvider
-
-from llm_servers import Fault, LLMServer
 
 SECRET = "sk-test-SECRET-provider-0123456789"
 FAST = ProviderLimits(max_concurrency=8, timeout_s=2.0, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import datasets
 import pytest
-
-from bmc_data import schema
-from bmc_data.publish import build_parser
 from hub_server import HubServer
 from llm_servers import LLMServer, bridge_reply
 from report_fixtures import read_chunks
 from test_hub import TOKEN, tiny_tokenizer
+
+from bmc_data.pairs import schema
+from bmc_data.publish import build_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALPACA = REPO_ROOT.parent / "shared" / "data" / "instruction" / "alpaca_eval.json"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import datasets
 import pytest
+from llm_servers import LLMServer, bridge_reply
 
 from bmc_train.testing import build_tiny_model, read_qa_rows
-from llm_servers import LLMServer, bridge_reply
 
 REPO = Path(__file__).resolve().parents[1]
 QA = REPO.parent / "shared" / "data" / "qa"
@@ -133,7 +133,7 @@ def test_bad_data_and_arguments_fail_clearly(tmp_path):
     ],
 )
 def test_minimal_answer_edit(student, expected):
-    from bmc_data.answers import extract_answer
+    from bmc_data.pairs.answers import extract_answer
     from experiments.qa_ablation.answer_editor import minimal_answer_edit
 
     edited = minimal_answer_edit(student, "bedroom")

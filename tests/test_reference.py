@@ -16,7 +16,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from bmc_data.ref_logps import (
+from bmc_data.tokens.ref_logps import (
     REF_CHOSEN_TOKEN_LOGPS,
     REF_LOGPS_IDENTITY,
     REF_REJECTED_TOKEN_LOGPS,
@@ -245,7 +245,7 @@ def test_two_processes_compute_every_row_once_and_match_one_process(tmp_path, ti
 
 
 def test_weights_fingerprint_of_a_large_tensor_and_of_peft_wrapping():
-    from bmc_data.ref_logps import weights_fingerprint
+    from bmc_data.tokens.ref_logps import weights_fingerprint
 
     big = torch.nn.Module()
     big.register_buffer("w", torch.zeros(2**24 + 3, dtype=torch.uint8))  # past float32's exact integers

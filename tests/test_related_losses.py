@@ -3,13 +3,12 @@ cases, gradient checks, and `python -m bmc_train --loss_type <each>` on a tiny m
 
 from __future__ import annotations
 
-from functools import partial
-
 import json
 import math
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-
 from loss_batches import float64_default, random_batch  # noqa: F401  (autouse fixture)
+
 from bmc_train.losses import (
     LOSS_TYPES,
     REWARD_MARGIN,

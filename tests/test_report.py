@@ -1,4 +1,4 @@
-"""The data the review page embeds (bmc_data.report / bmc_data.report_data): highlighted spans are the masks,
+"""The data the review page embeds (bmc_data.report / bmc_data.report.records): highlighted spans are the masks,
 the word-level fallback, chunking, escaping, determinism, the CLI and the publish hook."""
 
 from __future__ import annotations
@@ -9,13 +9,20 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from bmc_data import render_report, schema
-from bmc_data.report import ReportConfig, load_report_source
-from bmc_data.report_data import decode_spans, encode_spans, token_sides, word_diff_sides
-from bmc_data.tokenization import tokenize_pair
 from report_fixtures import INJECTION, read_chunks, report_dataset, side_text
 from test_hub import REPO, hub, tiny_tokenizer  # noqa: F401  (hub: the Hub stand-in fixture)
+
+from bmc_data import render_report
+from bmc_data.pairs import schema
+from bmc_data.report import ReportConfig
+from bmc_data.report.source import load_report_source
+from bmc_data.report.records import (
+    decode_spans,
+    encode_spans,
+    token_sides,
+    word_diff_sides,
+)
+from bmc_data.tokens.tokenization import tokenize_pair
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,7 +168,7 @@ def test_rendering_is_deterministic(tmp_path, data):
 
 
 def test_cli_reads_a_save_bridged_folder_and_reports_bad_input_in_one_line(tmp_path, data, capsys):
-    from bmc_data.hub import save_bridged
+    from bmc_data.hub.save import save_bridged
 
     folder = save_bridged(data, tmp_path / "ds", repo_id="org/ecqa-bmc", source="ecqa-train.jsonl", stats=False)
     loaded, prov = load_report_source(folder)
@@ -177,7 +184,7 @@ def test_cli_reads_a_save_bridged_folder_and_reports_bad_input_in_one_line(tmp_p
     assert (tmp_path / "cli_files" / "index.js").is_file()
     # the recorded tiny tokenizer is nowhere to be loaded offline: the page says so and shows words
     assert "could not be loaded" in (tmp_path / "cli.html").read_text()
-    from bmc_data.report import main
+    from bmc_data.report.cli import main
 
     capsys.readouterr()
     assert main([str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.html"), "--quiet"]) == 1
@@ -216,7 +223,8 @@ def test_weight_preview_gives_lambda_of_each_marked_token(tmp_path):
 
 
 def test_hub_repo_source_reads_every_config(hub, tmp_path, data):
-    from bmc_data.hub import push_bridged, save_bridged
+    from bmc_data.hub.push import push_bridged
+    from bmc_data.hub.save import save_bridged
 
     folder = save_bridged(data, tmp_path / "ds", repo_id=REPO, source="ecqa-train.jsonl", stats=False,
                           report_path="report.html")
@@ -230,7 +238,7 @@ def test_hub_repo_source_reads_every_config(hub, tmp_path, data):
 
 
 def test_card_links_the_report_only_when_there_is_one(data):
-    from bmc_data.card import render_dataset_card, validate_card
+    from bmc_data.hub.card import render_dataset_card, validate_card
 
     with_link = render_dataset_card(data, repo_id=REPO, report_path="report.html").content
     assert "[report.html](report.html)" in with_link and "`report_files/`" in with_link

@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from bmc_data import schema
-from bmc_data.report import ReportConfig, render_report
 from report_fixtures import INJECTION, UNICODE, report_dataset
 from test_hub import tiny_tokenizer
+
+from bmc_data.pairs import schema
+from bmc_data.report import ReportConfig, render_report
 
 PAGE_ROWS = 10
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from bmc_data.pair_quality import REWARD_MARGIN
-from bmc_data.selection import (
+from bmc_data.selection.margins import (
     ALIGNMENT_POTENTIAL,
     CHOSEN_TOKENS,
     DUAL_MARGIN,
@@ -26,7 +25,8 @@ from bmc_data.selection import (
     add_implicit_reward_margins,
     select_top,
 )
-from bmc_data.tokenization import tokenize_pair
+from bmc_data.selection.pair_quality import REWARD_MARGIN
+from bmc_data.tokens.tokenization import tokenize_pair
 from bmc_train.testing import build_tiny_model, read_qa_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,9 +11,9 @@ from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from bmc_data.diff import levenshtein_distance
-from bmc_data.masks import add_diff_masks
-from bmc_data.stats import (
+from bmc_data.tokens.diff import levenshtein_distance
+from bmc_data.tokens.masks import add_diff_masks
+from bmc_data.tokens.stats import (
     CHOSEN_DIFF_FRACTION,
     REJECTED_DIFF_FRACTION,
     TOKEN_DISTANCE_AFTER,

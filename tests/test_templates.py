@@ -3,8 +3,12 @@ from importlib import resources
 
 import pytest
 
-from bmc_data.schema import Task
-from bmc_data.templates import available_templates, load_template, parse_template
+from bmc_data.bridging.templates import (
+    available_templates,
+    load_template,
+    parse_template,
+)
+from bmc_data.pairs.schema import Task
 
 
 def test_bundled_templates_cover_every_task():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from bmc_data.masks import add_diff_masks
+from bmc_data.tokens.masks import add_diff_masks
 from bmc_train import BMCConfig, BMCTrainer, DataCollatorForBMC
 from bmc_train.cli import main as cli_main
 from bmc_train.cli import select_rows

@@ -111,11 +111,11 @@ def get_provider(name: str | None = None, model: str | None = None, **kwargs: An
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .anthropic_batch import AnthropicBatchProvider
     from .anthropic_messages import AnthropicProvider
     from .embedded import EmbeddedProvider, load_embedded_model
-    from .retry import RetryableError
-    from .anthropic_batch import AnthropicBatchProvider
     from .openai_batch import OpenAIBatchProvider
     from .openai_chat import OpenAIProvider
     from .pool import EndpointPool
+    from .retry import RetryableError
     from .transformers_local import TransformersProvider

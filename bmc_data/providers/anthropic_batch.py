@@ -13,9 +13,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..batch_store import BatchRecord
 from .anthropic_messages import _FINISH_REASONS, AnthropicProvider
 from .base import ChatRequest, ChatResponse, Pricing
+from .batch_store import BatchRecord
 from .batching import BatchingMixin, dumps_line
 from .limits import ProviderLimits, api_error_message, malformed_error
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import anthropic
 
-from ..errors import CredentialError
-from ..redaction import check_api_key
+from bmc_data.errors import CredentialError
+from bmc_data.redaction import check_api_key
+
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError
 from .limits import ProviderLimits
 from .remote import RemoteProvider

@@ -2,7 +2,7 @@
 
 A provider turns a `ChatRequest` into a `ChatResponse`, asynchronously. Retries, rate limits and
 timeouts live inside the provider (each backend knows its own error shapes); caching wraps any
-provider from the outside (`bmc_data.cache.CachedProvider`), so a cache hit never reaches it.
+provider from the outside (`bmc_data.providers.cache.CachedProvider`), so a cache hit never reaches it.
 """
 
 from __future__ import annotations

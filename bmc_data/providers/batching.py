@@ -7,7 +7,7 @@ resolves the futures from the results. Rows then continue exactly as online: a r
 asks for a repair turn, which simply becomes a request of the next round's batch. So prompt building,
 parsing, answer checks and the call cache are the online code, and results are those of online bridging.
 
-Every batch is written to the ledger (`bmc_data.batch_store`) before it is uploaded, so a rerun of the same
+Every batch is written to the ledger (`bmc_data.providers.batch_store`) before it is uploaded, so a rerun of the same
 command finds the requests it already submitted, waits for those batches, and never submits them again.
 A request that comes back without a reply (an error line, or unfinished in an expired or cancelled batch)
 is resubmitted once (`max_attempts=2`), then fails with the reason.
@@ -27,9 +27,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..batch_store import COLLECTED, PREPARING, TERMINAL_STATES, BatchRecord, BatchStore
-from ..errors import SystemicFailure
+from bmc_data.errors import SystemicFailure
+
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError, Usage
+from .batch_store import COLLECTED, PREPARING, TERMINAL_STATES, BatchRecord, BatchStore
 from .limits import call_with_retries
 
 logger = logging.getLogger(__name__)
@@ -154,13 +155,13 @@ class BatchingMixin(abc.ABC):
 
     # --- the Provider interface ---------------------------------------------------------------------
     def custom_id(self, request: ChatRequest) -> str:
-        from ..cache import cache_key
+        from .cache import cache_key
 
         return cache_key(self.identity(), "batch", request)  # type: ignore[attr-defined]
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         if self.store is None:  # used outside bridge_dataset (make_pairs, scripts): the default cache folder
-            from ..bridge import default_cache_dir
+            from .cache import default_cache_dir
 
             self.bind_store(default_cache_dir())
         state = self._round()

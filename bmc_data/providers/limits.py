@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+
 class ProviderLimits(BaseModel):
     """How hard one provider may be driven. Defaults suit a paid API at a modest tier.
 
@@ -54,7 +55,7 @@ __all__ = ["ProviderLimits", *_MOVED, "redact"]
 
 def __getattr__(name: str) -> Any:
     if name == "redact":
-        from ..redaction import redact
+        from bmc_data.redaction import redact
 
         return redact
     module = _MOVED.get(name)

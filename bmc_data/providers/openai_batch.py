@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..batch_store import BatchRecord
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError
+from .batch_store import BatchRecord
 from .batching import BatchingMixin, dumps_line
 from .limits import ProviderLimits, api_error_message
 from .openai_chat import OpenAIProvider

@@ -9,8 +9,9 @@ from urllib.parse import urlparse
 import httpx2
 import openai
 
-from ..errors import CredentialError
-from ..redaction import check_api_key
+from bmc_data.errors import CredentialError
+from bmc_data.redaction import check_api_key
+
 from .base import ChatRequest, ChatResponse, Pricing
 from .limits import ProviderLimits
 from .remote import RemoteProvider

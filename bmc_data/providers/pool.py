@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SystemicFailure
+from bmc_data.errors import SystemicFailure
+
 from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError, Usage
 from .systemic import SystemicProviderError
 

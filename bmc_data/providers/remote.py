@@ -8,11 +8,18 @@ import dataclasses
 import weakref
 from typing import Any
 
-from ..errors import SystemicFailure
-from ..redaction import redact
+from bmc_data.errors import SystemicFailure
+from bmc_data.redaction import redact
+
 from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError
 from .limits import ProviderLimits
-from .retry import RetryableError, api_error_message, call_with_retries, malformed_error, status_error
+from .retry import (
+    RetryableError,
+    api_error_message,
+    call_with_retries,
+    malformed_error,
+    status_error,
+)
 from .systemic import CircuitBreaker, connection_failure, status_failure
 from .throttle import CallGate, estimate_tokens
 from .transport import http_transport_options

@@ -15,11 +15,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
 from tenacity.wait import wait_base
 
-from ..errors import SystemicFailure
-from ..redaction import redact
+from bmc_data.errors import SystemicFailure
+from bmc_data.redaction import redact
+
 from .base import ProviderError, Usage
 
 if TYPE_CHECKING:

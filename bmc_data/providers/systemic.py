@@ -13,8 +13,9 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from ..errors import SystemicFailure
-from ..redaction import redact
+from bmc_data.errors import SystemicFailure
+from bmc_data.redaction import redact
+
 from .base import ProviderError
 
 

@@ -15,13 +15,37 @@ trainer state (γ-SimPO's queue of past reward gaps) sets `LossTypeSpec.margin_q
 """
 
 from .amapo import amapo_loss, amapo_margins
-from .batch import PairLogps, PreferenceLossOutput, bmc_token_weights, objective, token_weight_stats
+from .batch import (
+    PairLogps,
+    PreferenceLossOutput,
+    bmc_token_weights,
+    objective,
+    token_weight_stats,
+)
 from .bpo import bpo_balanced_margin, bpo_hinge_loss, bpo_loss
-from .gammapo import gammapo_loss, gammapo_queue_margins, gammapo_simpo_loss, gammapo_target_margins
+from .gammapo import (
+    gammapo_loss,
+    gammapo_queue_margins,
+    gammapo_simpo_loss,
+    gammapo_target_margins,
+)
 from .madpo import REWARD_MARGIN, madpo_loss, madpo_weights
-from .registry import LOSS_TYPES, LossTypeSpec, compute_preference_loss, get_loss_type, register_loss_type
+from .registry import (
+    LOSS_TYPES,
+    LossTypeSpec,
+    compute_preference_loss,
+    get_loss_type,
+    register_loss_type,
+)
 from .repo import repo_loss
-from .xpo import bmc_dpo_loss, bmc_ipo_loss, bmc_orpo_loss, bmc_rdpo_loss, bmc_simpo_loss, figa_loss
+from .xpo import (
+    bmc_dpo_loss,
+    bmc_ipo_loss,
+    bmc_orpo_loss,
+    bmc_rdpo_loss,
+    bmc_simpo_loss,
+    figa_loss,
+)
 
 __all__ = [
     "LOSS_TYPES",

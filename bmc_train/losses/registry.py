@@ -16,7 +16,14 @@ from .bpo import bpo_hinge_loss, bpo_loss
 from .gammapo import gammapo_loss, gammapo_simpo_loss
 from .madpo import REWARD_MARGIN, madpo_loss
 from .repo import repo_loss
-from .xpo import bmc_dpo_loss, bmc_ipo_loss, bmc_orpo_loss, bmc_rdpo_loss, bmc_simpo_loss, figa_loss
+from .xpo import (
+    bmc_dpo_loss,
+    bmc_ipo_loss,
+    bmc_orpo_loss,
+    bmc_rdpo_loss,
+    bmc_simpo_loss,
+    figa_loss,
+)
 
 
 @dataclass(frozen=True)

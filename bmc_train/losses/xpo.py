@@ -6,7 +6,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .batch import PairLogps, PreferenceLossOutput, mask_or_all, objective, token_count, weighted_sum
+from .batch import (
+    PairLogps,
+    PreferenceLossOutput,
+    mask_or_all,
+    objective,
+    token_count,
+    weighted_sum,
+)
 
 
 @objective

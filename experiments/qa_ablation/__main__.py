@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .analysis import differences_markdown, plot_results, results_table
-from .config import ARMS, TEST_SETS, AblationConfig
+from .config import TEST_SETS, AblationConfig
 from .pipeline import SFT, Stages
 
 logger = logging.getLogger("qa_ablation")

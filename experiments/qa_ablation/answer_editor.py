@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from bmc_data.answers import answers_match, extract_answer
+from bmc_data.pairs.answers import answers_match, extract_answer
 from bmc_data.providers.base import ChatRequest, ChatResponse, Provider, ProviderError
 
 _SECTION = r"### {title}\n(.*?)(?=\n### |\Z)"

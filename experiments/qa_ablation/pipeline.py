@@ -20,9 +20,9 @@ from typing import Any
 import datasets
 import pandas as pd
 
-from bmc_data.answers import extract_answer
-from bmc_data.pairs import ANSWER_INSTRUCTION
-from bmc_data.schema import CHOSEN, ORIGINAL_CHOSEN, PROMPT, REJECTED, STATUS, Status
+from bmc_data.bridging.sampling import ANSWER_INSTRUCTION
+from bmc_data.pairs.answers import extract_answer
+from bmc_data.pairs.schema import CHOSEN, ORIGINAL_CHOSEN, PROMPT, REJECTED, STATUS, Status
 
 from .config import ARMS, TEST_SETS, TRAIN_SOURCES, AblationConfig
 
@@ -196,7 +196,7 @@ class Stages:
     def _editor(self):
         import argparse
 
-        from bmc_data.cli_args import build_provider
+        from bmc_data.cli.args import build_provider
 
         c = self.config
         if c.provider == "answer-edit":
@@ -317,7 +317,7 @@ class Stages:
             return datasets.Dataset.from_parquet(str(out))
         from transformers import AutoTokenizer
 
-        from bmc_data import selection as S
+        from bmc_data.selection import margins as S
 
         started = time.perf_counter()
         model, _ = self._load_model(arm)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .schema import Task
+from bmc_data.pairs.schema import Task
 
 _PACKAGE = "bmc_data.prompts"
 _FIELDS = {"prompt", "chosen", "rejected"}
@@ -31,7 +31,7 @@ class Template:
     repair: str
     sha256: str
     text: str  # the whole file, for dataset cards
-    reply_format: str = "full"  # "full": the editor writes ỹ_w; "edits": a list of replacements (bmc_data.edits)
+    reply_format: str = "full"  # "full": the editor writes ỹ_w; "edits": a list of replacements (bmc_data.bridging.edits)
 
     @property
     def version_id(self) -> str:

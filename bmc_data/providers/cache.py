@@ -16,14 +16,16 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from .redaction import redact
-from .providers.base import ChatRequest, ChatResponse, Provider, ProviderError
+from bmc_data.redaction import redact
+
+from .base import ChatRequest, ChatResponse, Provider, ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,11 @@ CREATE TABLE IF NOT EXISTS calls (
     created_at REAL NOT NULL
 )
 """
+
+
+def default_cache_dir() -> Path:
+    """Where LLM calls are cached unless a `cache_dir` is given: `$BMC_CACHE_DIR`, else `~/.cache/bmc`."""
+    return Path(os.environ.get("BMC_CACHE_DIR", Path.home() / ".cache" / "bmc"))
 
 
 def _canonical(value: Any) -> str:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 
-from .errors import UsageError
-from .providers.base import Provider
+from bmc_data.errors import UsageError
+from bmc_data.providers.base import Provider
 
 PROVIDERS = ["embedded", "openai", "anthropic", "transformers", "openai-batch", "anthropic-batch"]
 
@@ -30,36 +29,6 @@ def positive_float(value: str) -> float:
     if not math.isfinite(number) or number <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
     return number
-
-
-#: Libraries that log one INFO line per HTTP request: quiet unless --verbose.
-_NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic", "urllib3", "filelock")
-
-
-def add_logging_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("output and diagnostics")
-    group.add_argument("--quiet", action="store_true", help="no progress bars or log lines, only the summary")
-    group.add_argument("--verbose", action="store_true", help="also log every HTTP request (httpx/openai/anthropic)")
-    group.add_argument("--debug", action="store_true",
-                       help="show the full traceback of an error (also: BMC_DEBUG=1); for bug reports")
-
-
-def setup_logging(*, quiet: bool = False, verbose: bool = False) -> None:
-    """One log format for every CLI; per-request HTTP logs only with --verbose; secrets scrubbed from every
-    record (`bmc_data.redaction`)."""
-    from .redaction import install_log_redaction
-
-    install_log_redaction()
-    logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if quiet:
-        import datasets
-        from huggingface_hub.utils import disable_progress_bars
-
-        datasets.disable_progress_bars()
-        disable_progress_bars()
 
 
 def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) -> None:
@@ -127,7 +96,7 @@ def check_provider_args(args: argparse.Namespace) -> None:
 
 def build_provider(args: argparse.Namespace) -> Provider:
     """The provider the flags describe; a missing or malformed key is a `CredentialError` (no request made)."""
-    from .providers import get_provider
+    from bmc_data.providers import get_provider
 
     check_provider_args(args)
     kwargs: dict = {}
@@ -136,7 +105,7 @@ def build_provider(args: argparse.Namespace) -> Provider:
         kwargs["poll_interval_s"] = getattr(args, "poll_interval", 30.0)
         kwargs["progress"] = not getattr(args, "quiet", False)
     if args.provider in REMOTE_PROVIDERS:
-        from .providers.limits import ProviderLimits
+        from bmc_data.providers.limits import ProviderLimits
 
         if urls:  # several: get_provider makes them a pool of endpoints
             kwargs["base_url"] = urls if len(urls) > 1 else urls[0]
@@ -150,6 +119,6 @@ def build_provider(args: argparse.Namespace) -> Provider:
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
     except OSError as error:  # a local model that cannot be loaded (no such folder, no weights)
-        from .errors import InputError, first_line
+        from bmc_data.errors import InputError, first_line
 
         raise InputError(f"--model {args.model}: cannot load it: {first_line(error)}") from None

@@ -41,7 +41,7 @@ def token_diff_masks(
         chosen_ids: Token ids of the chosen response (ỹ_w, or y_w for an unbridged pair).
         rejected_ids: Token ids of the rejected response (y_l).
         ignore_token_ids: Token ids that are never marked, even when the alignment changes them. The official BMC
-            code never marks stopword tokens; pass `bmc_data.stopwords.stopword_token_ids(tokenizer)` to do the same.
+            code never marks stopword tokens; pass `bmc_data.tokens.stopwords.stopword_token_ids(tokenizer)` to do the same.
             With ignore ids the unmarked tokens of both sides are in general *not* the same subsequence any more
             (an ignored token can be unmarked on one side only).
 

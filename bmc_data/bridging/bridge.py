@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,17 +19,18 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
-from . import schema as S
+from bmc_data.errors import SystemicFailure, UsageError
+from bmc_data.pairs import schema as S
+from bmc_data.pairs.answers import check_answer, extract_answer
+from bmc_data.pairs.loading import Layout, LoadedPairs, OnInvalid, load_pairs
+from bmc_data.pairs.schema import PreferencePair, Status, Task
+from bmc_data.providers.accounting import usage_since
+from bmc_data.providers.base import ChatRequest, ChatResponse, Provider, ProviderError
+from bmc_data.providers.throttle import estimate_tokens
+from bmc_data.redaction import redact, redact_obj
+
 from .concurrency import map_concurrently, run_sync
-from .answers import check_answer, extract_answer
-from .errors import SystemicFailure, UsageError
-from .loading import Layout, LoadedPairs, OnInvalid, load_pairs
 from .parsing import ParsedReply, ReplyFormatError, Verdict, parse_reply
-from .providers.accounting import usage_since
-from .providers.base import ChatRequest, ChatResponse, Provider, ProviderError
-from .providers.throttle import estimate_tokens
-from .redaction import redact, redact_obj
-from .schema import PreferencePair, Status, Task
 from .templates import Template, load_template
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ logger = logging.getLogger(__name__)
 #: Default budget for one editor prompt, in estimated tokens (≈4 characters each): with the reply's max_tokens it
 #: fits a 32k context window, the smallest common one among the models strong enough to edit (most have 128k+).
 DEFAULT_MAX_INPUT_TOKENS = 30_000
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BMC_CACHE_DIR", Path.home() / ".cache" / "bmc"))
 
 
 @dataclass(frozen=True)
@@ -264,7 +260,7 @@ def results_to_dataset(pairs: LoadedPairs | list[PreferencePair], results: list[
 def _wrap_with_cache(provider: Provider, cache_dir: Path | None, template: Template) -> Provider:
     if cache_dir is None:
         return provider
-    from .cache import CachedProvider, CallCache
+    from bmc_data.providers.cache import CachedProvider, CallCache
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     return CachedProvider(provider, CallCache(cache_dir / "calls.sqlite"), namespace=template.version_id)
@@ -313,13 +309,13 @@ def bridge_dataset(
 
     Args:
         data: a `datasets.Dataset`/`DatasetDict`, Hub repo id, local file/folder, DataFrame or list of dicts
-            (see `bmc_data.loading` for the layouts), or a list of `PreferencePair`.
+            (see `bmc_data.pairs.loading` for the layouts), or a list of `PreferencePair`.
         task: "qa", "math" or "instruction"; QA/math get the good-enough verdict and the ground-truth check.
         provider: any `bmc_data.providers` provider; default: the embedded SmolLM2-135M-Instruct (weak; for
             real data point this at a strong model, see the README).
         template: a `Template`, a path to a template file, or None for the newest bundled one for `task`.
         reply_format: with `template=None`: "full" (the editor writes ỹ_w, as in the paper) or "edits" (it lists
-            replacements of spans of y_l, which the library applies; see `bmc_data.edits`).
+            replacements of spans of y_l, which the library applies; see `bmc_data.bridging.edits`).
         cache_dir: where LLM calls are cached (default `$BMC_CACHE_DIR` or `~/.cache/bmc`); `False` disables.
         concurrency: rows in flight at once (the provider's own limits also apply).
         check_answers: for QA/math, require ỹ_w to reach the known final answer.
@@ -358,10 +354,12 @@ def bridge_dataset(
     if task not in template.tasks:
         raise UsageError(f"template {template.version_id} is for tasks {[t.value for t in template.tasks]}, not {task.value!r}")
     if provider is None:
-        from .providers import get_provider
+        from bmc_data.providers import get_provider
 
         provider = get_provider("embedded")
     if cache_dir is None:
+        from bmc_data.providers.cache import default_cache_dir
+
         cache_dir = default_cache_dir()
     if hasattr(provider, "bind_store"):  # a batch provider: its ledger lives in the cache; rounds fill batches
         provider.bind_store(Path(cache_dir) if cache_dir is not False else None)

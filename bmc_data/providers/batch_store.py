@@ -20,9 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import open_cache_db, response_from_json, response_to_json  # the same file and reply format
-from .providers.base import ChatResponse
-from .redaction import redact
+from bmc_data.redaction import redact
+
+from .base import ChatResponse
+from .cache import (  # the same file and reply format
+    open_cache_db,
+    response_from_json,
+    response_to_json,
+)
 
 #: batch states after which the provider does nothing more with the job
 TERMINAL_STATES = frozenset({"completed", "ended", "expired", "cancelled", "canceled", "failed"})

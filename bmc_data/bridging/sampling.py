@@ -9,12 +9,13 @@ from typing import Any, Literal
 
 import datasets
 
-from .answers import check_answer, extract_answer
+from bmc_data.errors import InputError, SystemicFailure, UsageError
+from bmc_data.pairs.answers import check_answer, extract_answer
+from bmc_data.pairs.loading import read_rows
+from bmc_data.pairs.schema import Task
+from bmc_data.providers.base import ChatRequest, Provider, ProviderError
+
 from .concurrency import map_concurrently, run_sync
-from .errors import InputError, SystemicFailure, UsageError
-from .loading import read_rows
-from .providers.base import ChatRequest, Provider, ProviderError
-from .schema import Task
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,11 @@ def make_pairs(
     records = [(i, *_problem_fields(row, i)) for i, row in enumerate(table)]
     provider = _resolve_model(model)
     if cache_dir is not False:
-        from .bridge import default_cache_dir
-        from .cache import CachedProvider, CallCache
+        from bmc_data.providers.cache import (
+            CachedProvider,
+            CallCache,
+            default_cache_dir,
+        )
 
         folder = Path(cache_dir) if cache_dir else default_cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
@@ -131,7 +135,7 @@ def make_pairs(
 def _resolve_model(model: Provider | str | None) -> Provider:
     if isinstance(model, Provider):
         return model
-    from .providers import get_provider
+    from bmc_data.providers import get_provider
 
     if model is None or model in ("embedded", "openai", "anthropic"):
         return get_provider(model)

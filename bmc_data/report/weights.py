@@ -1,7 +1,7 @@
 """The review page's optional weight preview: λ = 1 + min(1/π_θ(token), δ) of every diff token (paper eq. 7), for
 a sample of rows, with a given policy model. It shows which of the marked tokens DPO-BMC will emphasise.
 
-The tokens are the trainer's (`bmc_data.tokenization.tokenize_pair`, as TRL 1.16 tokenizes them), so the
+The tokens are the trainer's (`bmc_data.tokens.tokenization.tokenize_pair`, as TRL 1.16 tokenizes them), so the
 policy must use the tokenizer the masks were built with. torch / transformers are imported only here.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import datasets
 
-from . import schema
-from .tokenization import tokenize_pair, tokenizer_name
+from bmc_data.pairs import schema
+from bmc_data.tokens.tokenization import tokenize_pair, tokenizer_name
 
 __all__ = ["lambda_weights", "preview_weights"]
 

@@ -3,13 +3,13 @@
 The page only renders; every decision about what is highlighted is made in Python, where it can be tested:
 
 * **token level** (the row has `chosen_diff_mask` / `rejected_diff_mask` and the tokenizer they were built with
-  is at hand): each completion is tokenized as TRL's DPOTrainer does (the rules of `bmc_data.tokenization`:
+  is at hand): each completion is tokenized as TRL's DPOTrainer does (the rules of `bmc_data.tokens.tokenization`:
   EOS appended to plain-text completions, the chat template rendered for conversational rows, the completion
   starting after the common prefix with the prompt) with character offsets, and every token whose mask entry is
   True becomes one highlighted span. The number of spans of a side is exactly the sum of its mask. A row whose
   mask length differs from its token count (another tokenizer, truncated data) falls back to words and says so.
 * **word level** (no masks, or no usable tokenizer): the whitespace-separated words of y_l and of the chosen
-  response are aligned with an optimal Levenshtein alignment (rapidfuzz, as `bmc_data.diff` does for tokens) and
+  response are aligned with an optimal Levenshtein alignment (rapidfuzz, as `bmc_data.tokens.diff` does for tokens) and
   the words the alignment does not match are highlighted.
 
 A side is stored as `{"t": text, "m": [gap, length, gap, length, ...], "n": units}`: the text shown, the marked
@@ -21,14 +21,17 @@ byte-level tokens) get a span of length 0 at that place, so that they still coun
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import compress
 from typing import Any
 
-from .diff import token_diff_masks
-from .schema import response_text
+import datasets
 
-__all__ = ["decode_spans", "encode_spans", "token_sides", "word_diff_sides"]
+from bmc_data.pairs import schema
+from bmc_data.pairs.schema import response_text
+from bmc_data.tokens.diff import token_diff_masks
+
+__all__ = ["build_records", "decode_spans", "encode_spans", "token_sides", "word_diff_sides"]
 
 _WORD = re.compile(r"\S+")
 
@@ -89,7 +92,7 @@ def _completion(text: str, ids: list[int], offsets: list[tuple[int, int]], start
 
 
 def _fast_ok(tokenizer: Any) -> bool:
-    from .tokenization import _batch_encoder, _stock_chat_template
+    from bmc_data.tokens.tokenization import _batch_encoder, _stock_chat_template
 
     return _batch_encoder(tokenizer) is not None and _stock_chat_template(tokenizer)
 
@@ -120,10 +123,14 @@ def token_sides(tokenizer: Any, prompts: Sequence[Any], chosens: Sequence[Any],
                 rejecteds: Sequence[Any]) -> list[tuple[Side, Side]]:
     """Per row, the chosen and rejected completion tokens as DPOTrainer sees them, with character offsets.
 
-    The token ids equal `bmc_data.tokenization.tokenize_pair`'s `chosen_ids` / `rejected_ids` (the tests check
+    The token ids equal `bmc_data.tokens.tokenization.tokenize_pair`'s `chosen_ids` / `rejected_ids` (the tests check
     this row by row); the text is the completion as the trainer sees it (EOS or chat-template markup included).
     """
-    from .tokenization import _as_messages, _text_tokenizer, tokenize_pair
+    from bmc_data.tokens.tokenization import (
+        _as_messages,
+        _text_tokenizer,
+        tokenize_pair,
+    )
 
     n = len(prompts)
     out: list[tuple[Side, Side] | None] = [None] * n
@@ -184,3 +191,68 @@ def chosen_share(side: dict[str, Any]) -> float | None:
 
 def texts_of(value: Any) -> str:
     return response_text(value) if value is not None else ""
+
+
+# --- rows -> records ----------------------------------------------------------------------------------------
+def build_records(batch: Mapping[str, list[Any]], tokenizer: Any) -> list[dict[str, Any]]:
+    n = len(batch[schema.PROMPT])
+    sides = token_sides(tokenizer, batch[schema.PROMPT], batch[schema.CHOSEN], batch[schema.REJECTED]) \
+        if tokenizer is not None else [None] * n
+    out = []
+    for i in range(n):
+        prompt = batch[schema.PROMPT][i]
+        chosen, rejected = texts_of(batch[schema.CHOSEN][i]), texts_of(batch[schema.REJECTED][i])
+        original = texts_of(batch[schema.ORIGINAL_CHOSEN][i])
+        rec: dict[str, Any] = {
+            "p": prompt if isinstance(prompt, str) else [dict(m) for m in prompt],
+            "l": rejected,
+            "c": chosen,
+        }
+        if original != chosen:
+            rec["o"] = original
+        for column, key in ((schema.ID, "id"), (schema.PROMPT_VERSION, "v"), (schema.PROVIDER, "pv"),
+                            (schema.MODEL, "mo"), (schema.REASON, "why"), (schema.ANSWER, "a")):
+            value = batch.get(column, [None] * n)[i]
+            if value not in (None, ""):
+                rec[key] = str(value)
+        note = None
+        if sides[i] is not None:
+            c_side, r_side = sides[i]
+            c_mask, r_mask = batch[schema.CHOSEN_DIFF_MASK][i], batch[schema.REJECTED_DIFF_MASK][i]
+            if c_mask is None or r_mask is None:
+                note = "this row has no masks"
+            elif len(c_mask) != len(c_side[1]) or len(r_mask) != len(r_side[1]):
+                note = (f"its masks have {len(c_mask)}/{len(r_mask)} entries but the tokenizer gives "
+                        f"{len(c_side[1])}/{len(r_side[1])} chosen/rejected tokens")
+            else:
+                rec["cd"], rec["rd"], rec["k"] = masked_side(c_side, c_mask), masked_side(r_side, r_mask), "token"
+        if "k" not in rec:
+            rec["cd"], rec["rd"] = word_diff_sides(chosen, rejected)
+            rec["k"] = "word"
+            if note:
+                rec["kn"] = f"word-level: {note}"
+        for key, text in (("cd", chosen), ("rd", rejected)):  # the text is usually the response itself
+            if rec[key]["t"] == text:
+                del rec[key]["t"]
+            elif text and text in rec[key]["t"]:
+                full = rec[key].pop("t")
+                at = full.index(text)
+                if at:
+                    rec[key]["a"] = full[:at]
+                if full[at + len(text):]:
+                    rec[key]["z"] = full[at + len(text):]
+        out.append(rec)
+    return out
+
+
+def column_list(dataset: datasets.Dataset, name: str) -> list[Any]:
+    """A whole column as a list in one Arrow conversion (iterating `dataset[name]` formats row by row)."""
+    return dataset[name][:] if len(dataset) else []
+
+
+def prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"[{m.get('role')}] {m.get('content')}" for m in prompt or [])
+
+

@@ -1,9 +1,9 @@
 """Add per-token diff masks to a (bridged) preference dataset.
 
-`add_diff_masks` tokenizes every pair exactly as TRL 1.16 `DPOTrainer` will (`bmc_data.tokenization.tokenize_pair`,
+`add_diff_masks` tokenizes every pair exactly as TRL 1.16 `DPOTrainer` will (`bmc_data.tokens.tokenization.tokenize_pair`,
 a batch at a time with `tokenize_pairs_batched`) and stores one bool per completion token: `chosen_diff_mask[i]` is
 True when the i-th token of the trainer's `chosen_ids` differs from the rejected response under an optimal
-Levenshtein alignment, and likewise for `rejected_diff_mask` (`bmc_data.diff.token_diff_masks`). The masks are
+Levenshtein alignment, and likewise for `rejected_diff_mask` (`bmc_data.tokens.diff.token_diff_masks`). The masks are
 computed for every row, whatever its `bmc_status`: DPO-MC uses them on the original (unbridged) pairs too.
 
 The tokenizer's name and fingerprint are stored with the masks; `masks_fit` tells whether they fit a tokenizer.
@@ -15,8 +15,7 @@ from typing import Any
 
 from datasets import Dataset, Features, List, Value
 
-from .diff import token_diff_masks
-from .schema import (
+from bmc_data.pairs.schema import (
     CHOSEN,
     CHOSEN_DIFF_MASK,
     MASK_COLUMNS,
@@ -26,8 +25,15 @@ from .schema import (
     REJECTED,
     REJECTED_DIFF_MASK,
 )
+
+from .diff import token_diff_masks
 from .stopwords import stopword_token_ids
-from .tokenization import tokenize_pair, tokenize_pairs_batched, tokenizer_fingerprint, tokenizer_name
+from .tokenization import (
+    tokenize_pair,
+    tokenize_pairs_batched,
+    tokenizer_fingerprint,
+    tokenizer_name,
+)
 
 __all__ = ["add_diff_masks", "check_masks", "masks_fit"]
 
@@ -117,7 +123,7 @@ def add_diff_masks(
         dataset: A dataset with `prompt`, `chosen`, `rejected` columns, as text or as TRL conversational messages
             (optional `tools` / `chat_template_kwargs` columns are passed to the chat template as TRL does).
         tokenizer: The `processing_class` the DPO trainer will use.
-        ignore_stopwords: Never mark stopword tokens (`bmc_data.stopwords.stopword_token_ids`), as the official
+        ignore_stopwords: Never mark stopword tokens (`bmc_data.tokens.stopwords.stopword_token_ids`), as the official
             BMC code does. Off by default: the paper describes plain token-level differences.
         num_proc: Worker processes for `Dataset.map`. `datasets` turns the Rust tokenizer's own threads off in the
             workers (`TOKENIZERS_PARALLELISM=false`); without workers a fast tokenizer encodes each batch on all

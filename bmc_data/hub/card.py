@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from . import schema
+from bmc_data.pairs import schema
 
 CONFIGS = ("default", "filtered", "failed")
 CONFIG_STATUS = {"default": schema.Status.BRIDGED.value, "filtered": schema.Status.FILTERED.value,
@@ -253,10 +253,10 @@ def render_dataset_card(
         tok_lines.append(
             f"`chosen_diff_mask` / `rejected_diff_mask` fit the tokenizer `{tokenizer_info['name']}` "
             f"(hash `{tokenizer_info.get('hash', 'unknown')}`): one bool per completion token as TRL's "
-            "DPOTrainer tokenizes it. `bmc_data.hub.load_bridged(repo, tokenizer=...)` recomputes them for any "
+            "DPOTrainer tokenizes it. `bmc_data.load_bridged(repo, tokenizer=...)` recomputes them for any "
             "other tokenizer.\n")
     else:
-        tok_lines.append("This dataset has no diff masks; `bmc_data.hub.load_bridged(repo, tokenizer=...)` "
+        tok_lines.append("This dataset has no diff masks; `bmc_data.load_bridged(repo, tokenizer=...)` "
                          "computes them for your tokenizer.\n")
     sections.append("\n".join(tok_lines))
 
@@ -304,7 +304,9 @@ def render_dataset_card(
     )
 
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(sections)
-    from .redaction import redact  # a card is public: no secret, whatever a reason or a base URL quoted
+    from bmc_data.redaction import (
+        redact,  # a card is public: no secret, whatever a reason or a base URL quoted
+    )
 
     return DatasetCard(redact(content))
 

@@ -14,8 +14,14 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from .batch_store import COLLECTED, TERMINAL_STATES, BatchRecord, BatchStore, request_counts
-from .errors import UsageError
+from bmc_data.errors import UsageError
+from bmc_data.providers.batch_store import (
+    COLLECTED,
+    TERMINAL_STATES,
+    BatchRecord,
+    BatchStore,
+    request_counts,
+)
 
 
 def add_parser(sub: Any, cache_default: str) -> None:
@@ -28,7 +34,7 @@ def add_parser(sub: Any, cache_default: str) -> None:
 
 
 def _provider(record: BatchRecord, store: BatchStore) -> Any:
-    from .providers import get_provider
+    from bmc_data.providers import get_provider
 
     provider = get_provider(f"{record.api}-batch", record.model, base_url=record.endpoint, progress=False)
     provider.store = store
@@ -50,8 +56,8 @@ def _table(records: list[BatchRecord], store: BatchStore) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .bridge import default_cache_dir
-    from .concurrency import run_sync
+    from bmc_data.bridging.concurrency import run_sync
+    from bmc_data.providers.cache import default_cache_dir
 
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     if not (cache_dir / "calls.sqlite").is_file():

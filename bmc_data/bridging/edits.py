@@ -30,7 +30,14 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from .parsing import ParsedReply, ReplyFormatError, Verdict, _strip_fences, _tag, _verdict_from_word
+from .parsing import (
+    ParsedReply,
+    ReplyFormatError,
+    Verdict,
+    _strip_fences,
+    _tag,
+    _verdict_from_word,
+)
 
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
 _EDIT = re.compile(r"<\s*edit\s*>(.*?)<\s*/\s*edit\s*>", flags=re.S | re.I)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-from .errors import SystemicFailure
+from bmc_data.errors import SystemicFailure
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

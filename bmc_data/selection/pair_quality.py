@@ -18,7 +18,7 @@ Neither the paper's full text nor its code could be read when this was written (
 above is our most faithful reading of it, not a verified copy of the paper's equation; docs/data-selection.md says
 so and lists the choices made:
 
-* distance: this library's edit distance (`bmc_data.stats`, rapidfuzz Levenshtein), at token level when a tokenizer
+* distance: this library's edit distance (`bmc_data.tokens.stats`, rapidfuzz Levenshtein), at token level when a tokenizer
   is given (response tokens, no special tokens), else at word level (whitespace split); normalised by the longer side
   as in `add_edit_distance_stats`, so 0 = identical and 1 = nothing in common;
 * ε = 0.01 by default keeps DCRM finite for identical responses (d = 0) and caps their weight at 100·Δr;
@@ -37,8 +37,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from datasets import Dataset, Features, Value
 
-from .schema import CHOSEN, PROMPT, REJECTED, response_text
-from .stats import _distance  # the same normalised Levenshtein as the edit-distance statistics
+from bmc_data.pairs.schema import CHOSEN, PROMPT, REJECTED, response_text
+from bmc_data.tokens.stats import (
+    _distance,  # the same normalised Levenshtein as the edit-distance statistics
+)
 
 __all__ = [
     "DCRM",

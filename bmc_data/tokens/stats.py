@@ -23,7 +23,7 @@ import pandas as pd
 from datasets import Dataset
 from rapidfuzz.distance import Levenshtein
 
-from .schema import (
+from bmc_data.pairs.schema import (
     CHOSEN,
     CHOSEN_DIFF_MASK,
     ORIGINAL_CHOSEN,
@@ -211,7 +211,9 @@ def plot_edit_distances(dataset: Dataset, out_dir: str | Path, *, n_splits: int 
     * `diff_token_fraction.png`: fraction of marked tokens in chosen and rejected (when masks are present);
     * `edit_distance_splits.png`: mean distance before/after in each of the paper's `n_splits` splits (Fig. 5).
     """
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state: safe in threads and headless
+    from matplotlib.figure import (
+        Figure,  # Agg canvas, no pyplot global state: safe in threads and headless
+    )
 
     _require_stats(dataset)
     rows = _bridged(dataset)

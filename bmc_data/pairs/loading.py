@@ -23,7 +23,8 @@ import datasets
 import pandas as pd
 from pydantic import ValidationError
 
-from .errors import InputError, MissingFileError, UsageError, first_line
+from bmc_data.errors import InputError, MissingFileError, UsageError, first_line
+
 from .schema import PreferencePair, Task
 
 logger = logging.getLogger(__name__)

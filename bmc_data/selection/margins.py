@@ -13,7 +13,7 @@ Two scores rank the pairs of a preference dataset so that one can train on the b
 
 Both need the implicit reward margin Δr_im = β[(log π(y+) - log π_ref(y+)) - (log π(y-) - log π_ref(y-))], which
 `add_implicit_reward_margins` computes with torch from the policy (and reference) model's summed completion
-log-probabilities, with the exact token ids the TRL 1.16 DPO trainer would use (`bmc_data.tokenization`). The scoring
+log-probabilities, with the exact token ids the TRL 1.16 DPO trainer would use (`bmc_data.tokens.tokenization`). The scoring
 functions take that column's name, so a margin computed elsewhere can be used too.
 
 All functions add columns and keep every row; `select_top` returns a new dataset with the best fraction, keeps the
@@ -30,8 +30,15 @@ from typing import Any, Literal
 import numpy as np
 from datasets import Dataset
 
-from .pair_quality import REWARD_MARGIN, SCORE_CHOSEN, SCORE_REJECTED, finite_score, set_column
-from .schema import CHOSEN, PROMPT, REJECTED
+from bmc_data.pairs.schema import CHOSEN, PROMPT, REJECTED
+
+from .pair_quality import (
+    REWARD_MARGIN,
+    SCORE_CHOSEN,
+    SCORE_REJECTED,
+    finite_score,
+    set_column,
+)
 
 __all__ = [
     "ALIGNMENT_POTENTIAL",
@@ -114,7 +121,7 @@ def add_implicit_reward_margins(
         Δr_im = β [(log π(y+|x) - log π_ref(y+|x)) - (log π(y-|x) - log π_ref(y-|x))]
 
     log π(y|x) is the sum of the log-probabilities of the completion tokens, with the token ids of
-    `bmc_data.tokenization` (identical to TRL 1.16 `DPOTrainer`: EOS appended to plain-text completions, chat template
+    `bmc_data.tokens.tokenization` (identical to TRL 1.16 `DPOTrainer`: EOS appended to plain-text completions, chat template
     for conversational rows) and the DPO collator's truncation when `max_length` is set. Computed without gradients,
     in evaluation mode (dropout off), `batch_size` pairs per forward pass, with a progress bar.
 
@@ -141,7 +148,7 @@ def add_implicit_reward_margins(
     import torch
     from tqdm.auto import tqdm
 
-    from .tokenization import tokenize_pairs_batched
+    from bmc_data.tokens.tokenization import tokenize_pairs_batched
 
     missing = [c for c in (PROMPT, CHOSEN, REJECTED) if c not in dataset.column_names]
     if missing:

@@ -1,0 +1,81 @@
+"""`python -m bmc_data.report SOURCE --out report.html`: the review page's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import datasets
+
+from .page import DEFAULT_CHUNK_ROWS, ReportConfig, render_report
+from .source import load_report_source
+
+logger = logging.getLogger(__name__)
+
+USAGE = """a review page for a bridged dataset.
+
+    python -m bmc_data.report bmc-publish/ultrafeedback-bmc --out report.html
+    python -m bmc_data.report out/bridged.parquet --out report.html --tokenizer Qwen/Qwen2.5-7B-Instruct
+    python -m bmc_data.report my-org/ultrafeedback-bmc --out report.html          # a Hub repo, via load_bridged
+
+SOURCE is a `save_bridged` folder (every config and split), a `python -m bmc_data bridge` output folder
+(bridged.parquet), a parquet / jsonl file, or a Hub dataset repo id. The page opens straight from disk (no server,
+no network): `report.html` holds the header, counts, reasons and histograms; `report_files/` beside it holds the
+row index and the rows in chunks (`<script>` files that call a global registration function, so they load under
+`file://`). `bmc_data.render_report(dataset, path)` is the Python face; `python -m bmc_data.publish` writes the
+report into the dataset folder. What is highlighted is decided in `bmc_data.report.records`.
+
+Exit codes: 0 ok, 2 usage error, 1 failure (one `error: ...` line).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bmc_data.report", description=USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="bridged folder, .parquet / .jsonl file, or Hub dataset repo id")
+    parser.add_argument("--out", default="report.html", help="HTML file to write; its data goes to <stem>_files/ "
+                        "beside it (default: %(default)s)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer the diff masks were built with (default: the one recorded in "
+                             "bmc_mask_tokenizer; word-level diffs when it cannot be loaded)")
+    parser.add_argument("--title", default=None, help="page title (default: from the source)")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
+                        help="rows per lazily loaded data file (default: %(default)s)")
+    parser.add_argument("--model", default=None,
+                        help="policy model (Hub id or path) for the optional λ = 1 + min(1/π_θ, δ) preview")
+    parser.add_argument("--delta", type=float, default=2.0, help="δ of the λ preview (default: %(default)s)")
+    parser.add_argument("--weight-rows", type=int, default=32,
+                        help="rows whose λ the preview computes (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.chunk_rows < 1 or args.weight_rows < 1 or args.delta < 0:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: --chunk-rows and --weight-rows must be >= 1 and --delta >= 0", file=sys.stderr)
+        return 2
+    if args.quiet:
+        datasets.disable_progress_bars()
+    try:
+        dataset, prov = load_report_source(args.source)
+        tokenizer = None
+        if args.tokenizer:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        config = ReportConfig(chunk_rows=args.chunk_rows, title=args.title, model=args.model, delta=args.delta,
+                              weight_rows=args.weight_rows, provenance=prov)
+        out = render_report(dataset, args.out, tokenizer=tokenizer, config=config, progress=not args.quiet)
+    except Exception as err:  # one clear line; --quiet off and logging at DEBUG shows the traceback
+        logger.debug("report failed", exc_info=True)
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} and {out.with_name(out.stem + '_files')}/ ({len(dataset):,} rows); open it in a browser")
+    return 0
+

@@ -1,0 +1,82 @@
+"""How every command line of bmc runs: one log format with secrets scrubbed (`add_logging_args`,
+`setup_logging`), and one wrapper (`run_cli`) under which each failure ends in one clear, redacted line and its
+exit code. An unexpected exception gets one line too, plus how to see the traceback (`--debug` or `BMC_DEBUG=1`).
+
+It sits below every stage, so the commands of each stage (bridge, publish, report, bmc_train) can use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from bmc_data.errors import DEBUG_ENV, EXIT_FAILURE, EXIT_INTERRUPTED, BMCError
+from bmc_data.redaction import install_log_redaction, redact
+
+__all__ = ["add_logging_args", "debug_enabled", "run_cli", "setup_logging"]
+
+#: Libraries that log one INFO line per HTTP request: quiet unless --verbose.
+_NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic", "urllib3", "filelock")
+
+
+def add_logging_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output and diagnostics")
+    group.add_argument("--quiet", action="store_true", help="no progress bars or log lines, only the summary")
+    group.add_argument("--verbose", action="store_true", help="also log every HTTP request (httpx/openai/anthropic)")
+    group.add_argument("--debug", action="store_true",
+                       help="show the full traceback of an error (also: BMC_DEBUG=1); for bug reports")
+
+
+def setup_logging(*, quiet: bool = False, verbose: bool = False) -> None:
+    """One log format for every CLI; per-request HTTP logs only with --verbose; secrets scrubbed from every
+    record (`bmc_data.redaction`)."""
+    install_log_redaction()
+    logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if quiet:
+        import datasets
+        from huggingface_hub.utils import disable_progress_bars
+
+        datasets.disable_progress_bars()
+        disable_progress_bars()
+
+
+def debug_enabled(argv: Sequence[str] | None = None) -> bool:
+    return "--debug" in (argv or ()) or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a CLI `main(argv) -> exit code` so that every failure ends in one clear, redacted line.
+
+    `--debug` (removed from argv here) or `BMC_DEBUG=1` re-raises instead, for the full traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(args)
+    args = [a for a in args if a != "--debug"]
+    install_log_redaction()
+    try:
+        return main(args)
+    except SystemExit:
+        raise  # argparse's own usage errors (exit 2) and --help (exit 0)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume (LLM calls are cached)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BMCError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        return error.exit_code
+    except Exception as error:  # a bug or an unforeseen failure: still one line, unless asked for more
+        if debug:
+            print(redact(traceback.format_exc()), file=sys.stderr)
+        else:
+            logging.getLogger("bmc").debug("unexpected error", exc_info=True)
+        first = redact(str(error)).strip().splitlines()
+        print(f"error: {type(error).__name__}: {first[0] if first else ''} (rerun with --debug or {DEBUG_ENV}=1 "
+              "for the traceback, and please report it)", file=sys.stderr)
+        return EXIT_FAILURE
