@@ -25,7 +25,7 @@ from bmc_data.pairs.answers import check_answer, extract_answer
 from bmc_data.pairs.loading import Layout, LoadedPairs, OnInvalid, load_pairs
 from bmc_data.pairs.schema import PreferencePair, Status, Task
 from bmc_data.providers.accounting import usage_since
-from bmc_data.providers.base import ChatRequest, ChatResponse, Provider, ProviderError
+from bmc_data.providers.base import ChatRequest, ChatResponse, Provider, ProviderError, ResponseSchema
 from bmc_data.providers.throttle import estimate_tokens
 from bmc_data.redaction import redact, redact_obj
 
@@ -138,21 +138,39 @@ class Bridger:
                                  f"{self.max_input_tokens} (raise --max-input-tokens if your editor's context fits it)")
         return None
 
-    def _request(self, messages: list[dict[str, str]]) -> ChatRequest:
+    def _request(self, messages: list[dict[str, str]], schema: ResponseSchema | None = None) -> ChatRequest:
         return ChatRequest(messages=tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature,
-                           seed=self.seed)
+                           seed=self.seed, response_schema=schema)
 
-    async def _call(self, messages: list[dict[str, str]]) -> ChatResponse:
-        response = await self.provider.complete(self._request(messages))
+    async def _call(self, messages: list[dict[str, str]], schema: ResponseSchema | None = None) -> ChatResponse:
+        response = await self.provider.complete(self._request(messages, schema))
         if response.truncated:
             raise _TruncatedReply(f"reply truncated at max_tokens={self.max_tokens} (finish_reason=length)")
         return response
+
+    def _schema_answer(self, pair: PreferencePair) -> str | None:
+        """The answer a structured reply's `final_answer` is constrained to: the known one, when it is checked."""
+        return self._gold_answer(pair) if self.check_answers else None
+
+    def response_schema(self, pair: PreferencePair) -> ResponseSchema | None:
+        """The JSON Schema this pair's reply must follow (structured templates), else None."""
+        if self.template.reply_format != "structured":
+            return None
+        from .protocol import SCHEMA_NAME, reply_schema
+
+        return ResponseSchema(SCHEMA_NAME, reply_schema(pair.rejected, requires_verdict=self.template.requires_verdict,
+                                                        answer=self._schema_answer(pair)))
 
     def _parse(self, text: str, pair: PreferencePair) -> ParsedReply:
         if self.template.reply_format == "edits":  # a list of replacements, applied to y_l here
             from .edits import parse_edit_reply
 
             return parse_edit_reply(text, pair.rejected, requires_verdict=self.template.requires_verdict)
+        if self.template.reply_format == "structured":  # JSON, edits anchored to segments of y_l
+            from .protocol import parse_structured_reply
+
+            return parse_structured_reply(text, pair.rejected, requires_verdict=self.template.requires_verdict,
+                                          answer=self._schema_answer(pair), task=self.task)
         return parse_reply(text, requires_verdict=self.template.requires_verdict)
 
     async def bridge(self, pair: PreferencePair) -> RowResult:
@@ -160,10 +178,14 @@ class Bridger:
         degenerate = self.precheck(pair, messages)
         if degenerate is not None:
             return degenerate
+        try:
+            schema = self.response_schema(pair)
+        except ValueError as error:
+            return RowResult(Status.FAILED, f"no structured reply possible: {error}")
         calls = 0
         try:
             calls += 1
-            reply = await self._call(messages)
+            reply = await self._call(messages, schema)
             try:
                 parsed = self._parse(reply.text, pair)
             except ReplyFormatError as first_error:
@@ -171,7 +193,7 @@ class Bridger:
                 repair = messages + [{"role": "assistant", "content": reply.text},
                                      {"role": "user", "content": self.template.render_repair(str(first_error))}]
                 calls += 1
-                reply = await self._call(repair)
+                reply = await self._call(repair, schema)
                 try:
                     parsed = self._parse(reply.text, pair)
                 except ReplyFormatError as error:
@@ -314,8 +336,11 @@ def bridge_dataset(
         provider: any `bmc_data.providers` provider; default: the embedded SmolLM2-135M-Instruct (weak; for
             real data point this at a strong model, see the README).
         template: a `Template`, a path to a template file, or None for the newest bundled one for `task`.
-        reply_format: with `template=None`: "full" (the editor writes ỹ_w, as in the paper) or "edits" (it lists
-            replacements of spans of y_l, which the library applies; see `bmc_data.bridging.edits`).
+        reply_format: with `template=None`: "full" (the editor writes ỹ_w, as in the paper), "edits" (it lists
+            replacements of spans of y_l, which the library applies; see `bmc_data.bridging.edits`) or
+            "structured" (a JSON reply constrained by a per-pair schema: edits anchored to y_l's sentences and
+            lines, the final answer fixed to the reference; see `bmc_data.bridging.protocol`). "structured"
+            needs a provider that enforces a schema (`Provider.supports_response_schema`).
         cache_dir: where LLM calls are cached (default `$BMC_CACHE_DIR` or `~/.cache/bmc`); `False` disables.
         concurrency: rows in flight at once (the provider's own limits also apply).
         check_answers: for QA/math, require ỹ_w to reach the known final answer.
@@ -357,6 +382,9 @@ def bridge_dataset(
         from bmc_data.providers import get_provider
 
         provider = get_provider("embedded")
+    if template.reply_format == "structured" and not provider.supports_response_schema:
+        raise UsageError(f"reply format 'structured' needs a provider that constrains replies to a JSON schema; "
+                         f"{provider.name} {provider.model} cannot (use reply format 'full' or 'edits' with it)")
     if cache_dir is None:
         from bmc_data.providers.cache import default_cache_dir
 

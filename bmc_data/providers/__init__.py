@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError, Usage
+from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError, ResponseSchema, Usage
 from .limits import ProviderLimits
 
 PROVIDER_NAMES = ("openai", "anthropic", "transformers", "embedded", "openai-batch", "anthropic-batch")
@@ -36,7 +36,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "ChatRequest", "ChatResponse", "Pricing", "Provider", "ProviderError", "ProviderLimits", "Usage",
+    "ChatRequest", "ChatResponse", "Pricing", "Provider", "ProviderError", "ProviderLimits", "ResponseSchema", "Usage",
     "PROVIDER_NAMES", "get_provider", *_LAZY,
 ]
 
