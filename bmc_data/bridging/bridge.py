@@ -305,6 +305,13 @@ def _summary(provider: Provider, results: list[RowResult], template: Template, e
     )
 
 
+def require_schema_support(provider: Provider, reply_format: str) -> None:
+    """UsageError when the reply format needs a JSON-schema-constrained reply that `provider` cannot give."""
+    if reply_format == "structured" and not provider.supports_response_schema:
+        raise UsageError(f"reply format 'structured' needs a provider that constrains replies to a JSON schema; "
+                         f"{provider.name} {provider.model} cannot (use reply format 'full' or 'edits' with it)")
+
+
 def bridge_dataset(
     data: Any,
     *,
@@ -382,9 +389,7 @@ def bridge_dataset(
         from bmc_data.providers import get_provider
 
         provider = get_provider("embedded")
-    if template.reply_format == "structured" and not provider.supports_response_schema:
-        raise UsageError(f"reply format 'structured' needs a provider that constrains replies to a JSON schema; "
-                         f"{provider.name} {provider.model} cannot (use reply format 'full' or 'edits' with it)")
+    require_schema_support(provider, template.reply_format)
     if cache_dir is None:
         from bmc_data.providers.cache import default_cache_dir
 

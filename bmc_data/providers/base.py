@@ -26,6 +26,13 @@ class ResponseSchema:
         return {"name": self.name, "schema": self.schema}
 
 
+#: how an OpenAI-compatible request carries a `ResponseSchema` (`OpenAIProvider(structured_output=...)`): OpenAI's
+#: `response_format` (json_schema, strict), which vLLM, SGLang, llama.cpp's llama-server, LM Studio and Ollama
+#: accept as well; vLLM's older `guided_json` field (removed in vLLM 0.12); or vLLM's `structured_outputs`
+#: (vLLM 0.10.2 and later)
+STRUCTURED_OUTPUT_FIELDS = ("response_format", "guided_json", "structured_outputs")
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     messages: tuple[dict[str, str], ...]  # [{"role": ..., "content": ...}, ...]

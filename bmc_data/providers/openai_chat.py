@@ -12,7 +12,7 @@ import openai
 from bmc_data.errors import CredentialError
 from bmc_data.redaction import check_api_key
 
-from .base import ChatRequest, ChatResponse, Pricing, ResponseSchema
+from .base import STRUCTURED_OUTPUT_FIELDS, ChatRequest, ChatResponse, Pricing, ResponseSchema
 from .limits import ProviderLimits
 from .remote import RemoteProvider
 from .retry import malformed_error
@@ -22,12 +22,6 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 NO_KEY = "sk-no-key-required"
 #: What `chat.completions.create` sends: bearer auth only.
 _POST_OPTIONS: Any = {"security": {"bearer_auth": True}}
-
-
-#: how a `ChatRequest.response_schema` travels (`structured_output=`): OpenAI's `response_format` (json_schema,
-#: strict), which vLLM, SGLang, llama.cpp's llama-server, LM Studio and Ollama accept as well; vLLM's older
-#: `guided_json` field (removed in vLLM 0.12); or vLLM's `structured_outputs` (vLLM 0.10.2 and later)
-STRUCTURED_OUTPUT_FIELDS = ("response_format", "guided_json", "structured_outputs")
 
 
 def _is_official(base_url: str) -> bool:
