@@ -171,7 +171,7 @@ class Bridger:
 
             return parse_structured_reply(text, pair.rejected, requires_verdict=self.template.requires_verdict,
                                           answer=self._schema_answer(pair), task=self.task)
-        return parse_reply(text, requires_verdict=self.template.requires_verdict)
+        return parse_reply(text, requires_verdict=self.template.requires_verdict, rejected=pair.rejected)
 
     async def bridge(self, pair: PreferencePair) -> RowResult:
         messages = self.template.render(prompt=pair.prompt_text(), chosen=pair.chosen, rejected=pair.rejected)

@@ -48,7 +48,7 @@ from bmc_data.pairs.answers import answers_match, check_answer, final_answer_spa
 from bmc_data.pairs.schema import Task
 
 from .edits import EditError
-from .parsing import ParsedReply, ReplyFormatError, Verdict, _strip_fences
+from .parsing import ParsedReply, ReplyFormatError, Verdict, strip_fences
 
 #: the `name` of the schema (OpenAI `json_schema.name`, the Anthropic tool name): [a-zA-Z0-9_-]{1,64}
 SCHEMA_NAME = "bmc_edit_reply"
@@ -174,7 +174,7 @@ def with_final_answer(text: str, answer: str, task: Task | str) -> str:
 
 
 def _reply_object(text: str) -> dict[str, Any]:
-    body = _strip_fences(text or "")
+    body = strip_fences(text or "")
     if not body:
         raise ReplyFormatError("the reply is empty")
     start, end = body.find("{"), body.rfind("}")
