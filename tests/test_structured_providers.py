@@ -188,6 +188,14 @@ def test_cli_reply_format_structured_and_structured_output(tmp_path, capsys):
     assert code == 0
     rows = [json.loads(l) for l in (tmp_path / "out" / "bridged.jsonl").read_text().splitlines()]
     assert [r["bmc_status"] for r in rows] == ["bridged"] * 3
+    # the run summary says what the editor did: one revised sentence and the answer line per row
+    editor = json.loads((tmp_path / "out" / "summary.json").read_text())["editor"]
+    assert editor == {"rows": 3, "bridged": 3, "bridged_share": 1.0, "median_word_edit_distance_before": 5.0,
+                      "median_word_edit_distance_after": 2.0, "answer_rows": 3, "only_final_answer_changed": 0,
+                      "only_final_answer_changed_share": 0.0}
+    summary_md = (tmp_path / "out" / "summary.md").read_text()
+    assert "editor: median word edit distance over the bridged rows: y_w↔y_l 5, ỹ_w↔y_l 2" in summary_md
+    assert "editor: only the final-answer line changed: 0 of 3 bridged QA/math rows (0.0%)" in summary_md
     assert cli_main(["bridge", "--source", str(source), "--task", "math", "--provider", "anthropic", "--model", "c",
                      "--structured-output", "guided_json", "--out", str(tmp_path / "o2")]) == 2
     assert "--structured-output is for the openai and openai-batch providers, not 'anthropic'" in capsys.readouterr().err

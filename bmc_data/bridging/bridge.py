@@ -65,6 +65,9 @@ class BridgeSummary:
     skipped_rows: list[dict[str, Any]] = field(default_factory=list)
     #: with make_pairs first: the y_l sampling calls, apart from the bridging calls in `usage`
     sampling_usage: dict[str, Any] | None = None
+    #: what the editor did (`bmc_data.tokens.stats.editor_statistics`): bridged share, median word edit
+    #: distances y_w↔y_l and ỹ_w↔y_l, rows whose only change is the final-answer line
+    editor: dict[str, Any] | None = None
 
     @property
     def all_failed(self) -> bool:
@@ -98,6 +101,10 @@ class BridgeSummary:
                          f"{u.get('retries', 0)} retries, {u.get('failures', 0)} failed; tokens in/out: "
                          f"{u.get('input_tokens', 0)}/{u.get('output_tokens', 0)}; "
                          f"estimated cost ${u.get('cost_usd', 0.0):.4f}")
+        if self.editor:
+            from bmc_data.tokens.stats import editor_statistics_lines
+
+            lines += [f"  editor: {line}" for line in editor_statistics_lines(self.editor)]
         u = self.usage or {}
         if u.get("by_endpoint"):  # a pool of endpoints
             lines.append("  calls per endpoint: " + ", ".join(f"{url} {n}" for url, n in u["by_endpoint"].items()))
@@ -408,6 +415,9 @@ def bridge_dataset(
         logger.warning("every one of the %d pair(s) failed; the first reason: %s", summary.total,
                        redact(results[0].reason))
     dataset = results_to_dataset(pairs, results, task=task, template=template, provider=provider)
+    from bmc_data.tokens.stats import editor_statistics
+
+    summary.editor = editor_statistics(dataset)
     if progress:
         tqdm.write(str(summary))
     else:
