@@ -159,6 +159,12 @@ def _tour(out: Path, page: Path, *, trained: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()  # the demo prints one line per step instead
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
     return run(args)
 
 
