@@ -133,6 +133,17 @@ def test_a_reply_that_ignored_the_schema_gets_one_repair_turn_with_the_schema_ag
     assert ds["chosen"][0] == MATH[0]["rejected"].replace("is 3", "is 2")  # only the answer line: honest stats count it
 
 
+def test_a_refusal_fails_the_row_with_the_models_words(tmp_path):
+    from llm_servers import Refusal
+
+    with LLMServer(structured_reply=lambda messages, schema: Refusal("I can't help with that.")) as server:
+        ds = bridge_dataset(MATH[:1], task="math", provider=_openai(server), cache_dir=tmp_path,
+                            reply_format="structured", progress=False)
+        assert server.call_count == 1  # a refusal is final: no retry, no repair turn
+    assert ds["bmc_status"] == ["failed"]
+    assert ds["bmc_reason"][0] == "provider error: openai editor: the model refused: I can't help with that."
+
+
 def test_instruction_rows_bridge_through_the_batch_apis(tmp_path):
     rows = [{"prompt": f"q{i}", "chosen": "A fine answer.", "rejected": f"Bad answer {i}. Second sentence."} for i in range(3)]
     with BatchServer() as server:
