@@ -88,6 +88,9 @@ def _bridge(argv: list[str] | None) -> int:
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     check_provider_args(args)  # every option is checked before any data is read, model loaded or call made
     from .bridging.bridge import bridge_dataset, require_schema_support
+    from .providers import provider_class
+
+    require_schema_support(provider_class(args.provider), args.reply_format)
     from .bridging.sampling import make_pairs
     from .pairs.loading import load_pairs
     from .providers.accounting import usage_since
@@ -99,7 +102,6 @@ def _bridge(argv: list[str] | None) -> int:
     sampling_usage = None
     if args.make_pairs:
         provider = provider or build_provider(args)
-        require_schema_support(provider, args.reply_format)  # before y_l is sampled
         before = provider.usage.as_dict()
         source = make_pairs(args.source, model=provider, task=args.task, keep=args.keep, limit=args.limit,
                             max_tokens=args.max_tokens, split=args.split, cache_dir=cache_dir,

@@ -190,6 +190,13 @@ class RecordedRequest:
     received_at: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A `structured_reply` result: the model refused (OpenAI: `message.refusal` with no content)."""
+
+    message: str
+
+
 def structured_request(api: str, body: Any, vllm_fields: bool) -> tuple[str | None, dict[str, Any] | None, str | None]:
     """(field, schema, problem) of a request that asks for a schema-constrained reply; (None, None, None) if none."""
     if not isinstance(body, dict):
@@ -312,6 +319,10 @@ class _Handler(BaseHTTPRequestHandler):
         if schema is not None:
             owner.structured.append((api, field, schema))
             reply = owner.structured_reply(messages, schema)
+            if isinstance(reply, Refusal) and api == "openai":
+                body_out = _completion(api, body.get("model", ""), index, "", False, 0, 0)
+                body_out["choices"][0]["message"].update(content=None, refusal=reply.message)
+                return self._json(200, body_out)
             if not isinstance(reply, str):
                 problems = conformance_problems(reply, schema)
                 if problems:

@@ -181,3 +181,30 @@ def test_parse_applies_the_edits_and_sets_the_final_answer():
 def test_unusable_structured_replies_say_why(reply, reason):
     with pytest.raises(ReplyFormatError, match=reason.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         parse_structured_reply(reply, SOLUTION, requires_verdict=True, answer="7", task="math")
+
+
+@settings(max_examples=200, deadline=None)
+@given(TEXT, st.data())
+def test_a_reply_the_schema_allows_parses_to_the_edits_it_names(text, data):
+    schema = reply_schema(text, requires_verdict=False) if segment(text) else None
+    if schema is None:
+        return
+    names = schema["properties"]["edits"]["items"]["properties"]["segment"]["enum"]
+    edits = data.draw(st.lists(st.tuples(st.sampled_from(names), st.text(max_size=8)), max_size=3, unique_by=lambda e: e[0]))
+    reply = {"edits": [{"segment": s, "replacement": r} for s, r in edits]}
+    assert conformance_problems(reply, schema) == []
+    parsed = parse_structured_reply(json.dumps(reply), text, requires_verdict=False)
+    assert parsed.revised == apply_segment_edits(text, edits)
+
+
+def test_structured_templates_are_versioned_and_selected_by_reply_format():
+    from bmc_data.bridging.templates import load_template
+
+    for task, version in (("instruction", "instruction-structured-v1"), ("qa", "qa-math-structured-v1"),
+                          ("math", "qa-math-structured-v1")):
+        template = load_template(task, reply_format="structured")
+        assert template.version == version and template.reply_format == "structured"
+        assert template.requires_verdict is (task != "instruction")
+        user = template.render(prompt="Q?", chosen="C.", rejected="R.")[-1]["content"]
+        assert "Q?" in user and "C." in user and "R." in user and '"edits": [{"segment":' in user
+        assert '"segment"' in template.render_repair("the reply is not a JSON object")

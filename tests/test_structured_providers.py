@@ -133,6 +133,17 @@ def test_a_reply_that_ignored_the_schema_gets_one_repair_turn_with_the_schema_ag
     assert ds["chosen"][0] == MATH[0]["rejected"].replace("is 3", "is 2")  # only the answer line: honest stats count it
 
 
+def test_a_refusal_fails_the_row_with_the_models_words(tmp_path):
+    from llm_servers import Refusal
+
+    with LLMServer(structured_reply=lambda messages, schema: Refusal("I can't help with that.")) as server:
+        ds = bridge_dataset(MATH[:1], task="math", provider=_openai(server), cache_dir=tmp_path,
+                            reply_format="structured", progress=False)
+        assert server.call_count == 1  # a refusal is final: no retry, no repair turn
+    assert ds["bmc_status"] == ["failed"]
+    assert ds["bmc_reason"][0] == "provider error: openai editor: the model refused: I can't help with that."
+
+
 def test_instruction_rows_bridge_through_the_batch_apis(tmp_path):
     rows = [{"prompt": f"q{i}", "chosen": "A fine answer.", "rejected": f"Bad answer {i}. Second sentence."} for i in range(3)]
     with BatchServer() as server:
@@ -156,7 +167,7 @@ class _NoSchemaProvider(Provider):
 def test_a_provider_that_cannot_enforce_a_schema_says_so_before_any_call(tmp_path):
     provider = _NoSchemaProvider("m")
     with pytest.raises(UsageError, match="reply format 'structured' needs a provider that constrains replies to a "
-                                         "JSON schema; plain m cannot"):
+                                         "JSON schema; the plain provider cannot"):
         bridge_dataset(MATH, task="math", provider=provider, cache_dir=tmp_path, reply_format="structured", progress=False)
     import asyncio
 
@@ -196,9 +207,30 @@ def test_cli_reply_format_structured_and_structured_output(tmp_path, capsys):
     summary_md = (tmp_path / "out" / "summary.md").read_text()
     assert "editor: median word edit distance over the bridged rows: y_w↔y_l 5, ỹ_w↔y_l 2" in summary_md
     assert "editor: only the final-answer line changed: 0 of 3 bridged QA/math rows (0.0%)" in summary_md
+    capsys.readouterr()
     assert cli_main(["bridge", "--source", str(source), "--task", "math", "--provider", "anthropic", "--model", "c",
                      "--structured-output", "guided_json", "--out", str(tmp_path / "o2")]) == 2
     assert "--structured-output is for the openai and openai-batch providers, not 'anthropic'" in capsys.readouterr().err
+
+
+def test_cli_structured_mistakes_are_one_line_exit_2_before_any_model_or_call(tmp_path, capsys, monkeypatch):
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in MATH))
+    common = ["bridge", "--source", str(source), "--task", "math", "--out", str(tmp_path / "out"), "--reply-format",
+              "structured", "--cache-dir", str(tmp_path / "cache")]
+    # a local model without grammar-constrained decoding: refused before it is loaded (the path does not exist)
+    from bmc_data.providers.transformers_local import TransformersProvider
+
+    monkeypatch.setattr(TransformersProvider, "supports_response_schema", False)  # pinned: grammars may come to it
+    assert cli_main([*common, "--provider", "transformers", "--model", str(tmp_path / "no-model")]) == 2
+    assert ("error: reply format 'structured' needs a provider that constrains replies to a JSON schema; the "
+            "transformers provider cannot") in capsys.readouterr().err
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert cli_main([*common, "--provider", "openai", "--model", "gpt-4o-mini", "--structured-output", "guided_json"]) == 2
+    assert "structured_output='guided_json' is a vLLM field; api.openai.com takes only 'response_format'" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_loopback_reply_conforms_to_the_schema_it_was_built_for():

@@ -312,11 +312,12 @@ def _summary(provider: Provider, results: list[RowResult], template: Template, e
     )
 
 
-def require_schema_support(provider: Provider, reply_format: str) -> None:
-    """UsageError when the reply format needs a JSON-schema-constrained reply that `provider` cannot give."""
+def require_schema_support(provider: Provider | type[Provider], reply_format: str) -> None:
+    """UsageError when the reply format needs a JSON-schema-constrained reply that `provider` (an instance, or a
+    class: checked before a local model is loaded) cannot give."""
     if reply_format == "structured" and not provider.supports_response_schema:
         raise UsageError(f"reply format 'structured' needs a provider that constrains replies to a JSON schema; "
-                         f"{provider.name} {provider.model} cannot (use reply format 'full' or 'edits' with it)")
+                         f"the {provider.name} provider cannot (use --reply-format full or edits with it)")
 
 
 def bridge_dataset(

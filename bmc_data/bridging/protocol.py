@@ -27,12 +27,17 @@ repair turn, then the row's reason):
 * "edit K: 'TEXT' is not a sentence or line of the response"
 * "edit K: 'TEXT' was already edited (it occurs N time(s) in the response)"
 
-Schema features, chosen so that every backend accepts them (checked against each one's documentation, and the
-loopback servers of the test suite refuse anything else): `type` (object, array, string), `properties`,
+Schema features, chosen so that every backend accepts them: `type` (object, array, string), `properties`,
 `required` listing every property, `additionalProperties: false`, `items` and `enum`. Nothing else: no
-`const`, `minItems`, `maxLength`, `pattern`, `anyOf`, `$ref` or `default`. That is the strict subset of OpenAI
-structured outputs (all properties required, no additional properties), which vLLM (xgrammar, guidance,
-outlines), llama.cpp's `json_schema_to_grammar` and Anthropic tool `input_schema` all accept as well.
+`const`, `minItems`, `maxLength`, `pattern`, `anyOf`, `$ref` or `default`. What was checked:
+* OpenAI structured outputs, `strict: true`: every property required, `additionalProperties: false`, `enum`
+  supported (the loopback server of the test suite refuses anything outside this subset, as the API does);
+* vLLM (xgrammar, guidance; `response_format`, `guided_json` before 0.12, `structured_outputs` from 0.10.2):
+  JSON Schema with `enum`, objects and arrays;
+* llama.cpp's `examples/json_schema_to_grammar.py` (which llama-cpp-python's `LlamaGrammar.from_json_schema`
+  mirrors): `enum` becomes an alternation of JSON literals, an object's required properties are written in
+  `properties` order (so the verdict comes first, the final answer last), arrays follow `items`;
+* Anthropic tool use: `input_schema` is a JSON Schema with an object at its root.
 OpenAI caps a schema at 1,000 enum values and 120,000 characters of enum text: a y_l with more segments
 than that is refused by the API (the row fails with its error).
 """

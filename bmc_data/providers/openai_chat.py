@@ -12,7 +12,7 @@ import openai
 from bmc_data.errors import CredentialError
 from bmc_data.redaction import check_api_key
 
-from .base import STRUCTURED_OUTPUT_FIELDS, ChatRequest, ChatResponse, Pricing, ResponseSchema
+from .base import STRUCTURED_OUTPUT_FIELDS, ChatRequest, ChatResponse, Pricing, ProviderError, ResponseSchema
 from .limits import ProviderLimits
 from .remote import RemoteProvider
 from .retry import malformed_error
@@ -136,8 +136,11 @@ class OpenAIProvider(RemoteProvider):
             output_tokens = int(usage.get("completion_tokens") or 0)
             if not isinstance(text, str):
                 raise TypeError(f"message content is {type(text).__name__}, not text")
+            refusal = choice["message"].get("refusal")
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
             raise malformed_error(self.describe, f"no choices[0].message in {str(body)[:120]!r}") from error
+        if not text and isinstance(refusal, str) and refusal:  # structured outputs: a refusal instead of the JSON
+            raise ProviderError(f"{self.describe}: the model refused: {self._safe(refusal)[:200]}")
         return ChatResponse(
             text=text,
             finish_reason=str(finish_reason),
