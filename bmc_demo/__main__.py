@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     bridged, summary = bridge_dataset(pairs, task="qa", provider=provider, reply_format="structured",
                                       cache_dir=cache, concurrency=16, max_tokens=512, progress=False,
                                       return_summary=True, summary_path=out / "summary.json")
+    provider.close()
     bridged = add_edit_distance_stats(bridged)
     _done(started, timings, "sample_and_bridge")
     for line in editor_statistics_lines(editor_statistics(bridged)):
@@ -159,6 +161,7 @@ def _tour(out: Path, page: Path, *, trained: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF conversion's bar; the demo prints one line per step
     import datasets
     import transformers
 

@@ -35,14 +35,16 @@ def train_policy(rows: list[dict[str, Any]], policy: Path, out: Path, *, steps: 
     logged metrics of each step. QA values of the paper: β 0.05, δ 3.0; the learning rate is raised so that a
     few steps move the policy visibly."""
     from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
 
     from bmc_train import BMCConfig, BMCTrainer
 
     args = BMCConfig(output_dir=str(out), loss_type="bmc", beta=beta, delta=delta, learning_rate=5e-5,
                      lr_scheduler_type="constant", warmup_steps=0, max_steps=steps, per_device_train_batch_size=2,
                      max_length=320, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-                     gradient_checkpointing=False, use_cpu=True, dataloader_num_workers=0)
+                     use_cpu=True, dataloader_num_workers=0)
     trainer = BMCTrainer(str(policy), args=args, train_dataset=Dataset.from_list([as_conversation(r) for r in rows]))
+    trainer.remove_callback(PrinterCallback)  # the demo prints its own lines from the log history
     trainer.train()
     trainer.save_model(str(out))
     return [{k: float(v) for k, v in entry.items() if k in SHOWN}

@@ -293,6 +293,18 @@ class LlamaCppProvider(LocalBatchingProvider):
         return ChatResponse(text=text, finish_reason=seq.finish_reason or "length", input_tokens=len(seq.prompt),
                             output_tokens=len(seq.out), model=self.model)
 
+    def close(self) -> None:
+        """Free the llama.cpp context and model now (otherwise at garbage collection, which at interpreter exit
+        can run after llama-cpp-python's own module teardown and print an ignored exception)."""
+        import llama_cpp
+
+        with self._lock:
+            if self._ctx is not None:
+                llama_cpp.llama_batch_free(self._batch)
+                llama_cpp.llama_free(self._ctx)
+                self._ctx = self._batch = None
+            self.llm.close()
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model={self.model!r}, n_threads={self.n_threads}, "
                 f"max_batch_size={self.max_batch_size})")
