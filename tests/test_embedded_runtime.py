@@ -40,6 +40,28 @@ def test_unsupported_schemas_are_refused_with_the_field_named():
         schema_to_gbnf({"type": "object", "properties": {"n": {"type": "integer"}}})
 
 
+def test_bad_thread_setting_is_a_usage_error_naming_the_variable(monkeypatch):
+    from bmc_data.errors import UsageError
+    from bmc_data.providers.llama_cpp_local import default_threads
+
+    monkeypatch.setenv("BMC_EMBEDDED_THREADS", "two")
+    with pytest.raises(UsageError, match="BMC_EMBEDDED_THREADS must be a whole number of threads, got 'two'"):
+        default_threads()
+    monkeypatch.setenv("BMC_EMBEDDED_THREADS", "3")
+    assert default_threads() == 3
+
+
+def test_demo_with_a_missing_source_says_so_in_one_line_exit_2(tmp_path, capsys):
+    from bmc_data.runner import run_cli
+    from bmc_demo.__main__ import main
+
+    assert run_cli(main, ["--source", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --source {tmp_path / 'nope.jsonl'}: no such file (the demo reads ECQA from the shared/ "
+                   "folder beside the repository; pass another QA .jsonl with --source)"]
+    assert not (tmp_path / "out").exists()
+
+
 llama_cpp = pytest.importorskip("llama_cpp")
 
 

@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bmc_data.errors import UsageError
+
 from .base import ChatRequest, ChatResponse, ProviderError
 from .grammar import GrammarLimits, schema_to_gbnf
 from .local_batching import LocalBatchingProvider, model_lock
@@ -39,9 +41,9 @@ def default_threads() -> int:
         try:
             threads = int(configured)
         except ValueError:
-            raise ValueError(f"{THREADS_ENV} must be a whole number of threads, got {configured!r}") from None
+            raise UsageError(f"{THREADS_ENV} must be a whole number of threads, got {configured!r}") from None
         if threads < 1:
-            raise ValueError(f"{THREADS_ENV} must be at least 1, got {threads}")
+            raise UsageError(f"{THREADS_ENV} must be at least 1, got {threads}")
         return threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, round(cores - os.getloadavg()[0])))
