@@ -28,6 +28,7 @@ _LAZY = {
     "AnthropicProvider": "anthropic_messages",
     "TransformersProvider": "transformers_local",
     "EmbeddedProvider": "embedded",
+    "LlamaCppProvider": "llama_cpp_local",
     "load_embedded_model": "embedded",
     "RetryableError": "retry",
     "OpenAIBatchProvider": "openai_batch",
@@ -126,6 +127,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .anthropic_batch import AnthropicBatchProvider
     from .anthropic_messages import AnthropicProvider
     from .embedded import EmbeddedProvider, load_embedded_model
+    from .llama_cpp_local import LlamaCppProvider
     from .openai_batch import OpenAIBatchProvider
     from .openai_chat import OpenAIProvider
     from .pool import EndpointPool
