@@ -147,3 +147,20 @@ def test_demo_pipeline_runs_end_to_end_on_two_rows(tmp_path, shared_data):
     if record["bridged"]:
         assert (out / "dpo-bmc" / "model.safetensors").is_file()
         assert {"loss", "rewards/margins", "bmc/lambda_chosen_mean"} <= set(record["training"][0])
+
+
+def test_a_prompt_longer_than_the_context_fails_alone_and_its_batch_runs_on():
+    from bmc_data.providers.base import ProviderError
+    from bmc_data.providers.embedded import EmbeddedProvider
+
+    small = EmbeddedProvider(max_batch_size=2, n_threads=1, n_ctx_per_seq=64)
+    long = ChatRequest(messages=({"role": "user", "content": "word " * 80},), max_tokens=4)
+    short = ChatRequest(messages=({"role": "user", "content": "Hi"},), max_tokens=4)
+
+    async def both():
+        return await asyncio.gather(small.complete(long), small.complete(short), return_exceptions=True)
+
+    failed, served = asyncio.run(both())
+    small.close()
+    assert isinstance(failed, ProviderError) and "more than the context of 64" in str(failed)
+    assert served.output_tokens >= 1 and small.batch_stats["max_batch"] == 2

@@ -247,19 +247,28 @@ class LlamaCppProvider(LocalBatchingProvider):
         if code != 0:
             raise ProviderError(f"{self.name} {self.model}: llama_decode failed with code {code}")
 
-    def _generate(self, requests: list[ChatRequest]) -> list[ChatResponse]:
-        sequences: list[_Sequence] = []
+    def _generate(self, requests: list[ChatRequest]) -> list[ChatResponse | ProviderError]:
+        prepared: list[_Sequence | ProviderError] = []
         try:
-            for index, request in enumerate(requests):
-                sequences.append(_Sequence(self, request, index))
-            with self._lock:
-                self._run(sequences)
+            for request in requests:  # a prompt too long or a schema refused fails its own request only
+                try:
+                    prepared.append(_Sequence(self, request, len(prepared)))
+                except (ProviderError, ValueError) as error:
+                    prepared.append(error if isinstance(error, ProviderError) else ProviderError(
+                        f"{self.name} {self.model}: {error}"))
+            sequences = [s for s in prepared if isinstance(s, _Sequence)]
+            for index, seq in enumerate(sequences):
+                seq.index = index  # llama.cpp sequence ids are 0..n-1
+            if sequences:
+                with self._lock:
+                    self._run(sequences)
             self._count_batch(len(requests))
             self.grammar_full_passes += sum(s.full_passes for s in sequences)
-            return [self._response(s) for s in sequences]
+            return [self._response(s) if isinstance(s, _Sequence) else s for s in prepared]
         finally:
-            for seq in sequences:
-                seq.free()
+            for seq in prepared:
+                if isinstance(seq, _Sequence):
+                    seq.free()
 
     def _run(self, sequences: list[_Sequence]) -> None:
         import llama_cpp

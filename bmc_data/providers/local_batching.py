@@ -69,8 +69,9 @@ class LocalBatchingProvider(Provider):
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = weakref.WeakKeyDictionary()
 
     @abc.abstractmethod
-    def _generate(self, requests: list[ChatRequest]) -> list[ChatResponse]:
-        """Generate the replies of one batch (runs in the worker thread)."""
+    def _generate(self, requests: list[ChatRequest]) -> list[ChatResponse | ProviderError]:
+        """Generate the replies of one batch (runs in the worker thread); a `ProviderError` in place of a reply
+        fails that request alone (raising fails the whole batch)."""
 
     def _count_batch(self, size: int) -> None:
         self.batch_stats["generate_calls"] += 1
@@ -111,7 +112,11 @@ class LocalBatchingProvider(Provider):
                         job.future.set_exception(failure)
                 continue
             for job, response in zip(batch, responses):
-                if not job.future.done():  # the caller may have been cancelled meanwhile
+                if job.future.done():  # the caller may have been cancelled meanwhile
+                    continue
+                if isinstance(response, ProviderError):
+                    job.future.set_exception(response)
+                else:
                     job.future.set_result(response)
 
     def _take_batch(self, jobs: deque[_Job]) -> list[_Job]:
