@@ -78,7 +78,7 @@ def load_preference_dataset(name: str, config: str | None = None):
     """A `DatasetDict` from a bmc_data folder, a data file, or a Hub id; a bad source is an `InputError`."""
     from datasets import Dataset, DatasetDict, load_dataset
 
-    from bmc_data.pairs.loading import _python_rows, looks_like_hub_id
+    from bmc_data.pairs.loading import looks_like_hub_id, plain_rows
 
     path = Path(name).expanduser()
     if path.is_file():
@@ -86,12 +86,13 @@ def load_preference_dataset(name: str, config: str | None = None):
         if builder is None:
             raise InputError(f"--dataset_name {name}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
         if builder == "json":  # bmc_data's reader: the line of a JSON error, the row and field of a mistyped cell
-            rows = _python_rows(str(path), split="train")
-            check_rows(rows, f"--dataset_name {name}")
+            rows = plain_rows(str(path), split="train")
             try:
                 return DatasetDict({"train": Dataset.from_list(rows)})
-            except Exception as error:  # e.g. an extra column whose type differs between rows
-                raise InputError(f"--dataset_name {name}: cannot build a table from its rows: {first_line(error)}") from None
+            except Exception as error:  # a cell whose type differs between rows; select_rows checks the rest
+                where = f"--dataset_name {name}"
+                _checked_pairs(rows, where)  # names the row and field when one of ours is mistyped
+                raise InputError(f"{where}: cannot build a table from its rows: {first_line(error)}") from None
         try:
             return load_dataset(builder, data_files={"train": str(path)})
         except Exception as error:
@@ -108,6 +109,16 @@ def check_rows(rows, where: str, *, use_original_chosen: bool = False) -> None:
     """Every row through bmc_data's loader (the same checks as bridging) before TRL sees it: a wrong type or a
     missing field is an `InputError` naming the row and the field; pairs with chosen == rejected are counted in one
     warning (they carry no preference)."""
+    pairs = _checked_pairs(rows, where, use_original_chosen=use_original_chosen)
+    same = sum(1 for p in pairs if p.chosen.strip() == p.rejected.strip())
+    if same:
+        logger.warning("%s: %d of %d row(s) have chosen == rejected: they carry no preference signal", where, same,
+                       len(pairs))
+
+
+def _checked_pairs(rows, where: str, *, use_original_chosen: bool = False) -> list:
+    """The rows' preference pairs (none when a whole column is missing: select_rows names it), or an `InputError`
+    naming `where`, the row and the field."""
     from bmc_data.pairs.loading import load_pairs
 
     columns = [PROMPT, CHOSEN, REJECTED] + ([ORIGINAL_CHOSEN] if use_original_chosen else [])
@@ -115,20 +126,14 @@ def check_rows(rows, where: str, *, use_original_chosen: bool = False) -> None:
         present = [c for c in columns if c in rows.column_names]
         rows = rows.select_columns(present).to_list()
     rows = [{k: r.get(k) for k in columns if k in r} for r in rows]
-    if any(all(c not in r for r in rows) for c in columns):
-        return  # a whole column is missing: select_rows names it
+    if not rows or any(all(c not in r for r in rows) for c in columns):
+        return []
     if use_original_chosen:
         rows = [{**r, CHOSEN: r.get(ORIGINAL_CHOSEN)} for r in rows]
-    if not rows:
-        return
     try:
-        pairs = load_pairs(rows, layout="auto")
+        return load_pairs(rows, layout="auto").pairs
     except InputError as error:
         raise InputError(f"{where}: {error}") from None
-    same = sum(1 for p in pairs if p.chosen.strip() == p.rejected.strip())
-    if same:
-        logger.warning("%s: %d of %d row(s) have chosen == rejected: they carry no preference signal", where, same,
-                       len(pairs))
 
 
 def check_model_path(name: str) -> None:

@@ -192,7 +192,7 @@ def _json_lines(path: Path, text: str) -> list[Any]:
     return rows
 
 
-def _python_rows(source: Any, *, split: str) -> list[dict[str, Any]]:
+def plain_rows(source: Any, *, split: str = "train") -> list[dict[str, Any]]:
     """Rows as plain dicts. In-memory lists, DataFrames and JSON files skip Arrow, so a mistyped cell reaches our
     row-level validation (with its row index) instead of failing the whole Arrow conversion."""
     if isinstance(source, pd.DataFrame):
@@ -335,7 +335,7 @@ def load_pairs(
         task = Task(task) if task is not None else None
     except ValueError:
         raise UsageError(f"task must be one of {[t.value for t in Task]}, got {task!r}") from None
-    rows = _python_rows(source, split=split)
+    rows = plain_rows(source, split=split)
     if limit is not None:
         rows = rows[:limit]
     if not rows:
