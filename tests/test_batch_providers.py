@@ -353,15 +353,12 @@ def test_batch_and_online_providers_share_one_identity(api, server):
 
 def test_a_batch_never_created_is_no_attempt(server, tmp_path):
     """A batch that never reached the provider leaves no request behind: no attempt counted, none in the table."""
-    from bmc_data.providers.batch_store import request_counts
-
     provider = make("openai", server, cache_dir=tmp_path)
     store = provider.store
     kept = store.record_submission(api="openai", endpoint=provider.endpoint, model="editor", custom_ids=["a"])
     store.store_results(kept.local_id, {}, {"a": "no result (batch expired)"})
     record = store.record_submission(api="openai", endpoint=provider.endpoint, model="editor", custom_ids=["b", "c"])
-    store.store_results(record.local_id, {}, {}, detail="never created")
-    provider._discard_attempt(record.local_id)
+    store.forget_unsent(record.local_id)
     assert set(store.history(["a", "b", "c"], api="openai", endpoint=provider.endpoint)) == {"a"}
     assert store.custom_ids(record.local_id) == [] and store.get(record.local_id).request_count == 0
-    assert request_counts(store) == {kept.local_id: (0, 1)}
+    assert store.request_counts() == {kept.local_id: (0, 1)}

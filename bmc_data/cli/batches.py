@@ -20,7 +20,6 @@ from bmc_data.providers.batch_store import (
     TERMINAL_STATES,
     BatchRecord,
     BatchStore,
-    request_counts,
 )
 
 
@@ -42,7 +41,7 @@ def _provider(record: BatchRecord, store: BatchStore) -> Any:
 
 
 def _table(records: list[BatchRecord], store: BatchStore) -> str:
-    counts = request_counts(store)
+    counts = store.request_counts()
     header = ("#", "api", "batch id", "state", "requests", "answered", "no reply", "submitted (UTC)", "endpoint")
     rows = [header]
     for r in records:

@@ -78,13 +78,8 @@ class AnthropicProvider(RemoteProvider):
 
     async def _attempt(self, request: ChatRequest) -> ChatResponse:
         params = self._params(request)
-        try:
+        with self._sdk_errors():
             message = await self._client().messages.create(**params)
-        except Exception as error:
-            translated = self._translate_sdk_error(error)
-            if translated is None:
-                raise
-            raise translated from error
         return self._parse(message)
 
     def _parse(self, message: Any) -> ChatResponse:

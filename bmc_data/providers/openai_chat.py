@@ -89,15 +89,10 @@ class OpenAIProvider(RemoteProvider):
         # a call, most of the SDK's overhead): re-walking our plain JSON body against the typed-dict schema
         # and building a `ChatCompletion` model we read three fields of. Headers, auth, timeouts and the
         # error types (APIStatusError, APIConnectionError, ...) are the SDK's own, as before.
-        try:
+        with self._sdk_errors():
             response = await self._client().post("/chat/completions", body=self._params(request),
                                                   cast_to=httpx2.Response, options=_POST_OPTIONS)
             body = response.json()
-        except Exception as error:
-            translated = self._translate_sdk_error(error)
-            if translated is None:
-                raise
-            raise translated from error
         return self._parse(body)
 
     def _parse(self, body: Any) -> ChatResponse:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import dataclasses
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from bmc_data.errors import SystemicFailure
@@ -109,6 +111,17 @@ class RemoteProvider(Provider):
         if isinstance(error, self.sdk_base_error):
             return ProviderError(f"{self.describe}: {type(error).__name__}: {self._safe(error)}")
         return None
+
+    @contextlib.contextmanager
+    def _sdk_errors(self) -> Iterator[None]:
+        """Around an SDK call: its exception raised as ours (`_translate_sdk_error`), anything else as it is."""
+        try:
+            yield
+        except Exception as error:
+            translated = self._translate_sdk_error(error)
+            if translated is None:
+                raise
+            raise translated from error
 
     async def aclose(self) -> None:
         """Close this event loop's client (its connections cannot outlive the loop); the run is over, so a
