@@ -23,6 +23,7 @@ from bmc_data.errors import SystemicFailure, UsageError
 from bmc_data.pairs import schema as S
 from bmc_data.pairs.answers import check_answer, extract_answer
 from bmc_data.pairs.loading import Layout, LoadedPairs, OnInvalid, load_pairs
+from bmc_data.pairs.options import check_count, parse_task
 from bmc_data.pairs.schema import PreferencePair, Status, Task
 from bmc_data.providers.accounting import usage_since
 from bmc_data.providers.base import ChatRequest, ChatResponse, Provider, ProviderError
@@ -333,15 +334,11 @@ def bridge_dataset(
     (bridged / filtered / failed), bmc_reason, bmc_prompt_version, bmc_provider, bmc_model, id, task, answer,
     bmc_source_index.
     """
-    try:
-        task = Task(task)
-    except ValueError:
-        raise UsageError(f"task must be one of {[t.value for t in Task]}, got {task!r}") from None
-    for name, value in (("concurrency", concurrency), ("max_tokens", max_tokens), ("limit", limit),
-                        ("max_input_tokens", max_input_tokens)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UsageError(f"{name} must be a whole number >= 1{' or None' if name in ('limit', 'max_input_tokens') else ''}, "
-                             f"got {value!r}")
+    task = parse_task(task)
+    check_count("concurrency", concurrency)
+    check_count("max_tokens", max_tokens)
+    check_count("limit", limit, none_means="every row")
+    check_count("max_input_tokens", max_input_tokens, none_means="no budget")
     if isinstance(data, LoadedPairs):  # already loaded and checked (the CLIs do this before any model or call)
         pairs = data if limit is None else LoadedPairs(data.pairs[:limit], data.layout, data.skipped,
                                                        data.source_indices[:limit])

@@ -12,6 +12,7 @@ import datasets
 from bmc_data.errors import InputError, SystemicFailure, UsageError
 from bmc_data.pairs.answers import check_answer, extract_answer
 from bmc_data.pairs.loading import read_rows
+from bmc_data.pairs.options import check_count, parse_task
 from bmc_data.pairs.schema import Task
 from bmc_data.providers.base import ChatRequest, Provider, ProviderError
 
@@ -62,17 +63,13 @@ def make_pairs(
     pairs whose y_l is already correct are left out (the count is logged), as in the paper's QA setup; rows
     whose generation failed are always left out and logged.
     """
-    try:
-        task = Task(task)
-    except ValueError:
-        raise UsageError(f"task must be 'qa' or 'math', got {task!r}") from None
-    if not task.has_ground_truth:
-        raise UsageError("make_pairs builds QA/math pairs from ground truth; task must be 'qa' or 'math'")
+    task = parse_task(task, allowed=[t for t in Task if t.has_ground_truth],
+                      why="make_pairs builds QA/math pairs from ground truth; ")
     if keep not in ("all", "wrong"):
         raise UsageError(f"keep must be 'all' or 'wrong', got {keep!r}")
-    for name, value in (("limit", limit), ("concurrency", concurrency), ("max_tokens", max_tokens)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
+    check_count("limit", limit, none_means="every problem")
+    check_count("concurrency", concurrency)
+    check_count("max_tokens", max_tokens)
     table = read_rows(problems, split=split)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))

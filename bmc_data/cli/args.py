@@ -6,17 +6,19 @@ import argparse
 import math
 
 from bmc_data.errors import UsageError
+from bmc_data.pairs.options import is_count
 from bmc_data.providers.base import Provider
 
 PROVIDERS = ["embedded", "openai", "anthropic", "transformers", "openai-batch", "anthropic-batch"]
 
 
 def positive_int(value: str) -> int:
+    """argparse's type for a count option (`pairs.options.is_count`)."""
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
+        number = None
+    if not is_count(number):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
 

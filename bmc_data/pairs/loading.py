@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from bmc_data.errors import InputError, MissingFileError, UsageError, first_line
 
+from .options import check_count, parse_task
 from .schema import PreferencePair, Task
 
 logger = logging.getLogger(__name__)
@@ -327,14 +328,10 @@ def load_pairs(
     """
     if on_invalid not in ("raise", "skip"):
         raise UsageError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UsageError(f"limit must be a whole number >= 1 (or None for every row), got {limit!r}")
+    check_count("limit", limit, none_means="every row")
     if layout not in ("auto", "standard", "conversational", "ultrafeedback", "qa"):
         raise UsageError(f"layout must be one of auto, standard, conversational, ultrafeedback, qa; got {layout!r}")
-    try:
-        task = Task(task) if task is not None else None
-    except ValueError:
-        raise UsageError(f"task must be one of {[t.value for t in Task]}, got {task!r}") from None
+    task = parse_task(task) if task is not None else None
     rows = plain_rows(source, split=split)
     if limit is not None:
         rows = rows[:limit]
