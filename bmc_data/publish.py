@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     from .bridging.bridge import bridge_dataset
     from .hub.push import push_bridged
-    from .hub.save import save_bridged
+    from .hub.save import card_edit_distances, save_bridged
 
     repo_name = (args.repo or "bmc-dataset").split("/")[-1]
     out = Path(args.out) if args.out else Path("bmc-publish") / repo_name
@@ -187,16 +188,25 @@ def run(args: argparse.Namespace) -> int:
     identity = dict(provider.identity()) if provider is not None and hasattr(provider, "identity") else {}
     if args.base_url:
         identity["base_url"] = ", ".join([args.base_url] if isinstance(args.base_url, str) else args.base_url)  # may repeat
-    save_bridged(
-        dataset, out, repo_id=args.repo or repo_name, source=f"{args.source} (split {split})", license=license_,
-        provider_info=identity, test_size=args.test_size, seed=args.seed,
-        max_shard_size=args.max_shard_size * 1024 * 1024, stats_tokenizer=tokenizer, stats=not args.no_stats,
-        report_path=None if args.no_report else "report.html",
-    )
+    # edit distances once, over every row: the card's table and figures, and the review page, all read them
+    with_stats = dataset
+    stats_table, plots = None, []
+    with tempfile.TemporaryDirectory(prefix="bmc-figures-") as figures:
+        if not args.no_stats:
+            from .tokens.stats import add_edit_distance_stats
+
+            with_stats = add_edit_distance_stats(dataset, tokenizer=tokenizer)
+            stats_table, plots = card_edit_distances(with_stats, Path(figures))
+        save_bridged(
+            dataset, out, repo_id=args.repo or repo_name, source=f"{args.source} (split {split})", license=license_,
+            provider_info=identity, test_size=args.test_size, seed=args.seed,
+            max_shard_size=args.max_shard_size * 1024 * 1024, stats_table=stats_table, plot_paths=plots,
+            stats=not args.no_stats, report_path=None if args.no_report else "report.html",
+        )
     if not args.no_report:
         from .report.page import render_report
 
-        render_report(dataset, out / "report.html", tokenizer=tokenizer, source=f"{args.source} (split {split})",
+        render_report(with_stats, out / "report.html", tokenizer=tokenizer, source=f"{args.source} (split {split})",
                       progress=not args.quiet)
     print(summary.headline())
     print(f"wrote {out}/ (README.md, bmc_manifest.json, data/" + ("" if args.no_report else ", report.html") + ")")

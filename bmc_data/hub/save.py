@@ -99,23 +99,25 @@ def _write_shards(ds: datasets.Dataset, folder: Path, split: str, max_shard_size
 
 
 def _compute_stats(rows: datasets.Dataset, figures: Path, tokenizer: Any) -> tuple[Any, list[Path]]:
-    """Edit-distance table and plots from bmc_data.tokens.stats; (None, []) when it is unavailable or fails."""
-    try:
-        from bmc_data.tokens.stats import (
-            add_edit_distance_stats,
-            plot_edit_distances,
-            summarize_edit_distances,
-        )
-    except ImportError:
-        logger.info("bmc_data.tokens.stats is not available: the card will have no edit-distance statistics")
-        return None, []
+    """Edit-distance table and plots of `rows` (`card_edit_distances`); (None, []) when there are none."""
+    from bmc_data.tokens.stats import add_edit_distance_stats
+
     if not len(rows):
         return None, []
-    with_stats = add_edit_distance_stats(rows, tokenizer=tokenizer)
+    return card_edit_distances(add_edit_distance_stats(rows, tokenizer=tokenizer), figures)
+
+
+def card_edit_distances(with_stats: datasets.Dataset, figures: Path) -> tuple[Any, list[Path]]:
+    """The card's edit-distance table and its figures (written into `figures`) from rows that already carry
+    `add_edit_distance_stats`' columns (all statuses or only the bridged: both summarise the bridged rows);
+    (None, []) when no row is bridged. What `save_bridged` takes as `stats_table` / `plot_paths`."""
+    from bmc_data.tokens.stats import plot_edit_distances, summarize_edit_distances
+
     table = summarize_edit_distances(with_stats)
+    if not table.attrs["n_bridged"]:
+        return None, []
     figures.mkdir(parents=True, exist_ok=True)
-    plots = [Path(p) for p in plot_edit_distances(with_stats, figures)]
-    return table, plots
+    return table, [Path(p) for p in plot_edit_distances(with_stats, figures)]
 
 
 def _versions() -> dict[str, str]:
