@@ -243,24 +243,17 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
         raise UsageError(f"--max_train_samples must be >= 1, got {script_args.max_train_samples}")
     # Data first: a bad dataset fails here, before minutes of model loading
     dataset = load_preference_dataset(script_args.dataset_name, script_args.dataset_config)
-    if script_args.dataset_train_split not in dataset:
-        raise InputError(f"--dataset_name {script_args.dataset_name}: split {script_args.dataset_train_split!r} "
-                         f"not in {list(dataset)}")
-    train_dataset = select_rows(
-        dataset[script_args.dataset_train_split], script_args.dataset_train_split,
-        status_filter=script_args.status_filter, use_original_chosen=training_args.use_original_chosen,
-        max_rows=script_args.max_train_samples, loss_type=training_args.loss_type,
-    )
+
+    def split(name: str, max_rows: int | None):
+        if name not in dataset:
+            raise InputError(f"--dataset_name {script_args.dataset_name}: split {name!r} not in {list(dataset)}")
+        return select_rows(dataset[name], name, status_filter=script_args.status_filter, max_rows=max_rows,
+                           use_original_chosen=training_args.use_original_chosen, loss_type=training_args.loss_type)
+
+    train_dataset = split(script_args.dataset_train_split, script_args.max_train_samples)
     eval_dataset = None
     if training_args.eval_strategy != "no" and script_args.dataset_test_split:
-        if script_args.dataset_test_split not in dataset:
-            raise InputError(f"--dataset_name {script_args.dataset_name}: split {script_args.dataset_test_split!r} "
-                             f"not in {list(dataset)}")
-        eval_dataset = select_rows(
-            dataset[script_args.dataset_test_split], script_args.dataset_test_split,
-            status_filter=script_args.status_filter, use_original_chosen=training_args.use_original_chosen,
-            max_rows=None, loss_type=training_args.loss_type,
-        )
+        eval_dataset = split(script_args.dataset_test_split, None)
     check_model_path(model_args.model_name_or_path)
 
     model_init_kwargs = {

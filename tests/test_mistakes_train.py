@@ -86,6 +86,13 @@ def test_dataset_and_model_path_mistakes(tmp_path, data, capsys, monkeypatch):
     assert code == 2 and "row 1: field 'rejected'" in line
 
 
+def test_a_missing_split_is_named(tmp_path, data, capsys):
+    code, line = _run(tmp_path, data, "--dataset_train_split", "nope", capsys=capsys)
+    assert code == 2 and f"--dataset_name {data}: split 'nope' not in ['train']" in line
+    code, line = _run(tmp_path, data, "--eval_strategy", "steps", "--dataset_test_split", "held", capsys=capsys)
+    assert code == 2 and f"--dataset_name {data}: split 'held' not in ['train']" in line
+
+
 def test_identical_pairs_are_warned_about(tmp_path, capsys, caplog):
     same = tmp_path / "same.jsonl"
     same.write_text(json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}) + "\n")
