@@ -25,6 +25,7 @@ from .cli.args import (
     check_provider_args,
     positive_int,
 )
+from .bridging.templates import REPLY_FORMATS
 from .errors import AllRowsFailed
 from .pairs.schema import Status, Task
 from .redaction import redact
@@ -49,9 +50,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --make-pairs: keep all pairs, or only those whose y_l is wrong")
     bridge.add_argument("--skip-invalid", action="store_true",
                         help="skip bad input rows (each listed in summary.json) instead of stopping at the first")
-    bridge.add_argument("--reply-format", default="full", choices=["full", "edits"],
+    bridge.add_argument("--reply-format", default="full", choices=list(REPLY_FORMATS),
                         help="full: the editor writes the whole pseudo-winning response (paper); edits: it lists "
-                             "replacements of spans of the rejected response, which are applied here")
+                             "replacements of spans of the rejected response, which are applied here; structured: "
+                             "a JSON reply constrained by a per-pair schema (structured outputs / grammars): edits "
+                             "anchored to the rejected response's sentences and lines, QA/math final answer fixed "
+                             "to the reference")
     bridge.add_argument("--out", required=True, help="output folder")
     add_provider_args(bridge, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc")
     add_logging_args(bridge)
@@ -83,7 +87,10 @@ def _bridge(argv: list[str] | None) -> int:
         return run_batches(args)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     check_provider_args(args)  # every option is checked before any data is read, model loaded or call made
-    from .bridging.bridge import bridge_dataset
+    from .bridging.bridge import bridge_dataset, require_schema_support
+    from .providers import provider_class
+
+    require_schema_support(provider_class(args.provider), args.reply_format)
     from .bridging.sampling import make_pairs
     from .pairs.loading import load_pairs
     from .providers.accounting import usage_since

@@ -37,7 +37,9 @@ from llm_servers import (  # noqa: E402
     _messages,
     _words,
     bridge_reply,
+    schema_instance,
     serve_until_signalled,
+    structured_request,
 )
 
 
@@ -219,14 +221,17 @@ class BatchServer:
     def _answer(self, api: str, request: dict[str, Any], index: int) -> dict[str, Any]:
         body = request["body"] if api == "openai" else request["params"]
         messages = _messages(api, body)
-        text = self.reply(messages)
+        field, schema, problem = structured_request(api, body, vllm_fields=False)  # batch APIs: the official forms
+        tool = field[len("tool:"):] if schema is not None and field.startswith("tool:") else None
+        text = json.dumps(schema_instance(messages, schema)) if schema is not None else (
+            f"refused: {problem}" if problem else self.reply(messages))
         limit = body.get("max_tokens") or body.get("max_completion_tokens") or 1 << 30
         words = text.split()
         truncated = len(words) > limit
         if truncated:
             text = " ".join(words[:limit])
         return _completion(api, body.get("model", ""), index, text, truncated, sum(_words(m["content"]) for m in messages),
-                           _words(text))
+                           _words(text), tool)
 
     def _end(self, batch: _Batch, final: str) -> None:
         script = batch.script

@@ -11,6 +11,17 @@ request takes the next scripted fault (or asks `fault_fn(index, body)`); with no
 `reply(messages)` (default: echo the last message). Token counts are whitespace word counts, and replies
 longer than `max_tokens` words are cut with finish_reason "length" / stop_reason "max_tokens".
 
+Structured replies (a JSON schema in the request) are checked as the real APIs check them, and answered with
+`structured_reply(messages, schema)` (default: `schema_instance`), which must conform to the schema (a
+constrained decoder cannot write anything else; a test reply that does not is answered with HTTP 500):
+* OpenAI `response_format: {"type": "json_schema", "json_schema": {"name", "schema", "strict": true}}`: the name
+  must match [a-zA-Z0-9_-]{1,64} and the schema OpenAI's strict subset (`strict_schema_problems`), else 400;
+* vLLM `guided_json: schema` or `structured_outputs: {"json": schema}` (only where `vllm_fields=True`; else,
+  as api.openai.com does, an unknown field is a 400);
+* Anthropic `tools: [{"name", "input_schema"}]` with `tool_choice: {"type": "tool", "name"}` naming one of them:
+  answered with a `tool_use` block holding the reply as its input, stop_reason "tool_use".
+`server.structured` records (api, field, schema) for each such request.
+
 Also a script, for subprocess use (benchmarks, kill tests):
     python tests/llm_servers.py --port 0 --latency-ms 200 [--reply tests.llm_servers:bridge_reply]
 prints `READY http://127.0.0.1:PORT` once it accepts connections and serves until SIGTERM/SIGINT.
@@ -38,6 +49,77 @@ from typing import Any
 
 Messages = list[dict[str, str]]
 ReplyFn = Callable[[Messages], str]
+#: (messages, schema) -> the reply object (or a string, sent as it is: a server that ignored the schema)
+StructuredReplyFn = Callable[[Messages, dict[str, Any]], Any]
+
+#: the JSON Schema keywords of OpenAI's strict subset that bmc's schemas may use
+_STRICT_KEYWORDS = {"type", "properties", "required", "additionalProperties", "items", "enum", "description"}
+_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def strict_schema_problems(schema: Any, where: str = "schema") -> list[str]:
+    """Why OpenAI's strict structured outputs would refuse `schema` (restricted to the keywords bmc uses)."""
+    if not isinstance(schema, dict):
+        return [f"{where}: not an object"]
+    problems = [f"{where}: keyword {k!r} is not supported" for k in schema if k not in _STRICT_KEYWORDS]
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False:
+            problems.append(f"{where}: 'additionalProperties' must be false")
+        if sorted(schema.get("required") or []) != sorted(properties):
+            problems.append(f"{where}: 'required' must list every property")
+        for name, sub in properties.items():
+            problems += strict_schema_problems(sub, f"{where}.{name}")
+    elif kind == "array":
+        problems += strict_schema_problems(schema.get("items"), f"{where}[]")
+    elif kind not in ("string", "number", "integer", "boolean"):
+        problems.append(f"{where}: unsupported type {kind!r}")
+    if "enum" in schema and (not isinstance(schema["enum"], list) or not schema["enum"]):
+        problems.append(f"{where}: 'enum' must be a non-empty list")
+    return problems
+
+
+def conformance_problems(value: Any, schema: dict[str, Any], where: str = "reply") -> list[str]:
+    """Where `value` breaks `schema` (the subset of `strict_schema_problems`)."""
+    kinds = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+    kind = schema.get("type")
+    if kind in kinds and not isinstance(value, kinds[kind]):
+        return [f"{where}: expected {kind}, got {type(value).__name__}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{where}: {value!r} is not one of the enum values"]
+    problems: list[str] = []
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        problems += [f"{where}: missing {k!r}" for k in schema.get("required") or [] if k not in value]
+        if schema.get("additionalProperties") is False:
+            problems += [f"{where}: unexpected {k!r}" for k in value if k not in properties]
+        for name, sub in properties.items():
+            if name in value:
+                problems += conformance_problems(value[name], sub, f"{where}.{name}")
+    elif kind == "array":
+        for i, item in enumerate(value):
+            problems += conformance_problems(item, schema.get("items") or {}, f"{where}[{i}]")
+    return problems
+
+
+def schema_instance(messages: Messages, schema: dict[str, Any]) -> Any:
+    """A reply a constrained decoder could write: the first enum value, "REVISE" for a verdict, one edit of the
+    first segment appending " (revised)" for bmc's edit list, "x" for other strings."""
+    def build(node: dict[str, Any], name: str = "") -> Any:
+        kind = node.get("type")
+        if "enum" in node:
+            return "REVISE" if "REVISE" in node["enum"] else node["enum"][0]
+        if kind == "object":
+            props = node.get("properties") or {}
+            if set(props) == {"segment", "replacement"}:
+                first = props["segment"]["enum"][0]
+                return {"segment": first, "replacement": f"{first} (revised)"}
+            return {k: build(v, k) for k, v in props.items()}
+        if kind == "array":
+            return [build(node.get("items") or {})]
+        return {"string": "x", "boolean": True, "integer": 0, "number": 0}.get(kind, None)
+    return build(schema)
 
 
 @dataclass(frozen=True)
@@ -106,6 +188,50 @@ class RecordedRequest:
     body: Any
     fault: str | None
     received_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A `structured_reply` result: the model refused (OpenAI: `message.refusal` with no content)."""
+
+    message: str
+
+
+def structured_request(api: str, body: Any, vllm_fields: bool) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """(field, schema, problem) of a request that asks for a schema-constrained reply; (None, None, None) if none."""
+    if not isinstance(body, dict):
+        return None, None, None
+    if api == "anthropic":
+        tools, choice = body.get("tools"), body.get("tool_choice")
+        if not tools:
+            return None, None, None
+        names = {t.get("name"): t for t in tools if isinstance(t, dict)}
+        if not isinstance(choice, dict) or choice.get("type") != "tool" or choice.get("name") not in names:
+            return "tools", None, "tool_choice must force one of the tools ({'type': 'tool', 'name': ...})"
+        schema = names[choice["name"]].get("input_schema")
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            return "tools", None, "tools.input_schema: the root must be of type 'object'"
+        return f"tool:{choice['name']}", schema, None
+    if "response_format" in body:
+        fmt = body["response_format"]
+        spec = fmt.get("json_schema") if isinstance(fmt, dict) and fmt.get("type") == "json_schema" else None
+        if not isinstance(spec, dict):
+            return "response_format", None, "response_format must be {'type': 'json_schema', 'json_schema': {...}}"
+        if not _SCHEMA_NAME.fullmatch(str(spec.get("name", ""))):
+            return "response_format", None, "json_schema.name must match ^[a-zA-Z0-9_-]{1,64}$"
+        problems = strict_schema_problems(spec.get("schema")) if spec.get("strict") is True else ["strict is not true"]
+        if problems:
+            return "response_format", None, "Invalid schema for response_format: " + "; ".join(problems[:3])
+        return "response_format", spec["schema"], None
+    for field, schema in (("guided_json", body.get("guided_json")),
+                          ("structured_outputs", (body.get("structured_outputs") or {}).get("json"))):
+        if field in body:
+            if not vllm_fields:
+                return field, None, f"Unrecognized request argument supplied: {field}"
+            if not isinstance(schema, dict):
+                return field, None, f"{field}: expected a JSON schema object"
+            return field, schema, None
+    return None, None, None
 
 
 def echo_reply(messages: Messages) -> str:
@@ -186,7 +312,26 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "delay":
                 owner._stopping.wait(fault.seconds)
         messages = _messages(api, body)
-        text = owner.reply(messages)
+        field, schema, problem = structured_request(api, body, owner.vllm_fields)
+        if problem is not None:
+            return self._error(api, 400, problem, ())
+        tool = None
+        if schema is not None:
+            owner.structured.append((api, field, schema))
+            reply = owner.structured_reply(messages, schema)
+            if isinstance(reply, Refusal) and api == "openai":
+                body_out = _completion(api, body.get("model", ""), index, "", False, 0, 0)
+                body_out["choices"][0]["message"].update(content=None, refusal=reply.message)
+                return self._json(200, body_out)
+            if not isinstance(reply, str):
+                problems = conformance_problems(reply, schema)
+                if problems:
+                    return self._error(api, 500, "test reply does not conform to the schema: " + "; ".join(problems[:3]), ())
+                tool = field[len("tool:"):] if field.startswith("tool:") else None
+                reply = json.dumps(reply, ensure_ascii=False)
+            text = reply
+        else:
+            text = owner.reply(messages)
         limit = body.get("max_tokens") or body.get("max_completion_tokens") or 1 << 30
         words = text.split()
         truncated = fault is not None and fault.kind == "truncate"
@@ -195,7 +340,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif truncated:
             text = " ".join(words[: max(1, len(words) // 2)])
         usage_in = sum(_words(m["content"]) for m in messages)
-        self._json(200, _completion(api, body.get("model", ""), index, text, truncated, usage_in, _words(text)))
+        self._json(200, _completion(api, body.get("model", ""), index, text, truncated, usage_in, _words(text), tool))
 
     def _key(self, api: str) -> str | None:
         auth = self.headers.get("Authorization") or ""
@@ -240,12 +385,18 @@ def _messages(api: str, body: dict[str, Any]) -> Messages:
     return messages
 
 
-def _completion(api: str, model: str, index: int, text: str, truncated: bool, n_in: int, n_out: int) -> dict[str, Any]:
+def _completion(api: str, model: str, index: int, text: str, truncated: bool, n_in: int, n_out: int,
+                tool: str | None = None) -> dict[str, Any]:
     if api == "anthropic":
+        if tool is not None and not truncated:  # the forced tool's call, the reply as its input
+            content: list[dict[str, Any]] = [{"type": "tool_use", "id": f"toolu_{index}", "name": tool,
+                                              "input": json.loads(text)}]
+        else:
+            content = [{"type": "text", "text": text}]
         return {
             "id": f"msg_{index}", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "max_tokens" if truncated else "end_turn", "stop_sequence": None,
+            "content": content,
+            "stop_reason": "max_tokens" if truncated else ("tool_use" if tool else "end_turn"), "stop_sequence": None,
             "usage": {"input_tokens": n_in, "output_tokens": n_out},
         }
     return {
@@ -276,12 +427,18 @@ class LLMServer:
         fault_fn: alternatively `fault_fn(index, body) -> Fault | None`, asked when the queue is empty.
         latency_s: added to every request (before any fault), for benchmarks.
         api_key: when set, requests without this key get 401.
+        structured_reply: the reply object to a request with a JSON schema (see the module docstring).
+        vllm_fields: accept vLLM's `guided_json` / `structured_outputs` (else they are refused, as OpenAI does).
     """
 
     def __init__(self, *, reply: ReplyFn | None = None, faults: Iterable[Fault | None] = (),
                  fault_fn: Callable[[int, Any], Fault | None] | None = None, latency_s: float = 0.0,
-                 api_key: str | None = None, host: str = "127.0.0.1", port: int = 0):
+                 api_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 structured_reply: StructuredReplyFn | None = None, vllm_fields: bool = True):
         self.reply: ReplyFn = reply or echo_reply
+        self.structured_reply: StructuredReplyFn = structured_reply or schema_instance
+        self.vllm_fields = vllm_fields
+        self.structured: list[tuple[str, str, dict[str, Any]]] = []
         self.faults: deque[Fault | None] = deque(faults)
         self.fault_fn = fault_fn
         self.latency_s = latency_s

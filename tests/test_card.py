@@ -131,3 +131,15 @@ def test_stand_in_hub_validates_the_card(tmp_path, card):
         broken = card.content.replace("- n<1K", "- tiny", 1)
         with pytest.raises(ValueError, match="size_categories"):
             api._validate_yaml(broken, repo_type="dataset")
+
+
+def test_card_says_what_the_editor_did(card, rows):
+    from bmc_data.tokens.stats import editor_statistics
+
+    stats = editor_statistics(rows)
+    text = str(card)
+    assert "## What the editor did" in text
+    assert f"- bridged: {stats['bridged']} of {len(rows)} rows ({100 * stats['bridged_share']:.1f}%)" in text
+    assert (f"y_w↔y_l {stats['median_word_edit_distance_before']:g}, ỹ_w↔y_l "
+            f"{stats['median_word_edit_distance_after']:g}") in text
+    assert f"only the final-answer line changed: {stats['only_final_answer_changed']} of {stats['bridged']}" in text

@@ -166,3 +166,26 @@ def test_num_proc_gives_the_same_columns():
     assert single.column_names == parallel.column_names
     for column in (WORD_DISTANCE_BEFORE, WORD_DISTANCE_AFTER, TOKEN_DISTANCE_BEFORE, TOKEN_DISTANCE_AFTER):
         assert single[column] == parallel[column]
+
+
+def test_editor_statistics_say_what_the_editor_did():
+    from bmc_data.tokens.stats import editor_statistics, only_final_answer_changed
+
+    y_l = "Two plus two.\n2+2=5\nThe answer is 5"
+    rows = [
+        {"bmc_status": "bridged", "rejected": y_l, "chosen": y_l.replace("is 5", "is 4."), "task": "math",
+         "original_chosen": "We add.\n2+2=4\nso the sum is four\nThe answer is 4"},            # answer line only
+        {"bmc_status": "bridged", "rejected": y_l, "chosen": y_l.replace("5", "4"), "task": "math",
+         "original_chosen": "2+2=4\nThe answer is 4"},                                           # a real fix
+        {"bmc_status": "bridged", "rejected": "Hi there", "chosen": "Hi there, friend", "task": "instruction",
+         "original_chosen": "Hello friend, how can I help?"},
+        {"bmc_status": "failed", "rejected": y_l, "chosen": "x", "task": "math", "original_chosen": "x"},
+    ]
+    stats = editor_statistics(Dataset.from_list(rows))
+    # word distances of the bridged rows, before: 9, 5, 6; after: 1, 2, 2
+    assert stats == {"rows": 4, "bridged": 3, "bridged_share": 0.75, "median_word_edit_distance_before": 6.0,
+                     "median_word_edit_distance_after": 2.0, "answer_rows": 2, "only_final_answer_changed": 1,
+                     "only_final_answer_changed_share": 0.5}
+    assert only_final_answer_changed("a\nb", "a\nb\nThe answer is 7.")  # an added answer line
+    assert not only_final_answer_changed("a\nThe answer is 7", "a\nThe answer is 7")  # no change at all
+    assert editor_statistics([])["bridged_share"] is None

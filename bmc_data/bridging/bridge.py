@@ -26,7 +26,7 @@ from bmc_data.pairs.loading import Layout, LoadedPairs, OnInvalid, load_pairs
 from bmc_data.pairs.options import check_count, parse_task
 from bmc_data.pairs.schema import PreferencePair, Status, Task
 from bmc_data.providers.accounting import usage_since
-from bmc_data.providers.base import ChatRequest, ChatResponse, Provider, ProviderError
+from bmc_data.providers.base import ChatRequest, ChatResponse, Provider, ProviderError, ResponseSchema
 from bmc_data.providers.throttle import estimate_tokens
 from bmc_data.redaction import redact, redact_obj
 
@@ -66,6 +66,9 @@ class BridgeSummary:
     skipped_rows: list[dict[str, Any]] = field(default_factory=list)
     #: with make_pairs first: the y_l sampling calls, apart from the bridging calls in `usage`
     sampling_usage: dict[str, Any] | None = None
+    #: what the editor did (`bmc_data.tokens.stats.editor_statistics`): bridged share, median word edit
+    #: distances y_w↔y_l and ỹ_w↔y_l, rows whose only change is the final-answer line
+    editor: dict[str, Any] | None = None
 
     @property
     def all_failed(self) -> bool:
@@ -99,6 +102,10 @@ class BridgeSummary:
                          f"{u.get('retries', 0)} retries, {u.get('failures', 0)} failed; tokens in/out: "
                          f"{u.get('input_tokens', 0)}/{u.get('output_tokens', 0)}; "
                          f"estimated cost ${u.get('cost_usd', 0.0):.4f}")
+        if self.editor:
+            from bmc_data.tokens.stats import editor_statistics_lines
+
+            lines += [f"  editor: {line}" for line in editor_statistics_lines(self.editor)]
         u = self.usage or {}
         if u.get("by_endpoint"):  # a pool of endpoints
             lines.append("  calls per endpoint: " + ", ".join(f"{url} {n}" for url, n in u["by_endpoint"].items()))
@@ -139,32 +146,54 @@ class Bridger:
                                  f"{self.max_input_tokens} (raise --max-input-tokens if your editor's context fits it)")
         return None
 
-    def _request(self, messages: list[dict[str, str]]) -> ChatRequest:
+    def _request(self, messages: list[dict[str, str]], schema: ResponseSchema | None = None) -> ChatRequest:
         return ChatRequest(messages=tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature,
-                           seed=self.seed)
+                           seed=self.seed, response_schema=schema)
 
-    async def _call(self, messages: list[dict[str, str]]) -> ChatResponse:
-        response = await self.provider.complete(self._request(messages))
+    async def _call(self, messages: list[dict[str, str]], schema: ResponseSchema | None = None) -> ChatResponse:
+        response = await self.provider.complete(self._request(messages, schema))
         if response.truncated:
             raise _TruncatedReply(f"reply truncated at max_tokens={self.max_tokens} (finish_reason=length)")
         return response
+
+    def _schema_answer(self, pair: PreferencePair) -> str | None:
+        """The answer a structured reply's `final_answer` is constrained to: the known one, when it is checked."""
+        return self._gold_answer(pair) if self.check_answers else None
+
+    def response_schema(self, pair: PreferencePair) -> ResponseSchema | None:
+        """The JSON Schema this pair's reply must follow (structured templates), else None."""
+        if self.template.reply_format != "structured":
+            return None
+        from .protocol import SCHEMA_NAME, reply_schema
+
+        return ResponseSchema(SCHEMA_NAME, reply_schema(pair.rejected, requires_verdict=self.template.requires_verdict,
+                                                        answer=self._schema_answer(pair)))
 
     def _parse(self, text: str, pair: PreferencePair) -> ParsedReply:
         if self.template.reply_format == "edits":  # a list of replacements, applied to y_l here
             from .edits import parse_edit_reply
 
             return parse_edit_reply(text, pair.rejected, requires_verdict=self.template.requires_verdict)
-        return parse_reply(text, requires_verdict=self.template.requires_verdict)
+        if self.template.reply_format == "structured":  # JSON, edits anchored to segments of y_l
+            from .protocol import parse_structured_reply
+
+            return parse_structured_reply(text, pair.rejected, requires_verdict=self.template.requires_verdict,
+                                          answer=self._schema_answer(pair), task=self.task)
+        return parse_reply(text, requires_verdict=self.template.requires_verdict, rejected=pair.rejected)
 
     async def bridge(self, pair: PreferencePair) -> RowResult:
         messages = self.template.render(prompt=pair.prompt_text(), chosen=pair.chosen, rejected=pair.rejected)
         degenerate = self.precheck(pair, messages)
         if degenerate is not None:
             return degenerate
+        try:
+            schema = self.response_schema(pair)
+        except ValueError as error:
+            return RowResult(Status.FAILED, f"no structured reply possible: {error}")
         calls = 0
         try:
             calls += 1
-            reply = await self._call(messages)
+            reply = await self._call(messages, schema)
             try:
                 parsed = self._parse(reply.text, pair)
             except ReplyFormatError as first_error:
@@ -172,7 +201,7 @@ class Bridger:
                 repair = messages + [{"role": "assistant", "content": reply.text},
                                      {"role": "user", "content": self.template.render_repair(str(first_error))}]
                 calls += 1
-                reply = await self._call(repair)
+                reply = await self._call(repair, schema)
                 try:
                     parsed = self._parse(reply.text, pair)
                 except ReplyFormatError as error:
@@ -284,6 +313,14 @@ def _summary(provider: Provider, results: list[RowResult], template: Template, e
     )
 
 
+def require_schema_support(provider: Provider | type[Provider], reply_format: str) -> None:
+    """UsageError when the reply format needs a JSON-schema-constrained reply that `provider` (an instance, or a
+    class: checked before a local model is loaded) cannot give."""
+    if reply_format == "structured" and not provider.supports_response_schema:
+        raise UsageError(f"reply format 'structured' needs a provider that constrains replies to a JSON schema; "
+                         f"the {provider.name} provider cannot (use --reply-format full or edits with it)")
+
+
 def bridge_dataset(
     data: Any,
     *,
@@ -315,8 +352,11 @@ def bridge_dataset(
         provider: any `bmc_data.providers` provider; default: the embedded SmolLM2-135M-Instruct (weak; for
             real data point this at a strong model, see the README).
         template: a `Template`, a path to a template file, or None for the newest bundled one for `task`.
-        reply_format: with `template=None`: "full" (the editor writes ỹ_w, as in the paper) or "edits" (it lists
-            replacements of spans of y_l, which the library applies; see `bmc_data.bridging.edits`).
+        reply_format: with `template=None`: "full" (the editor writes ỹ_w, as in the paper), "edits" (it lists
+            replacements of spans of y_l, which the library applies; see `bmc_data.bridging.edits`) or
+            "structured" (a JSON reply constrained by a per-pair schema: edits anchored to y_l's sentences and
+            lines, the final answer fixed to the reference; see `bmc_data.bridging.protocol`). "structured"
+            needs a provider that enforces a schema (`Provider.supports_response_schema`).
         cache_dir: where LLM calls are cached (default `$BMC_CACHE_DIR` or `~/.cache/bmc`); `False` disables.
         concurrency: rows in flight at once (the provider's own limits also apply).
         check_answers: for QA/math, require ỹ_w to reach the known final answer.
@@ -354,6 +394,7 @@ def bridge_dataset(
         from bmc_data.providers import get_provider
 
         provider = get_provider("embedded")
+    require_schema_support(provider, template.reply_format)
     if cache_dir is None:
         from bmc_data.providers.cache import default_cache_dir
 
@@ -372,6 +413,9 @@ def bridge_dataset(
         logger.warning("every one of the %d pair(s) failed; the first reason: %s", summary.total,
                        redact(results[0].reason))
     dataset = results_to_dataset(pairs, results, task=task, template=template, provider=provider)
+    from bmc_data.tokens.stats import editor_statistics
+
+    summary.editor = editor_statistics(dataset)
     if progress:
         tqdm.write(str(summary))
     else:

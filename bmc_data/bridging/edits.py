@@ -30,14 +30,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from .parsing import (
-    ParsedReply,
-    ReplyFormatError,
-    Verdict,
-    _strip_fences,
-    _tag,
-    _verdict_from_word,
-)
+from .parsing import ParsedReply, ReplyFormatError, Verdict, reply_verdict
 
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
 _EDIT = re.compile(r"<\s*edit\s*>(.*?)<\s*/\s*edit\s*>", flags=re.S | re.I)
@@ -166,15 +159,7 @@ def parse_edits(block: str) -> list[Edit]:
 
 def parse_edit_reply(text: str, rejected: str, *, requires_verdict: bool) -> ParsedReply:
     """Parse an edit-list reply and apply it to `rejected`: `ParsedReply.revised` is the edited response."""
-    body = _strip_fences(text or "")
-    if not body:
-        raise EditError("the reply is empty")
-    verdict_raw = _tag(body, "verdict")
-    if verdict_raw is not None and "<" in verdict_raw:  # an unclosed <verdict> swallowed the rest
-        verdict_raw = verdict_raw.split("<", 1)[0]
-    verdict = _verdict_from_word(verdict_raw) if verdict_raw is not None else None
-    if requires_verdict and verdict is None:
-        raise EditError("the <verdict> block is missing")
+    body, verdict = reply_verdict(text, requires_verdict=requires_verdict, error=EditError)
     if verdict is Verdict.GOOD:
         return ParsedReply(verdict, None)
     match = re.search(r"<\s*edits\s*>(.*?)(?:<\s*/\s*edits\s*>|\Z)", body, flags=re.S | re.I)

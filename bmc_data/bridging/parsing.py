@@ -1,8 +1,13 @@
-"""Robust parsing of the editor LLM's structured reply.
+"""Robust parsing of the editor LLM's tagged reply.
 
 The format is tag based (`<verdict>…</verdict><revised>…</revised>`) rather than JSON: long solutions with
 quotes, backslashes and LaTeX survive it without escaping, and small models follow it more reliably. A JSON
 object with the same keys is accepted as well, as are code fences around either.
+
+The `<revised>` block runs to the *last* `</revised>` of the reply (it is the reply's last block), so the
+revised text may contain the tag itself. Its content is kept as written (fenced code included), except for
+surrounding whitespace and, when the rejected response has no code fence, fences the editor wrapped around
+the whole of it.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ class ParsedReply:
     revised: str | None
 
 
-def _tag(text: str, name: str) -> str | None:
-    match = re.search(rf"<\s*{name}\s*>(.*?)<\s*/\s*{name}\s*>", text, flags=re.S | re.I)
+def _tag(text: str, name: str, *, to_last: bool = False) -> str | None:
+    """The content of the `<name>` block; `to_last`: up to the last closing tag (content may contain the tag)."""
+    match = re.search(rf"<\s*{name}\s*>(.{'*' if to_last else '*?'})<\s*/\s*{name}\s*>", text, flags=re.S | re.I)
     if match:
         return match.group(1)
     # an opening tag with no closing one: take everything after it (models often drop the last tag)
@@ -41,7 +47,7 @@ def _tag(text: str, name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _strip_fences(text: str) -> str:
+def strip_fences(text: str) -> str:
     text = text.strip()
     fenced = re.fullmatch(r"```[a-zA-Z]*\s*\n?(.*?)\n?```", text, flags=re.S)
     return fenced.group(1).strip() if fenced else text
@@ -55,6 +61,27 @@ def _verdict_from_word(word: str) -> Verdict:
     if key in _REVISE_WORDS:
         return Verdict.REVISE
     raise ReplyFormatError(f"the verdict must be GOOD or REVISE, got {word.strip()[:40]!r}")
+
+
+def reply_verdict(text: str, *, requires_verdict: bool, error: type[ReplyFormatError] = ReplyFormatError
+                  ) -> tuple[str, Verdict | None]:
+    """The first steps of reading a tagged reply (every tag format): (its body without fences around the whole
+    of it, the verdict of its `<verdict>` block or None). Raises `error` when the reply is empty or a required
+    verdict is missing, `ReplyFormatError` when the verdict is neither GOOD nor REVISE."""
+    body = strip_fences(text or "")
+    if not body:
+        raise error("the reply is empty")
+    verdict_raw = _tag(body, "verdict")
+    if verdict_raw is not None and "<" in verdict_raw:  # an unclosed <verdict> swallowed the rest
+        verdict_raw = verdict_raw.split("<", 1)[0]
+    verdict = _verdict_from_word(verdict_raw) if verdict_raw is not None else None
+    _require_verdict(verdict, requires_verdict, error)
+    return body, verdict
+
+
+def _require_verdict(verdict: Verdict | None, requires_verdict: bool, error: type[ReplyFormatError]) -> None:
+    if requires_verdict and verdict is None:
+        raise error("the <verdict> block is missing")
 
 
 def _from_json(text: str) -> tuple[str | None, str | None] | None:
@@ -72,24 +99,24 @@ def _from_json(text: str) -> tuple[str | None, str | None] | None:
     return (str(verdict) if verdict is not None else None, str(revised) if revised is not None else None)
 
 
-def parse_reply(text: str, *, requires_verdict: bool) -> ParsedReply:
-    """Parse the editor's reply; raise `ReplyFormatError` with a reason when it is unusable."""
-    body = _strip_fences(text or "")
-    if not body:
-        raise ReplyFormatError("the reply is empty")
-    verdict_raw, revised = _tag(body, "verdict"), _tag(body, "revised")
-    if verdict_raw is None and revised is None:
+def parse_reply(text: str, *, requires_verdict: bool, rejected: str | None = None) -> ParsedReply:
+    """Parse the editor's reply; raise `ReplyFormatError` with a reason when it is unusable.
+
+    `rejected`: y_l. When it has no code fence, fences around the whole revised text are the editor's wrapping
+    and are removed; without it, or when y_l has fences, the revised text keeps them byte for byte."""
+    body, verdict = reply_verdict(text, requires_verdict=False)
+    revised = _tag(body, "revised", to_last=True)
+    if verdict is None and revised is None:
         from_json = _from_json(body)
         if from_json is None:
             raise ReplyFormatError("it has neither a <verdict> nor a <revised> block")
         verdict_raw, revised = from_json
-    # <verdict> may have swallowed the rest when its closing tag is missing
-    if verdict_raw is not None and "<" in verdict_raw:
-        verdict_raw = verdict_raw.split("<", 1)[0]
-    verdict = _verdict_from_word(verdict_raw) if verdict_raw is not None else None
-    if requires_verdict and verdict is None:
-        raise ReplyFormatError("the <verdict> block is missing")
-    revised = _strip_fences(revised) if revised is not None else None
+        verdict = _verdict_from_word(verdict_raw) if verdict_raw is not None else None
+    _require_verdict(verdict, requires_verdict, ReplyFormatError)
+    if revised is not None:
+        revised = revised.strip()
+        if rejected is not None and "```" not in rejected:
+            revised = strip_fences(revised)
     if verdict is Verdict.GOOD:
         return ParsedReply(verdict, revised or None)
     if not revised:

@@ -31,7 +31,7 @@ class Template:
     repair: str
     sha256: str
     text: str  # the whole file, for dataset cards
-    reply_format: str = "full"  # "full": the editor writes ỹ_w; "edits": a list of replacements (bmc_data.bridging.edits)
+    reply_format: str = "full"  # one of REPLY_FORMATS
 
     @property
     def version_id(self) -> str:
@@ -79,7 +79,9 @@ def parse_template(raw: bytes, *, source: str = "<bytes>") -> Template:
     )
 
 
-REPLY_FORMATS = ("full", "edits")
+#: "full": the editor writes ỹ_w; "edits": tagged replacements (`edits`); "structured": a JSON object constrained
+#: by a per-pair schema, edits anchored to segments of y_l (`protocol`)
+REPLY_FORMATS = ("full", "edits", "structured")
 
 
 def _reply_format(value: object, source: str) -> str:

@@ -7,7 +7,7 @@ import math
 
 from bmc_data.errors import UsageError
 from bmc_data.pairs.options import is_count
-from bmc_data.providers.base import Provider
+from bmc_data.providers.base import STRUCTURED_OUTPUT_FIELDS, Provider
 
 PROVIDERS = ["embedded", "openai", "anthropic", "transformers", "openai-batch", "anthropic-batch"]
 
@@ -58,6 +58,11 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
     group.add_argument("--max-input-tokens", type=positive_int, default=30_000,
                        help="rows whose editor prompt is estimated (4 characters a token) above this fail before any "
                             "call is made (default: %(default)s, fits a 32k context window)")
+    group.add_argument("--structured-output", default=None, choices=STRUCTURED_OUTPUT_FIELDS,
+                       help="openai providers with --reply-format structured: the request field that carries the "
+                            "reply's JSON schema: response_format (OpenAI structured outputs; also vLLM, SGLang, "
+                            "llama-server, LM Studio, Ollama; the default), guided_json (vLLM < 0.12) or "
+                            "structured_outputs (vLLM >= 0.10.2)")
     group.add_argument("--cache-dir", default=None,
                        help=f"LLM call cache that makes reruns resume without repeating calls (default: {cache_default})")
 
@@ -90,6 +95,8 @@ def check_provider_args(args: argparse.Namespace) -> None:
     if len(urls) > 1 and args.provider != "openai":
         raise UsageError(f"several --base-url values make a pool of openai endpoints; --provider {args.provider} "
                          "takes one")
+    if getattr(args, "structured_output", None) and args.provider not in ("openai", "openai-batch"):
+        raise UsageError(f"--structured-output is for the openai and openai-batch providers, not {args.provider!r}")
     if args.provider in (*REMOTE_PROVIDERS, "transformers") and not args.model:
         raise UsageError(f"--provider {args.provider} needs --model")
     check_folder_arg(getattr(args, "cache_dir", None), "--cache-dir")
@@ -114,6 +121,8 @@ def build_provider(args: argparse.Namespace) -> Provider:
         limits = {"max_concurrency": args.concurrency, "requests_per_minute": args.requests_per_minute,
                   "tokens_per_minute": args.tokens_per_minute, "timeout_s": args.timeout}
         kwargs["limits"] = ProviderLimits(**{k: v for k, v in limits.items() if v is not None})
+    if getattr(args, "structured_output", None):
+        kwargs["structured_output"] = args.structured_output
     try:
         return get_provider(args.provider, args.model, **kwargs)
     except UsageError:

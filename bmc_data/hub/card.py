@@ -3,7 +3,8 @@
 The YAML header declares three configs so that nothing is silently dropped: `default` (bridged pairs, what a
 trainer should use), `filtered` (pairs the editor judged already fine) and `failed` (no usable pseudo-winner).
 The body says how the data was made (source, provider/model, the exact prompt template), what came out (status
-counts, top reasons, edit-distance statistics and plots), which tokenizer the diff masks fit, and how to train.
+counts, top reasons, what the editor did, edit-distance statistics and plots), which tokenizer the diff masks fit,
+and how to train.
 """
 
 from __future__ import annotations
@@ -169,6 +170,18 @@ def _template_section(template: Any) -> str:
     return "\n".join(blocks)
 
 
+def _editor_stats(parts: Parts) -> dict[str, Any] | None:
+    """`editor_statistics` over every row of `parts`, or None when they are row counts, not datasets."""
+    from bmc_data.tokens.stats import editor_rows, editor_statistics
+
+    tables = [value for splits in parts.values() for value in splits.values()]
+    if not tables or not all(isinstance(t, datasets.Dataset) for t in tables):
+        return None
+    if any(schema.STATUS not in t.column_names for t in tables):
+        return None
+    return editor_statistics([row for t in tables for row in editor_rows(t)])
+
+
 def render_dataset_card(
     dataset_dict_or_parts: Any,
     *,
@@ -185,13 +198,15 @@ def render_dataset_card(
     pretty_name: str | None = None,
     features: "datasets.Features | None" = None,
     report_path: str | None = None,
+    editor_stats: Mapping[str, Any] | None = None,
 ) -> DatasetCard:
     """Render the README.md card of a bridged dataset.
 
     `dataset_dict_or_parts` is a `DatasetDict` (one `default` config) or a mapping config -> split -> Dataset
     (or row count), laid out under `data/{config}/{split}-*.parquet`. `plot_paths` are repo-relative image paths.
     `provider_info` is published after dropping key-like fields and URL credentials. `report_path`: the
-    repo-relative review page (`bmc_data.report`) to link.
+    repo-relative review page (`bmc_data.report`) to link. `editor_stats`: `tokens.stats.editor_statistics` of
+    the whole dataset (default: computed from the parts when they are datasets).
     """
     parts = _normalize_parts(dataset_dict_or_parts)
     card_data = card_metadata(parts, repo_id=repo_id, license=license, pretty_name=pretty_name, features=features)
@@ -235,6 +250,14 @@ def render_dataset_card(
                             "filterable by status and reason (download the repo and open it in a browser; it reads "
                             f"`{report_path.rsplit('.', 1)[0]}_files/` beside it).\n")
     sections.append("\n".join(status_lines))
+
+    editor = dict(editor_stats) if editor_stats is not None else _editor_stats(parts)
+    if editor:
+        from bmc_data.tokens.stats import editor_statistics_lines
+
+        sections.append("## What the editor did\n\n" + "".join(f"- {line}\n" for line in editor_statistics_lines(editor))
+                        + "\nA bridged row whose only change is the final-answer line taught the editor's answer, not "
+                          "a corrected reasoning: read those before training on them.\n")
 
     stats_md = _stats_markdown(stats_table)
     stats_lines = ["## Edit distances", ""]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import string
+from collections.abc import Callable
 
 from .schema import Task
 
@@ -33,22 +34,51 @@ def _boxed(text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer stated in `text`, or None when it states none."""
+def final_answer_span(text: str) -> tuple[int, int] | None:
+    """(start, end) of the final answer stated in `text` (what `extract_answer` returns), or None."""
     if not text:
         return None
     boxed = _boxed(text)
     if boxed is not None:
-        return boxed.strip()
+        begin = text.rfind("\\boxed{") + len("\\boxed{")
+        return _strip_span(text, begin, begin + len(boxed), str.isspace)
     for pattern in (_HASHES, _ANSWER_IS):
         last = None
         for last in pattern.finditer(text):
             pass
         if last is not None:
-            rest = text[last.end():].strip()
-            answer = rest.splitlines()[0].strip() if rest else ""
-            return answer.rstrip(".").strip().strip("*").strip() or None
+            begin, _ = _strip_span(text, last.end(), len(text), str.isspace)
+            line_break = _LINE_BREAK.search(text, begin)
+            span = (begin, line_break.start() if line_break else len(text))
+            # the line without surrounding space, a trailing period and `*` emphasis
+            span = _strip_span(text, *span, str.isspace)
+            span = _strip_span(text, *span, ".".__eq__, left=False)
+            span = _strip_span(text, *span, str.isspace)
+            span = _strip_span(text, *span, "*".__eq__)
+            span = _strip_span(text, *span, str.isspace)
+            return span if span[1] > span[0] else None
     return None
+
+
+_LINE_BREAK = re.compile(r"[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")  # where str.splitlines splits
+
+
+def _strip_span(text: str, begin: int, end: int, strip: Callable[[str], bool], *, left: bool = True
+                ) -> tuple[int, int]:
+    while end > begin and strip(text[end - 1]):
+        end -= 1
+    while left and begin < end and strip(text[begin]):
+        begin += 1
+    return begin, end
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer stated in `text`, or None when it states none.
+
+    Recognised forms, last occurrence wins: `\\boxed{X}`, else `#### X`, else `The answer is X` (its line, without
+    a trailing period or `*` emphasis)."""
+    span = final_answer_span(text)
+    return text[span[0]:span[1]] if span is not None else None
 
 
 def normalize_answer(answer: str) -> str:

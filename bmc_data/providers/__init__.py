@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError, Usage
+from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError, ResponseSchema, Usage
 from .limits import ProviderLimits
 
 PROVIDER_NAMES = ("openai", "anthropic", "transformers", "embedded", "openai-batch", "anthropic-batch")
@@ -36,8 +36,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "ChatRequest", "ChatResponse", "Pricing", "Provider", "ProviderError", "ProviderLimits", "Usage",
-    "PROVIDER_NAMES", "get_provider", *_LAZY,
+    "ChatRequest", "ChatResponse", "Pricing", "Provider", "ProviderError", "ProviderLimits", "ResponseSchema", "Usage",
+    "PROVIDER_NAMES", "get_provider", "provider_class", *_LAZY,
 ]
 
 
@@ -68,6 +68,18 @@ def _pricing(value: Any) -> Pricing | None:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return Pricing(float(value[0]), float(value[1]))
     raise TypeError(f"pricing must be a Pricing, a dict or (input, output) USD per 1M tokens; got {value!r}")
+
+
+_CLASSES = {"openai": "OpenAIProvider", "anthropic": "AnthropicProvider", "transformers": "TransformersProvider",
+            "embedded": "EmbeddedProvider", **_BATCH_CLASSES}
+
+
+def provider_class(name: str | None) -> type[Provider]:
+    """The class `get_provider(name)` builds (None: the embedded one), without building it."""
+    name = (name or "embedded").lower()
+    if name not in _CLASSES:
+        raise ValueError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDER_NAMES)}")
+    return __getattr__(_CLASSES[name])
 
 
 def get_provider(name: str | None = None, model: str | None = None, **kwargs: Any) -> Provider:

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .anthropic_messages import _FINISH_REASONS, AnthropicProvider
+from .anthropic_messages import AnthropicProvider, finish_reason, reply_text
 from .base import ChatRequest, ChatResponse, Pricing
 from .batch_store import BatchRecord
 from .batching import BatchingMixin, dumps_line
@@ -122,10 +122,9 @@ class AnthropicBatchProvider(BatchingMixin, AnthropicProvider):
 
     def _parse_message(self, message: Any) -> ChatResponse:
         try:
-            text = "".join(b["text"] for b in message["content"] if b.get("type") == "text")
+            text = reply_text(message["content"])
             usage = message.get("usage") or {}
-            stop_reason = message.get("stop_reason")
-            return ChatResponse(text=text, finish_reason=_FINISH_REASONS.get(stop_reason, str(stop_reason or "stop")),
+            return ChatResponse(text=text, finish_reason=finish_reason(message.get("stop_reason")),
                                 input_tokens=int(usage.get("input_tokens") or 0),
                                 output_tokens=int(usage.get("output_tokens") or 0),
                                 model=str(message.get("model") or self.model))

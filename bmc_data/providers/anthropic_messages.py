@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -10,15 +11,41 @@ import anthropic
 from bmc_data.errors import CredentialError
 from bmc_data.redaction import check_api_key
 
-from .base import ChatRequest, ChatResponse, Pricing, ProviderError
+from .base import ChatRequest, ChatResponse, Pricing, ProviderError, ResponseSchema
 from .limits import ProviderLimits
 from .remote import RemoteProvider
 from .retry import malformed_error
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
-#: stop_reason -> the OpenAI-style finish_reason every provider reports
+#: stop_reason -> the OpenAI-style finish_reason every provider reports. bmc sends a tool only to have the reply
+#: written as its input (a response schema), so a tool call is the whole reply: "stop"
 _FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-                   "model_context_window_exceeded": "length", "refusal": "content_filter", "tool_use": "tool_calls"}
+                   "model_context_window_exceeded": "length", "refusal": "content_filter", "tool_use": "stop"}
+
+
+def _field(block: Any, name: str) -> Any:
+    """A content block's field, whether the block is the SDK's object or plain JSON (batch results)."""
+    return block.get(name) if isinstance(block, dict) else getattr(block, name, None)
+
+
+def reply_text(content: Any) -> str:
+    """The reply in a message's content blocks: the input of its tool call as JSON when there is one (bmc sends
+    a tool only to force a response schema), else the joined text blocks."""
+    for block in content:
+        if _field(block, "type") == "tool_use":
+            return json.dumps(_field(block, "input"), ensure_ascii=False)
+    return "".join(_field(block, "text") for block in content if _field(block, "type") == "text")
+
+
+def finish_reason(stop_reason: Any) -> str:
+    """Anthropic's stop_reason in OpenAI's words."""
+    return _FINISH_REASONS.get(stop_reason, str(stop_reason or "stop"))
+
+
+def structured_output_params(schema: ResponseSchema) -> dict[str, Any]:
+    """Tool use with the schema as the tool's input schema, the model made to call it: its input is the reply."""
+    return {"tools": [{"name": schema.name, "description": "Submit your reply.", "input_schema": schema.schema}],
+            "tool_choice": {"type": "tool", "name": schema.name}}
 
 
 def split_system(messages: tuple[dict[str, str], ...] | list[dict[str, str]]) -> tuple[str | None, list[dict[str, str]]]:
@@ -45,6 +72,7 @@ class AnthropicProvider(RemoteProvider):
     sdk = anthropic
     sdk_client_class = anthropic.AsyncAnthropic
     sdk_base_error = anthropic.AnthropicError
+    supports_response_schema = True
 
     def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None,
                  limits: ProviderLimits | None = None, pricing: Pricing | None = None,
@@ -69,6 +97,8 @@ class AnthropicProvider(RemoteProvider):
         }
         if system is not None:
             params["system"] = system
+        if request.response_schema is not None:
+            params.update(structured_output_params(request.response_schema))
         if self.send_sampling_params:
             sampling: dict[str, float] = {"temperature": request.temperature}
             if request.top_p != 1.0:  # Claude models reject temperature and top_p together
@@ -84,14 +114,14 @@ class AnthropicProvider(RemoteProvider):
 
     def _parse(self, message: Any) -> ChatResponse:
         try:
-            text = "".join(block.text for block in message.content if getattr(block, "type", None) == "text")
+            text = reply_text(message.content)
             stop_reason = message.stop_reason
         except (AttributeError, TypeError) as error:
             raise malformed_error(self.describe, f"no content blocks in {str(message)[:120]!r}") from error
         usage = getattr(message, "usage", None)
         return ChatResponse(
             text=text,
-            finish_reason=_FINISH_REASONS.get(stop_reason, str(stop_reason or "stop")),
+            finish_reason=finish_reason(stop_reason),
             input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
             output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
             model=str(getattr(message, "model", "") or self.model),

@@ -13,17 +13,44 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class ResponseSchema:
+    """A JSON Schema the reply must follow (structured outputs / grammar-constrained decoding).
+
+    `name` is what the API calls it (OpenAI `json_schema.name`, the Anthropic tool name): [a-zA-Z0-9_-]{1,64}.
+    The reply's `ChatResponse.text` is then the JSON object itself."""
+
+    name: str
+    schema: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "schema": self.schema}
+
+
+#: how an OpenAI-compatible request carries a `ResponseSchema` (`OpenAIProvider(structured_output=...)`): OpenAI's
+#: `response_format` (json_schema, strict), which vLLM, SGLang, llama.cpp's llama-server, LM Studio and Ollama
+#: accept as well; vLLM's older `guided_json` field (removed in vLLM 0.12); or vLLM's `structured_outputs`
+#: (vLLM 0.10.2 and later)
+STRUCTURED_OUTPUT_FIELDS = ("response_format", "guided_json", "structured_outputs")
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     messages: tuple[dict[str, str], ...]  # [{"role": ..., "content": ...}, ...]
     max_tokens: int = 1024
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    #: constrain the reply to this JSON Schema; only providers with `supports_response_schema` accept it
+    response_schema: ResponseSchema | None = None
 
     def cache_payload(self) -> dict[str, Any]:
-        """Everything about the request that changes the answer (used in the cache key)."""
+        """Everything about the request that changes the answer (used in the cache key).
+
+        Without a response schema the payload (and so every cache key) is what it was before the field existed."""
         payload = asdict(self)
         payload["messages"] = [dict(m) for m in self.messages]
+        if self.response_schema is None:
+            del payload["response_schema"]
         return payload
 
 
@@ -83,6 +110,9 @@ class Provider(abc.ABC):
 
     #: short backend name: "openai", "anthropic", "transformers"
     name: str = "provider"
+    #: True when `complete` honours `ChatRequest.response_schema` (constrains the reply to it); a provider that
+    #: cannot refuses such a request with `ProviderError` (`refuse_response_schema`) instead of ignoring it
+    supports_response_schema: bool = False
 
     def __init__(self, model: str, *, pricing: Pricing | None = None):
         self.model = model
@@ -92,6 +122,12 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """One chat completion. Raises `ProviderError` when it cannot succeed."""
+
+    def refuse_response_schema(self, request: ChatRequest) -> None:
+        """Raise `ProviderError` when `request` asks for a response schema this provider cannot enforce."""
+        if request.response_schema is not None and not self.supports_response_schema:
+            raise ProviderError(f"{self.name} {self.model}: this provider cannot constrain a reply to a JSON schema "
+                                "(reply format 'structured'); use a provider that can, or another reply format")
 
     def identity(self) -> dict[str, Any]:
         """What identifies the answering model in a cache key and in provenance columns.

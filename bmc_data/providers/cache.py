@@ -60,6 +60,9 @@ def request_payload(request: ChatRequest) -> dict[str, Any]:
     # = request.cache_payload(), built directly: dataclasses.asdict deep-copies, ~10x slower
     payload = {name: getattr(request, name) for name in _REQUEST_FIELDS}
     payload["messages"] = [dict(m) for m in request.messages]
+    schema = payload.pop("response_schema")
+    if schema is not None:  # absent otherwise: keys of requests without one are those of older caches
+        payload["response_schema"] = schema.as_dict()
     for name in ("temperature", "top_p"):
         if isinstance(payload.get(name), (int, float)) and not isinstance(payload.get(name), bool):
             payload[name] = float(payload[name])

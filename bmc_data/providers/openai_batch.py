@@ -31,7 +31,7 @@ class OpenAIBatchProvider(BatchingMixin, OpenAIProvider):
     """Chat completions through the OpenAI Batch API.
 
     Args:
-        model, api_key, base_url, limits, token_limit_param: as for `OpenAIProvider` (limits apply to the
+        model, api_key, base_url, limits, token_limit_param, structured_output: as for `OpenAIProvider` (limits apply to the
             upload, create, poll and download calls).
         pricing: the model's list (online) price, USD per 1M tokens; costs are reported at
             `batch_discount` of it (OpenAI's batch price is 50%).
@@ -51,9 +51,9 @@ class OpenAIBatchProvider(BatchingMixin, OpenAIProvider):
                  token_limit_param: str | None = None, cache_dir: str | Path | None = None,
                  poll_interval_s: float = 30.0, max_requests_per_batch: int | None = None,
                  max_bytes_per_batch: int | None = None, max_attempts: int = 2, batch_discount: float = 0.5,
-                 completion_window: str = "24h", progress: bool = True):
+                 completion_window: str = "24h", progress: bool = True, structured_output: str = "response_format"):
         super().__init__(model, api_key=api_key, base_url=base_url, limits=limits, pricing=pricing,
-                         token_limit_param=token_limit_param)
+                         token_limit_param=token_limit_param, structured_output=structured_output)
         self.completion_window = completion_window
         self._init_batching(cache_dir=cache_dir, poll_interval_s=poll_interval_s,
                             max_requests_per_batch=max_requests_per_batch, max_bytes_per_batch=max_bytes_per_batch,

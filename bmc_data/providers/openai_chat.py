@@ -12,7 +12,7 @@ import openai
 from bmc_data.errors import CredentialError
 from bmc_data.redaction import check_api_key
 
-from .base import ChatRequest, ChatResponse, Pricing
+from .base import STRUCTURED_OUTPUT_FIELDS, ChatRequest, ChatResponse, Pricing, ProviderError, ResponseSchema
 from .limits import ProviderLimits
 from .remote import RemoteProvider
 from .retry import malformed_error
@@ -28,6 +28,18 @@ def _is_official(base_url: str) -> bool:
     return urlparse(base_url).hostname == "api.openai.com"
 
 
+def structured_output_params(schema: ResponseSchema, field: str) -> dict[str, Any]:
+    """The request-body fields that constrain the reply to `schema`, in the form `field` names."""
+    if field == "response_format":
+        return {"response_format": {"type": "json_schema", "json_schema": {
+            "name": schema.name, "schema": schema.schema, "strict": True}}}
+    if field == "guided_json":
+        return {"guided_json": schema.schema}
+    if field == "structured_outputs":
+        return {"structured_outputs": {"json": schema.schema}}
+    raise ValueError(f"structured_output must be one of {list(STRUCTURED_OUTPUT_FIELDS)}, got {field!r}")
+
+
 class OpenAIProvider(RemoteProvider):
     """Chat completions through the official `openai` SDK, with our own limits and retries.
 
@@ -41,16 +53,21 @@ class OpenAIProvider(RemoteProvider):
         token_limit_param: request field for `max_tokens`: "max_completion_tokens" (what OpenAI's reasoning
             models require) or "max_tokens" (what every compatible server accepts). Default: the former for
             api.openai.com, the latter elsewhere.
+        structured_output: how a request's `response_schema` is sent: "response_format" (the default: OpenAI
+            structured outputs, `strict: true`; vLLM, SGLang, llama-server, LM Studio and Ollama accept it too),
+            "guided_json" (vLLM before 0.12) or "structured_outputs" (vLLM 0.10.2 and later). Only
+            "response_format" is sent to api.openai.com, which refuses unknown fields.
     """
 
     name = "openai"
     sdk = openai
     sdk_client_class = openai.AsyncOpenAI
     sdk_base_error = openai.OpenAIError
+    supports_response_schema = True
 
     def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None,
                  limits: ProviderLimits | None = None, pricing: Pricing | None = None,
-                 token_limit_param: str | None = None):
+                 token_limit_param: str | None = None, structured_output: str = "response_format"):
         super().__init__(model, limits=limits, pricing=pricing)
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
         self.key_source = "api_key=" if api_key else "OPENAI_API_KEY"
@@ -70,6 +87,12 @@ class OpenAIProvider(RemoteProvider):
         if token_limit_param not in ("max_tokens", "max_completion_tokens"):
             raise ValueError(f"token_limit_param must be 'max_tokens' or 'max_completion_tokens', got {token_limit_param!r}")
         self.token_limit_param = token_limit_param
+        if structured_output not in STRUCTURED_OUTPUT_FIELDS:
+            raise ValueError(f"structured_output must be one of {list(STRUCTURED_OUTPUT_FIELDS)}, got {structured_output!r}")
+        if structured_output != "response_format" and _is_official(self.base_url):
+            raise ValueError(f"structured_output={structured_output!r} is a vLLM field; api.openai.com takes only "
+                             "'response_format'")
+        self.structured_output = structured_output
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -82,6 +105,8 @@ class OpenAIProvider(RemoteProvider):
             params["top_p"] = request.top_p
         if request.seed is not None:
             params["seed"] = request.seed
+        if request.response_schema is not None:
+            params.update(structured_output_params(request.response_schema, self.structured_output))
         return params
 
     async def _attempt(self, request: ChatRequest) -> ChatResponse:
@@ -106,8 +131,11 @@ class OpenAIProvider(RemoteProvider):
             output_tokens = int(usage.get("completion_tokens") or 0)
             if not isinstance(text, str):
                 raise TypeError(f"message content is {type(text).__name__}, not text")
+            refusal = choice["message"].get("refusal")
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
             raise malformed_error(self.describe, f"no choices[0].message in {str(body)[:120]!r}") from error
+        if not text and isinstance(refusal, str) and refusal:  # structured outputs: a refusal instead of the JSON
+            raise ProviderError(f"{self.describe}: the model refused: {self._safe(refusal)[:200]}")
         return ChatResponse(
             text=text,
             finish_reason=str(finish_reason),

@@ -75,10 +75,13 @@ class EndpointPool(Provider):
         self.eject_after, self.backoff_s, self.backoff_max_s = eject_after, backoff_s, backoff_max_s
         self.max_attempts = max_attempts or 3 * len(endpoints)
         self.usage = PoolUsage(by_endpoint={u: 0 for u in urls})
+        # any endpoint may serve any request: a schema is honoured only when every one of them honours it
+        self.supports_response_schema = all(p.supports_response_schema for p in endpoints)
 
     @classmethod
     def from_urls(cls, urls: list[str], model: str | None, *, limits: Any = None, api_key: str | None = None,
-                  pricing: Pricing | None = None, **pool_kwargs: Any) -> EndpointPool:
+                  pricing: Pricing | None = None, structured_output: str = "response_format",
+                  **pool_kwargs: Any) -> EndpointPool:
         """One `OpenAIProvider` per URL (each with `limits`, minus retries: the pool does those)."""
         from .limits import ProviderLimits
         from .openai_chat import OpenAIProvider
@@ -86,7 +89,8 @@ class EndpointPool(Provider):
         if not model:
             raise ValueError("a pool of endpoints needs --model (the name every endpoint serves)")
         limits = (limits or ProviderLimits()).model_copy(update={"max_retries": 0})
-        providers: list[Provider] = [OpenAIProvider(model, base_url=url, api_key=api_key, limits=limits) for url in urls]
+        providers: list[Provider] = [OpenAIProvider(model, base_url=url, api_key=api_key, limits=limits,
+                                                    structured_output=structured_output) for url in urls]
         return cls(providers, pricing=pricing, **pool_kwargs)
 
     def identity(self) -> dict[str, Any]:

@@ -145,6 +145,7 @@ class TransformersProvider(Provider):
 
     # --- asyncio side ----------------------------------------------------------------------------
     async def complete(self, request: ChatRequest) -> ChatResponse:
+        self.refuse_response_schema(request)  # no grammar-constrained decoding here (yet): say so, never ignore it
         loop = asyncio.get_running_loop()
         queue = self._queues.get(loop)
         if queue is None:

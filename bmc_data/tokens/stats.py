@@ -23,6 +23,7 @@ import pandas as pd
 from datasets import Dataset
 from rapidfuzz.distance import Levenshtein
 
+from bmc_data.pairs.answers import final_answer_span
 from bmc_data.pairs.schema import (
     CHOSEN,
     CHOSEN_DIFF_MASK,
@@ -30,12 +31,15 @@ from bmc_data.pairs.schema import (
     REJECTED,
     REJECTED_DIFF_MASK,
     STATUS,
+    TASK,
     Status,
+    Task,
     response_text,
 )
 
 __all__ = [
     "add_edit_distance_stats",
+    "editor_statistics",
     "edit_distance_splits",
     "plot_edit_distances",
     "summarize_edit_distances",
@@ -179,6 +183,78 @@ def summarize_edit_distances(dataset: Dataset) -> pd.DataFrame:
     frame.attrs["n_rows"] = len(dataset)
     frame.attrs["n_bridged"] = len(rows)
     return frame
+
+
+def _without_answer_line(text: str) -> list[str]:
+    """The lines of `text` minus the one holding its final-answer statement (if any)."""
+    text = text.rstrip()
+    lines = text.split("\n")
+    span = final_answer_span(text)
+    if span is not None:
+        del lines[text.count("\n", 0, span[0])]
+    return lines
+
+
+def only_final_answer_changed(rejected: str, chosen: str) -> bool:
+    """True when `chosen` differs from `rejected` in nothing but the line stating the final answer (added,
+    removed or changed): an editor that fixed the answer and none of the reasoning that led to it."""
+    return chosen != rejected and _without_answer_line(chosen) == _without_answer_line(rejected)
+
+
+def editor_rows(dataset: Dataset) -> list[dict[str, Any]]:
+    """The rows of `dataset` with only the columns `editor_statistics` reads."""
+    return dataset.select_columns([c for c in (STATUS, CHOSEN, ORIGINAL_CHOSEN, REJECTED, TASK)
+                                   if c in dataset.column_names]).to_list()
+
+
+def editor_statistics(dataset: Dataset | Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the editor did, honestly, over a bridged dataset (rows with `bmc_status`, `chosen` = ỹ_w when bridged,
+    `original_chosen` = y_w, `rejected` = y_l):
+
+    * `rows`, `bridged`, `bridged_share` (bridged / rows);
+    * `median_word_edit_distance_before` (y_w↔y_l) and `..._after` (ỹ_w↔y_l): whitespace-word Levenshtein,
+      medians over the bridged rows (None without any);
+    * `answer_rows`: bridged QA/math rows (`task` column; every bridged row when there is none whose y_l or ỹ_w
+      states a final answer), `only_final_answer_changed` of them and its share (None without any): rows whose
+      only change is the final-answer line (`only_final_answer_changed`).
+    """
+    rows = editor_rows(dataset) if isinstance(dataset, Dataset) else list(dataset)
+    bridged = [r for r in rows if r.get(STATUS) == Status.BRIDGED.value]
+    before, after, answer_rows, answer_only = [], [], 0, 0
+    for row in bridged:
+        chosen, rejected = response_text(row[CHOSEN]), response_text(row[REJECTED])
+        winner = response_text(row.get(ORIGINAL_CHOSEN) or row[CHOSEN])
+        before.append(_distance(winner.split(), rejected.split())[0])
+        after.append(_distance(chosen.split(), rejected.split())[0])
+        task = row.get(TASK)
+        if task in (Task.QA.value, Task.MATH.value) or (
+                task is None and (final_answer_span(rejected) or final_answer_span(chosen))):
+            answer_rows += 1
+            answer_only += only_final_answer_changed(rejected, chosen)
+    return {
+        "rows": len(rows),
+        "bridged": len(bridged),
+        "bridged_share": len(bridged) / len(rows) if rows else None,
+        "median_word_edit_distance_before": float(np.median(before)) if before else None,
+        "median_word_edit_distance_after": float(np.median(after)) if after else None,
+        "answer_rows": answer_rows,
+        "only_final_answer_changed": answer_only,
+        "only_final_answer_changed_share": answer_only / answer_rows if answer_rows else None,
+    }
+
+
+def editor_statistics_lines(stats: dict[str, Any]) -> list[str]:
+    """`editor_statistics` in three plain sentences (run summary, dataset card)."""
+    if not stats.get("rows"):
+        return ["no rows"]
+    lines = [f"bridged: {stats['bridged']} of {stats['rows']} rows ({100 * stats['bridged_share']:.1f}%)"]
+    if stats["bridged"]:
+        lines.append(f"median word edit distance over the bridged rows: y_w↔y_l "
+                     f"{stats['median_word_edit_distance_before']:g}, ỹ_w↔y_l {stats['median_word_edit_distance_after']:g}")
+    if stats["answer_rows"]:
+        lines.append(f"only the final-answer line changed: {stats['only_final_answer_changed']} of "
+                     f"{stats['answer_rows']} bridged QA/math rows ({100 * stats['only_final_answer_changed_share']:.1f}%)")
+    return lines
 
 
 def _default_split_key(dataset: Dataset) -> str:
