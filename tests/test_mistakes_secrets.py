@@ -241,3 +241,44 @@ def test_the_hub_token_is_left_out_of_pickles_but_kept_for_the_push():
     assert copy.deepcopy(config).hub_token == config.hub_token == copy.copy(config).hub_token
     data = pickle.dumps(config)
     assert b"hf_TokenForThePush0123456789" not in data and pickle.loads(data).hub_token is None
+
+
+@pytest.mark.slow  # a real (tiny) training run with checkpoints, pushed to a loopback Hub
+def test_bmc_train_writes_and_pushes_no_byte_of_the_hub_token(tmp_path):
+    import os
+
+    import torch
+    from datasets import Dataset
+    from hub_server import HubServer
+
+    from bmc_train.testing import build_tiny_model
+
+    token = "hf_TrainPushToken0a1B2c3D4e5F6g7H"
+    rows = [{"prompt": f"Question {i}?", "chosen": f"The answer is {i}.", "rejected": f"It is {i + 1}.",
+             "original_chosen": f"The answer is {i}.", "bmc_status": "bridged"} for i in range(8)]
+    (tmp_path / "data" / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "data" / "data" / "train-00000-of-00001.parquet"))
+    model = build_tiny_model(tmp_path / "tiny", [r["prompt"] + " " + r["chosen"] + " " + r["rejected"] for r in rows])
+    out = tmp_path / "run"
+    with HubServer() as hub:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1",
+               "HF_HOME": str(tmp_path / "hf"), "TOKENIZERS_PARALLELISM": "false"}
+        env.pop("HF_TOKEN", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bmc_train", "--model_name_or_path", str(model), "--dataset_name",
+             str(tmp_path / "data"), "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size",
+             "4", "--save_steps", "1", "--logging_steps", "1", "--report_to", "none", "--bf16", "false",
+             "--gradient_checkpointing", "false", "--max_length", "64", "--disable_tqdm", "true",
+             "--push_to_hub", "--hub_model_id", "bmc-org/tiny-bmc", "--hub_token", token, "--verbose"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert hub.seen_tokens() == {token}  # the push itself used it
+        pushed = hub.files("bmc-org/tiny-bmc", repo_type="model")
+    assert "training_args.bin" in pushed
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.parent.name.startswith("checkpoint-") and p.name == "training_args.bin" for p in written)
+    for name, blob in [*((str(p), p.read_bytes()) for p in written), *pushed.items(), ("output", proc.stdout + proc.stderr)]:
+        data = blob.encode() if isinstance(blob, str) else blob
+        assert token.encode() not in data, name
+    args = torch.load(out / "training_args.bin", weights_only=False)  # the pickled arguments, decoded
+    assert args.hub_token is None and token not in json.dumps(vars(args), default=str)
