@@ -292,7 +292,8 @@ class SplitUrl:
 def split_url(url: str, source: str = "the base URL") -> SplitUrl:
     """`url` without its credentials; each credential (userinfo password, `user:password`, its Basic base64,
     key-like query values) is registered as a secret, as the user wrote it and decoded."""
-    parts = urlsplit(url)
+    bare = "://" not in url  # `user:pw@host/v1`, a URL missing its scheme: still no credential shown
+    parts = urlsplit("//" + url if bare else url)
     secrets: list[str] = []
     netloc = parts.netloc
     if "@" in netloc:
@@ -314,6 +315,8 @@ def split_url(url: str, source: str = "the base URL") -> SplitUrl:
         register_secret(secret)
     public = urlunsplit((parts.scheme, netloc, parts.path, "&".join(public_query), "")).rstrip("/")
     connect = urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")
+    if bare:
+        public, connect = public.removeprefix("//"), connect.removeprefix("//")
     return SplitUrl(public, connect, query)
 
 

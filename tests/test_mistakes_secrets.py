@@ -20,14 +20,13 @@ from batch_servers import BatchServer
 from llm_servers import Fault, LLMServer, bridge_reply
 from test_mistakes_cli import _env, _one_error_line, _pairs
 
-from bmc_data import bridge_dataset
+from bmc_data import bridge_dataset, redaction
 from bmc_data.__main__ import main as bridge_main
 from bmc_data.providers import ChatRequest, ProviderLimits, get_provider
 from bmc_data.providers.batch_store import BatchStore
 from bmc_data.providers.cache import CachedProvider, CallCache, cache_key
 from bmc_data.providers.openai_batch import OpenAIBatchProvider
 from bmc_data.publish import main as publish_main
-from bmc_data import redaction
 from bmc_data.redaction import redact, secret_forms
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +66,7 @@ def _scan(*texts: str | bytes, folders: tuple[Path, ...] = ()) -> None:
 
 def _run(tmp_path, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bmc_data", *argv], cwd=REPO, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 # --- credentials in URLs -----------------------------------------------------------------------------------------
@@ -179,7 +178,7 @@ def test_a_real_secret_the_user_wrote_is_kept_one_the_server_added_is_masked_and
     key = "sk-live-Real0Key1In2User3Data4"
     echoed = "sk-live-Echo5Of6A7Header8Value9"
     rows = [{"prompt": "Why does my key fail?", "chosen": "Rotate it.", "rejected": f"Paste {key} again."}]
-    reply = lambda messages: bridge_reply(messages).replace("</revised>", f" [{echoed}]</revised>")  # noqa: E731
+    reply = lambda messages: bridge_reply(messages).replace("</revised>", f" [{echoed}]</revised>")
     with LLMServer(reply=reply) as server:
         provider = get_provider("openai", "editor", base_url=server.openai_base_url, api_key=key, limits=FAST)
         redact("", echoed)  # a secret of this process too (e.g. another provider's key)
@@ -201,7 +200,7 @@ def test_a_real_secret_the_user_wrote_is_kept_one_the_server_added_is_masked_and
 
 
 def test_the_seed_at_temperature_0_does_not_split_the_cache_but_old_entries_are_still_found(tmp_path):
-    request = lambda seed, t=0.0: ChatRequest(messages=({"role": "user", "content": "hi"},), max_tokens=8,  # noqa: E731
+    request = lambda seed, t=0.0: ChatRequest(messages=({"role": "user", "content": "hi"},), max_tokens=8,
                                               temperature=t, seed=seed)
     ident = {"provider": "openai", "model": "m"}
     assert cache_key(ident, "ns", request(0), reply_only=True) == cache_key(ident, "ns", request(42), reply_only=True)
@@ -270,7 +269,7 @@ def test_bmc_train_writes_and_pushes_no_byte_of_the_hub_token(tmp_path):
              "4", "--save_steps", "1", "--logging_steps", "1", "--report_to", "none", "--bf16", "false",
              "--gradient_checkpointing", "false", "--max_length", "64", "--disable_tqdm", "true",
              "--push_to_hub", "--hub_model_id", "bmc-org/tiny-bmc", "--hub_token", token, "--verbose"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert hub.seen_tokens() == {token}  # the push itself used it
         pushed = hub.files("bmc-org/tiny-bmc", repo_type="model")
@@ -282,3 +281,23 @@ def test_bmc_train_writes_and_pushes_no_byte_of_the_hub_token(tmp_path):
         assert token.encode() not in data, name
     args = torch.load(out / "training_args.bin", weights_only=False)  # the pickled arguments, decoded
     assert args.hub_token is None and token not in json.dumps(vars(args), default=str)
+
+
+def test_a_url_refused_as_malformed_is_shown_without_its_credentials(tmp_path, capsys):
+    source = _pairs(tmp_path / "pairs.jsonl", 1)
+    code = bridge_main(["bridge", "--source", str(source), "--task", "instruction", "--provider", "openai", "--model",
+                        "m", "--base-url", f"bmcuser:{PW}@host/v1?api_key={QKEY}", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "got 'host/v1'" in err
+    _scan(err)
+
+
+def test_anthropic_base_url_credentials_are_sent_in_the_query_and_shown_nowhere(monkeypatch):
+    from bmc_data.bridging.concurrency import run_sync
+
+    with LLMServer() as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", f"{server.url}?key={QKEY}")
+        provider = get_provider("anthropic", "claude", api_key="sk-ant-Test0123456789abcdef", limits=FAST)
+        reply = run_sync(provider.complete(ChatRequest(messages=({"role": "user", "content": "hi"},), max_tokens=8)))
+        assert reply.text == "hi" and server.requests[0].path == f"/v1/messages?key={QKEY}"
+    assert provider.base_url == server.url and QKEY not in repr(provider) + json.dumps(provider.identity())
