@@ -301,3 +301,28 @@ def test_anthropic_base_url_credentials_are_sent_in_the_query_and_shown_nowhere(
         reply = run_sync(provider.complete(ChatRequest(messages=({"role": "user", "content": "hi"},), max_tokens=8)))
         assert reply.text == "hi" and server.requests[0].path == f"/v1/messages?key={QKEY}"
     assert provider.base_url == server.url and QKEY not in repr(provider) + json.dumps(provider.identity())
+
+
+def test_a_reply_an_older_version_cached_with_the_users_text_masked_is_fetched_again(tmp_path, caplog):
+    """Older versions masked every value of OPENAI_API_KEY (`password` too), in the cached request and reply."""
+    from bmc_data.bridging.templates import load_template
+    from bmc_data.providers.base import ChatResponse
+
+    rows = _rows(1)
+    with LLMServer(reply=bridge_reply) as server:
+        provider = get_provider("openai", "editor", base_url=server.openai_base_url, api_key="sk-x-Abc123Def456",
+                                limits=FAST)
+        template = load_template("instruction")
+        messages = template.render(prompt=rows[0]["prompt"], chosen=rows[0]["chosen"], rejected=rows[0]["rejected"])
+        request = ChatRequest(messages=tuple(messages), max_tokens=2048, temperature=0.0, seed=0)
+        cache = CallCache(tmp_path / "c" / "calls.sqlite")
+        key = cache_key(provider.identity(), template.version_id, request)  # the key older versions used
+        masked = ChatResponse(text=bridge_reply(messages).replace("password", "***"), finish_reason="stop",
+                              input_tokens=1, output_tokens=1)
+        cache.put(key, masked, namespace=template.version_id, identity=provider.identity(), request=request,
+                  request_json=json.dumps({"messages": json.loads(json.dumps(messages).replace("password", "***"))}))
+        cache.close()
+        row = bridge_dataset(rows, task="instruction", provider=provider, cache_dir=tmp_path / "c", progress=False)[0]
+        assert server.call_count == 1
+    assert "***" not in row["chosen"] and "password page" in row["chosen"]
+    assert any("calling again for such entries" in r.getMessage() for r in caplog.records)

@@ -153,6 +153,16 @@ def open_cache_db(path: str | Path, timeout_s: float = 30.0) -> tuple[Path, thre
         conn.execute("PRAGMA journal_mode=WAL")
     return path, lock, conn
 
+def _masked_user_text(stored_request: str, messages: str) -> bool:
+    """Whether a stored request shows the user's messages masked where they are now kept: its reply was masked
+    the same way (older versions masked every value of a key variable, `password` included)."""
+    try:
+        stored = _canonical(json.loads(stored_request)["messages"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    return stored != redact(messages)
+
+
 class CallCache:
     """SQLite store of call results, safe to share between asyncio tasks, threads and processes.
 
@@ -173,6 +183,7 @@ class CallCache:
         self.hits = 0
         self.misses = 0
         self.writes = 0
+        self.stale = 0  # entries whose masking rewrote the user's text (written by older versions)
 
     def get(self, key: str, *older_keys: str, messages: str | None = None) -> ChatResponse | None:
         """The cached response for `key` (or else the first of `older_keys` stored), with `cached=True`, or None.
@@ -180,9 +191,15 @@ class CallCache:
         `messages`: the request's `messages_json`, to restore secrets the reply quoted from it."""
         with self._lock:
             for candidate in (key, *older_keys):
-                row = self._conn.execute("SELECT response FROM calls WHERE key = ?", (candidate,)).fetchone()
+                row = self._conn.execute("SELECT response, request FROM calls WHERE key = ?", (candidate,)).fetchone()
                 if row is not None:
                     break
+        if row is not None and messages is not None and MASK in row[0] and _masked_user_text(row[1], messages):
+            self.stale += 1
+            if self.stale == 1:
+                logger.warning("%s: a reply cached by an older bmc had the user's own text masked (a dummy key such "
+                               "as 'password' was taken for a secret); calling again for such entries", self.path)
+            row = None
         if row is not None:
             try:
                 response = response_from_json(unseal_secrets(row[0], messages))
