@@ -89,12 +89,12 @@ def cache_key(identity: dict[str, Any], namespace: str, request: ChatRequest, *,
     return _key_and_request_json(identity, namespace, request, reply_only=reply_only)[0]
 
 
-def call_keys(identity: dict[str, Any], namespace: str, request: ChatRequest) -> tuple[str, ...]:
-    """The keys a call may be stored under, newest first: without the settings that cannot change the reply,
-    then (when it differs) with them, as caches written before this rule have it."""
-    new = cache_key(identity, namespace, request, reply_only=True)
-    legacy = cache_key(identity, namespace, request)
-    return (new,) if legacy == new else (new, legacy)
+def older_keys(identity: dict[str, Any], namespace: str, request: ChatRequest) -> tuple[str, ...]:
+    """Where caches written before the `reply_only` rule keep this call: under its key with the seed, when
+    the rule left the seed out (temperature 0)."""
+    if float(request.temperature) != 0.0 or request.seed is None:
+        return ()
+    return (cache_key(identity, namespace, request),)
 
 
 # A secret in a reply is stored as a reference to the same text in the request's messages (the user's own text,
@@ -284,7 +284,7 @@ class CachedProvider(Provider):
     async def complete(self, request: ChatRequest) -> ChatResponse:
         identity = self.inner.identity()
         key, request_json = _key_and_request_json(identity, self.namespace, request, reply_only=True)
-        legacy = call_keys(identity, self.namespace, request)[1:]  # entries written before the seed rule
+        legacy = older_keys(identity, self.namespace, request)
         messages = messages_json(request)
         while True:
             hit = self.cache.get(key, *legacy, messages=messages)
