@@ -4,8 +4,9 @@ The registry holds the API keys passed to providers (`register_secret`) and, rea
 values of `SECRET_ENV_VARS`. `redact(text)` replaces each secret, and every form it takes once quoted, escaped or
 encoded (a stray `\\r` and its repr `\\\\r`, `b'...'`, `"..."`, `Bearer ...`, JSON escapes, URL encoding), with
 `***`. It is applied to log records (`install_log_redaction`, a log-record factory, so every logger and handler is
-covered), to the one error line a CLI prints, to `bmc_reason`, summaries, dataset cards, every row written to
-parquet/jsonl, and to what is stored in the call cache (a server may echo the key back in an error body).
+covered), to the one error line a CLI prints, to `bmc_reason`, summaries, dataset cards, the editor's text in
+every row written to parquet/jsonl, and to what is stored in the call cache and the batch ledger (a server may
+echo the key back in an error body).
 
 Redaction protects what bmc writes about itself. It never rewrites the user's data: `redact_new(text, given)`
 masks only secrets that do not already occur in the user's own text, and values too short or too common to be
@@ -27,8 +28,9 @@ import os
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 from .errors import CredentialError
@@ -93,6 +95,8 @@ def _is_secret(value: str | None, source: str | None = None) -> bool:
     if reason is not None and source is not None:
         _warn_placeholder(source, reason)
     return reason is None
+
+
 _pattern_cache: tuple[frozenset[str], re.Pattern[str] | None, tuple[str, ...]] = (frozenset(), None, ())
 _SPLIT = re.compile(r"[\s\x00-\x1f\x7f]+")
 

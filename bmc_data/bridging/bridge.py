@@ -221,9 +221,10 @@ async def abridge_pairs(pairs: list[PreferencePair], bridger: Bridger, *, concur
 
 
 def _user_text(pair: PreferencePair) -> str:
-    """Everything the user gave for this row, as one string to look secrets up in."""
-    return json.dumps([pair.prompt_messages(), pair.chosen, pair.rejected, pair.answer], ensure_ascii=False) \
-        + "\n".join(str(v) for v in (pair.chosen, pair.rejected, pair.answer, *(m["content"] for m in pair.prompt_messages())))
+    """Everything the user gave for this row, as written and JSON-escaped, to look secrets up in."""
+    raw = "\n".join(str(v) for v in (pair.chosen, pair.rejected, pair.answer,
+                                      *(m["content"] for m in pair.prompt_messages())))
+    return raw + json.dumps(raw, ensure_ascii=False)
 
 
 def _wrap_response(value: str, conversational: bool) -> Any:

@@ -36,7 +36,6 @@ def add_parser(sub: Any, cache_default: str) -> None:
 
 def _provider(record: BatchRecord, store: BatchStore) -> Any:
     from bmc_data.providers import get_provider
-
     from bmc_data.redaction import public_url
 
     # the ledger keeps endpoints without credentials: those come back from the environment's URL, when it is the
