@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from batch_servers import BatchServer
 from llm_servers import Fault, LLMServer, bridge_reply
 from test_mistakes_cli import _env, _one_error_line, _pairs
@@ -326,3 +328,17 @@ def test_a_reply_an_older_version_cached_with_the_users_text_masked_is_fetched_a
         assert server.call_count == 1
     assert "***" not in row["chosen"] and "password page" in row["chosen"]
     assert any("calling again for such entries" in r.getMessage() for r in caplog.records)
+
+
+@settings(max_examples=60, deadline=None)
+@given(password=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=12, max_size=30),
+       token=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=12, max_size=30))
+def test_any_url_credential_is_masked_in_every_encoded_form(password, token):
+    from urllib.parse import quote, quote_plus
+
+    assume(redaction.placeholder_reason(password) is None and redaction.placeholder_reason(token) is None)
+    url = redaction.split_url(f"http://me:{quote(password, safe='')}@host:1/v1?x=1&access_token={quote_plus(token)}")
+    assert url.public == "http://host:1/v1?x=1" and url.query["access_token"] == token
+    basic = base64.b64encode(f"me:{password}".encode()).decode()
+    for form in (password, quote(password, safe=""), basic, token, quote_plus(token), quote(token, safe="")):
+        assert form not in redact(f"echo: <{form}>"), form
