@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from batch_servers import BatchServer
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from batch_servers import BatchServer
 from llm_servers import Fault, LLMServer, bridge_reply
 from test_mistakes_cli import _env, _one_error_line, _pairs
 
