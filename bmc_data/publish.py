@@ -25,6 +25,7 @@ from typing import Any
 from .cli.args import (
     REMOTE_PROVIDERS,
     add_provider_args,
+    base_urls,
     build_provider,
     check_provider_args,
     positive_int,
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=42,
                       help="seed for the train/test split and the editor's sampling (default: %(default)s)")
 
-    add_provider_args(parser, cache_default="<out>/.bmc_cache, never uploaded")
+    add_provider_args(parser, cache_default="$BMC_CACHE_DIR or ~/.cache/bmc, shared with bridge")
 
     out = parser.add_argument_group("output")
     out.add_argument("--tokenizer", default=None,
@@ -153,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
 
     repo_name = (args.repo or "bmc-dataset").split("/")[-1]
     out = Path(args.out) if args.out else Path("bmc-publish") / repo_name
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out / ".bmc_cache"
+    from .providers.cache import default_cache_dir
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()  # one cache with `bridge`
     split = args.split or (DEFAULT_SOURCE_SPLIT if args.source == DEFAULT_SOURCE else "train")
     license_ = args.license or ("mit" if args.source == DEFAULT_SOURCE else "other")
 
@@ -186,8 +189,10 @@ def run(args: argparse.Namespace) -> int:
 
         dataset = add_diff_masks(dataset, tokenizer)
     identity = dict(provider.identity()) if provider is not None and hasattr(provider, "identity") else {}
-    if args.base_url:
-        identity["base_url"] = ", ".join([args.base_url] if isinstance(args.base_url, str) else args.base_url)  # may repeat
+    if args.base_url:  # without credentials (userinfo, ?api_key=...)
+        from .redaction import public_url
+
+        identity["base_url"] = ", ".join(public_url(u) for u in base_urls(args.base_url))
     # edit distances once, over every row: the card's table and figures, and the review page, all read them
     with_stats = dataset
     stats_table, plots = None, []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from trl import DPOConfig
 
@@ -263,3 +265,28 @@ class BMCConfig(DPOConfig):
             self.bf16 = False
         super().__post_init__()
         self.loss_type = loss_type  # DPOConfig.__post_init__ wraps it in a list
+        if self.hub_token:
+            from bmc_data.redaction import register_secret
+
+            register_secret(self.hub_token, "--hub_token")  # masked in every log line from now on
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling keeps: the Trainer writes it to `training_args.bin` in `output_dir` and in every checkpoint,
+        and `push_to_hub` uploads those. The Hub token is left out (`None` once loaded back); in this process it
+        stays set, for the push itself."""
+        state = dict(self.__dict__)
+        if state.get("hub_token") is not None:
+            state["hub_token"] = None
+        return state
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> BMCConfig:
+        # copies made in this process (by accelerate, TRL) keep the token: only what is written leaves it out
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+    def __copy__(self) -> BMCConfig:
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone

@@ -28,7 +28,7 @@ from bmc_data.pairs.schema import PreferencePair, Status, Task
 from bmc_data.providers.accounting import usage_since
 from bmc_data.providers.base import ChatRequest, ChatResponse, Provider, ProviderError, ResponseSchema
 from bmc_data.providers.throttle import estimate_tokens
-from bmc_data.redaction import redact, redact_obj
+from bmc_data.redaction import redact, redact_new, redact_obj
 
 from .concurrency import map_concurrently, run_sync
 from .parsing import ParsedReply, ReplyFormatError, Verdict, parse_reply
@@ -250,6 +250,13 @@ async def abridge_pairs(pairs: list[PreferencePair], bridger: Bridger, *, concur
         await bridger.provider.aclose()
 
 
+def _user_text(pair: PreferencePair) -> str:
+    """Everything the user gave for this row, as written and JSON-escaped, to look secrets up in."""
+    raw = "\n".join(str(v) for v in (pair.chosen, pair.rejected, pair.answer,
+                                      *(m["content"] for m in pair.prompt_messages())))
+    return raw + json.dumps(raw, ensure_ascii=False)
+
+
 def _wrap_response(value: str, conversational: bool) -> Any:
     return [{"role": "assistant", "content": value}] if conversational else value
 
@@ -265,22 +272,24 @@ def results_to_dataset(pairs: LoadedPairs | list[PreferencePair], results: list[
     indices = getattr(pairs, "source_indices", None) or list(range(len(pair_list)))
     rows = []
     for pair, result, index in zip(pair_list, results, indices):
-        chosen = result.pseudo_chosen if result.status is Status.BRIDGED else pair.chosen
-        rows.append(redact_obj({  # nothing written from here on may carry a secret (a reason quoting a server, ...)
+        chosen = pair.chosen
+        if result.status is Status.BRIDGED:  # the editor's text: a secret it added is masked, one the user wrote kept
+            chosen = redact_new(result.pseudo_chosen, given=_user_text(pair))
+        rows.append({  # the user's own fields as given: redaction never rewrites data
             S.PROMPT: pair.prompt_messages() if conv else pair.prompt,
             S.CHOSEN: _wrap_response(chosen, conv),
             S.REJECTED: _wrap_response(pair.rejected, conv),
             S.ORIGINAL_CHOSEN: _wrap_response(pair.chosen, conv),
             S.STATUS: result.status.value,
-            S.REASON: result.reason,
+            S.REASON: redact(result.reason),  # bmc's own words, which may quote a server
             S.PROMPT_VERSION: template.version_id,
-            S.PROVIDER: str(identity.get("provider", provider.name)),
-            S.MODEL: str(identity.get("model", provider.model)),
+            S.PROVIDER: redact(str(identity.get("provider", provider.name))),
+            S.MODEL: redact(str(identity.get("model", provider.model))),
             S.ID: pair.id if pair.id is not None else str(index),
             S.TASK: task.value,
             S.ANSWER: pair.answer,
             "bmc_source_index": index,
-        }))
+        })
     if not rows:  # from_list cannot build an empty table with columns
         features = datasets.Features({c: datasets.Value("string") for c in (*S.BRIDGED_COLUMNS, S.ID, S.TASK, S.ANSWER)})
         return datasets.Dataset.from_dict({c: [] for c in features}, features=features)

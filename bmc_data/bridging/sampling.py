@@ -15,6 +15,7 @@ from bmc_data.pairs.loading import read_rows
 from bmc_data.pairs.options import check_count, parse_task
 from bmc_data.pairs.schema import Task
 from bmc_data.providers.base import ChatRequest, Provider, ProviderError
+from bmc_data.redaction import redact_new
 
 from .concurrency import map_concurrently, run_sync
 
@@ -91,7 +92,8 @@ def make_pairs(
         request = ChatRequest(messages=({"role": "user", "content": f"{problem}\n\n{instruction}"},),
                               max_tokens=max_tokens, temperature=temperature, seed=seed)
         try:
-            return (await provider.complete(request)).text.strip()
+            # y_l becomes the row's rejected response: a secret the model or server added is masked here
+            return redact_new((await provider.complete(request)).text.strip(), given="\n".join(map(str, record)))
         except SystemicFailure:
             raise  # stops the run (map_concurrently cancels the rest)
         except ProviderError as error:

@@ -91,7 +91,9 @@ def check_provider_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--base-url is for the {', '.join(REMOTE_PROVIDERS)} providers, not {args.provider!r}")
     for url in urls:
         if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--base-url must start with http:// or https://, got {url!r}")
+            from bmc_data.redaction import public_url
+
+            raise UsageError(f"--base-url must start with http:// or https://, got {public_url(url)!r}")
     if len(urls) > 1 and args.provider != "openai":
         raise UsageError(f"several --base-url values make a pool of openai endpoints; --provider {args.provider} "
                          "takes one")

@@ -69,7 +69,8 @@ class OpenAIProvider(RemoteProvider):
                  limits: ProviderLimits | None = None, pricing: Pricing | None = None,
                  token_limit_param: str | None = None, structured_output: str = "response_format"):
         super().__init__(model, limits=limits, pricing=pricing)
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+        self._use_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL,
+                           "--base-url" if base_url else "OPENAI_BASE_URL")
         self.key_source = "api_key=" if api_key else "OPENAI_API_KEY"
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from bmc_data.errors import SystemicFailure
-from bmc_data.redaction import redact
+from bmc_data.redaction import SplitUrl, redact, split_url
 
 from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError
 from .limits import ProviderLimits
@@ -37,8 +37,9 @@ class RemoteProvider(Provider):
     every call in flight or still to come raises it at once, until the run's `aclose()`.
     """
 
-    #: set by subclasses before the first call
+    #: set by subclasses before the first call (`_use_base_url`): the URL without its credentials
     base_url: str = ""
+    _url: SplitUrl | None = None
     #: where the API key came from, for error messages ("OPENAI_API_KEY", "api_key="); never the key itself
     key_source: str = "the API key"
 
@@ -63,12 +64,22 @@ class RemoteProvider(Provider):
     sdk_client_class: Any = None
     sdk_base_error: type[Exception] = Exception
 
+    def _use_base_url(self, url: str, source: str) -> None:
+        """Connect to `url`; its credentials (userinfo, `?api_key=`...) are registered as secrets and left out of
+        `base_url`, which is what summaries, errors, the cache key and the batch ledger see."""
+        self._url = split_url(url.rstrip("/"), source)
+        self.base_url = self._url.public
+
     def _new_client(self) -> Any:
         """A new SDK client for the running event loop (no SDK retries: ours apply)."""
         sdk = self.sdk
         timeout = sdk.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
+        url = self._url or SplitUrl(self.base_url, self.base_url)
         return self.sdk_client_class(
-            api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
+            api_key=self._api_key, base_url=url.connect, max_retries=0, timeout=timeout,
+            # query parameters (a key in `?api_key=`) go on every request; in the base URL the SDK would
+            # append its paths after them
+            default_query=url.query or None,
             # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
             # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
             http_client=sdk.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
@@ -180,9 +191,6 @@ class RemoteProvider(Provider):
             raise
         breaker.success()
         self._gate.settle_tokens(estimate, response.input_tokens + response.output_tokens)
-        # a reply that quotes a secret (some servers echo the request) is scrubbed before anyone stores it
-        text = redact(response.text)
-        if text != response.text:
-            response = dataclasses.replace(response, text=text)
+        # the reply as the server sent it: the cache seals secrets, and rows mask those the user did not write
         self.record(response)
         return response
