@@ -131,14 +131,14 @@ def test_text_that_cannot_be_encoded_is_an_invalid_row_skipped_with_skip_invalid
 def test_a_reply_that_cannot_be_encoded_fails_its_row_and_the_others_are_kept(tmp_path):
     def reply(messages):
         text = bridge_reply(messages)
-        return text.replace("number 1", "number \ud800 1")  # one editor reply holds a lone surrogate
+        return text.replace("Maybe 1.", "Maybe \ud800 1.")  # one editor reply holds a lone surrogate
 
     rows = [{"prompt": f"Question {i}: name a colour.", "chosen": f"Blue, number {i}.", "rejected": f"Maybe {i}."}
             for i in range(3)]
     with LLMServer(reply=reply) as server:
-        out = bridge_dataset(rows, task="instruction", provider=_openai(server), cache_dir=tmp_path / "c",
-                             progress=False)
-    assert out["bmc_status"] == ["bridged", "failed", "bridged"]
+        out, summary = bridge_dataset(rows, task="instruction", provider=_openai(server), cache_dir=tmp_path / "c",
+                                      progress=False, return_summary=True)
+    assert out["bmc_status"] == ["bridged", "failed", "bridged"] and summary.counts == {"bridged": 2, "failed": 1}
     assert "cannot be encoded as UTF-8" in out["bmc_reason"][1] and out["chosen"][1] == "Blue, number 1."
     out.to_parquet(str(tmp_path / "bridged.parquet"))
     out.to_json(str(tmp_path / "bridged.jsonl"), lines=True)

@@ -73,7 +73,8 @@ def _key_and_request_json(identity: dict[str, Any], namespace: str, request: Cha
     order, nested values canonical themselves), so keys stay those of every cache already on disk."""
     request_json = _canonical(request_payload(request))
     blob = f'{{"identity":{_canonical(identity)},"namespace":{_canonical(namespace)},"request":{request_json}}}'
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest(), request_json
+    # surrogatepass: a repair turn may quote a reply with a lone surrogate; valid text hashes exactly as before
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest(), request_json
 
 
 def cache_key(identity: dict[str, Any], namespace: str, request: ChatRequest) -> str:
@@ -87,6 +88,16 @@ def response_to_json(response: ChatResponse) -> str:
         "text": response.text, "finish_reason": response.finish_reason, "input_tokens": response.input_tokens,
         "output_tokens": response.output_tokens, "model": response.model,
     })
+
+
+def _storable(json_text: str) -> str:
+    """JSON text SQLite can store: a lone surrogate (a server may send one) becomes its JSON escape, which reads back
+    as the same string."""
+    try:
+        json_text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(json.loads(json_text), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return json_text
 
 
 def response_from_json(text: str) -> ChatResponse:
@@ -156,7 +167,7 @@ class CallCache:
             request_json = _canonical(request_payload(request))
         # scrubbed: a secret must not reach the disk, even inside a prompt or a reply (the key is a hash)
         values = (key, namespace, str(identity.get("provider", "")), str(identity.get("model", "")),
-                  redact(request_json), redact(response_to_json(response)), time.time())
+                  _storable(redact(request_json)), _storable(redact(response_to_json(response))), time.time())
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)", values)
         self.writes += 1
