@@ -22,6 +22,7 @@ from .cli.args import (
     REMOTE_PROVIDERS,
     add_provider_args,
     build_provider,
+    check_default_cache_folder,
     check_provider_args,
     positive_int,
 )
@@ -83,6 +84,8 @@ def _bridge(argv: list[str] | None) -> int:
         return run_batches(args)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     check_provider_args(args)  # every option is checked before any data is read, model loaded or call made
+    if args.cache_dir is None:
+        check_default_cache_folder()
     from .bridging.bridge import bridge_dataset
     from .bridging.sampling import make_pairs
     from .pairs.loading import load_pairs

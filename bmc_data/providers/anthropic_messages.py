@@ -12,7 +12,7 @@ from bmc_data.redaction import check_api_key
 
 from .base import ChatRequest, ChatResponse, Pricing, ProviderError
 from .limits import ProviderLimits
-from .remote import RemoteProvider
+from .remote import RemoteProvider, check_base_url
 from .retry import malformed_error
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -51,7 +51,8 @@ class AnthropicProvider(RemoteProvider):
                  send_sampling_params: bool = False):
         super().__init__(model, limits=limits, pricing=pricing)
         self.send_sampling_params = send_sampling_params
-        self.base_url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL).rstrip("/")
+        url_source = "base_url=" if base_url else "ANTHROPIC_BASE_URL" if os.environ.get("ANTHROPIC_BASE_URL") else "the default URL"
+        self.base_url = check_base_url(base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL, url_source).rstrip("/")
         self.key_source = "api_key=" if api_key else "ANTHROPIC_API_KEY"
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not api_key:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bmc_data.errors import InputError
 from bmc_data.redaction import redact
 
 from .base import ChatRequest, ChatResponse, Provider, ProviderError
@@ -113,14 +114,24 @@ def open_cache_db(path: str | Path, timeout_s: float = 30.0) -> tuple[Path, thre
     guarded by a lock, in autocommit mode (every write is committed when it returns)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
     lock = threading.Lock()
-    with lock:
-        # WAL + NORMAL survives a killed process (only an OS crash may lose the last commits); NORMAL first, so
-        # that switching a new file to WAL is not synced at FULL
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA journal_mode=WAL")
+    try:
+        conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        with lock:
+            # WAL + NORMAL survives a killed process (only an OS crash may lose the last commits); NORMAL first, so
+            # that switching a new file to WAL is not synced at FULL
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("SELECT name FROM sqlite_master LIMIT 1")  # reads the header: a corrupt file fails here
+    except sqlite3.DatabaseError as error:
+        raise unusable_cache(path, str(error)) from None
     return path, lock, conn
+
+
+def unusable_cache(path: Path, problem: str) -> InputError:
+    """A cache file that cannot be used: one line naming it and how to move it aside (no call was made)."""
+    return InputError(f"{path}: cannot open the call cache ({problem}); move it aside (mv {path} {path}.bad) "
+                      "or pass another --cache-dir, and rerun: the calls it held will be made again")
 
 class CallCache:
     """SQLite store of call results, safe to share between asyncio tasks, threads and processes.
@@ -137,8 +148,7 @@ class CallCache:
             if version == 0:
                 self._conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             elif version != _SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path}: cache schema version {version}, expected {_SCHEMA_VERSION}; "
-                                   "delete the file or point the cache elsewhere")
+                raise unusable_cache(self.path, f"schema version {version}, expected {_SCHEMA_VERSION}")
         self.hits = 0
         self.misses = 0
         self.writes = 0

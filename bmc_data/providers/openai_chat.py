@@ -14,7 +14,7 @@ from bmc_data.redaction import check_api_key
 
 from .base import ChatRequest, ChatResponse, Pricing
 from .limits import ProviderLimits
-from .remote import RemoteProvider
+from .remote import RemoteProvider, check_base_url
 from .retry import malformed_error
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -52,7 +52,8 @@ class OpenAIProvider(RemoteProvider):
                  limits: ProviderLimits | None = None, pricing: Pricing | None = None,
                  token_limit_param: str | None = None):
         super().__init__(model, limits=limits, pricing=pricing)
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+        url_source = "base_url=" if base_url else "OPENAI_BASE_URL" if os.environ.get("OPENAI_BASE_URL") else "the default URL"
+        self.base_url = check_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL, url_source).rstrip("/")
         self.key_source = "api_key=" if api_key else "OPENAI_API_KEY"
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
