@@ -19,10 +19,24 @@ from pathlib import Path
 from bmc_data.errors import DEBUG_ENV, EXIT_FAILURE, EXIT_INTERRUPTED, BMCError, UsageError
 from bmc_data.redaction import install_log_redaction, redact
 
-__all__ = ["add_logging_args", "check_writable_folder", "debug_enabled", "run_cli", "setup_logging"]
+__all__ = ["ArgumentParser", "OneLineErrors", "add_logging_args", "check_writable_folder", "debug_enabled", "run_cli", "setup_logging"]
 
 #: Libraries that log one INFO line per HTTP request: quiet unless --verbose.
 _NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic", "urllib3", "filelock")
+
+
+class OneLineErrors:
+    """For argparse parsers: a bad option or value is one line naming it and where the options are listed, not
+    a dump of every option (bmc_train's usage alone is 181 lines)."""
+
+    prog: str
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")  # type: ignore[attr-defined]
+
+
+class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """`argparse.ArgumentParser` with one-line usage errors (its subcommands' parsers too)."""
 
 
 def add_logging_args(parser: argparse.ArgumentParser) -> None:

@@ -53,6 +53,7 @@ def make_pairs(
     split: str = "train",
     cache_dir: str | Path | None | bool = None,
     progress: bool = True,
+    answer_check: bool = True,
 ) -> datasets.Dataset:
     """Sample y_l from `model` for each problem and pair it with the ground-truth solution y_w.
 
@@ -60,7 +61,8 @@ def make_pairs(
     for the embedded SmolLM2. Returns a standard-layout dataset (prompt, chosen, rejected, answer, task, id)
     plus `rejected_correct` (does y_l reach the known answer?) ready for `bridge_dataset`. With keep="wrong",
     pairs whose y_l is already correct are left out (the count is logged), as in the paper's QA setup; rows
-    whose generation failed are always left out and logged.
+    whose generation failed are always left out and logged. A problem without a known final answer is an
+    `InputError` before any call unless `answer_check=False`.
     """
     try:
         task = Task(task)
@@ -77,6 +79,11 @@ def make_pairs(
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
     records = [(i, *_problem_fields(row, i)) for i, row in enumerate(table)]
+    missing = next((i for i, _, _, gold in records if not gold), None)
+    if answer_check and missing is not None:  # found before the first paid call, not when bridging its pair
+        raise InputError(f"row {missing}: no known final answer (no 'answer', and the solution states none as "
+                         "'The answer is X', '#### X' or \\boxed{X}); add one, or pass answer_check=False "
+                         "(--no-answer-check) to sample and bridge without the ground-truth check")
     provider = _resolve_model(model)
     if cache_dir is not False:
         from bmc_data.providers.cache import (

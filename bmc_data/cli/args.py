@@ -62,6 +62,13 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
                        help=f"LLM call cache that makes reruns resume without repeating calls (default: {cache_default})")
 
 
+def add_answer_check_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-answer-check", action="store_true",
+                        help="QA/math: bridge rows without a known final answer, and do not check that the "
+                             "pseudo-winning response reaches it (named in the summary); by default a row with no "
+                             "answer is an invalid row")
+
+
 def check_folder_arg(value: str | None, flag: str) -> None:
     """An output folder flag must name a folder bmc can write (found only after the paid calls otherwise)."""
     from pathlib import Path
