@@ -84,7 +84,7 @@ def load_preference_dataset(name: str, config: str | None = None):
     """A `DatasetDict` from a bmc_data folder, a data file, or a Hub id; a bad source is an `InputError`."""
     from datasets import Dataset, DatasetDict, load_dataset
 
-    from bmc_data.pairs.loading import _python_rows, looks_like_hub_id
+    from bmc_data.pairs.loading import read_records, looks_like_hub_id
 
     path = Path(name).expanduser()
     if path.is_file():
@@ -92,7 +92,7 @@ def load_preference_dataset(name: str, config: str | None = None):
         if builder is None:
             raise InputError(f"--dataset_name {name}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
         if builder == "json":  # bmc_data's reader: the line of a JSON error, the row and field of a mistyped cell
-            rows = _python_rows(str(path), split="train")
+            rows = read_records(str(path), split="train")
             check_rows(rows, f"--dataset_name {name}")
             try:
                 return DatasetDict({"train": Dataset.from_list(rows)})

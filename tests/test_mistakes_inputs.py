@@ -301,3 +301,17 @@ def test_bridge_cli_skips_a_lone_surrogate_row_and_refuses_a_run_with_no_usable_
         assert _bridge_cli(source, tmp_path / "out2", *url, "--skip-invalid") == 2
         assert "no usable row: 1 invalid row(s) skipped" in _one_line(capsys)
         assert server.call_count == calls
+
+
+def test_make_pairs_reads_csv_answers_as_text_and_needs_them_before_sampling(tmp_path):
+    from bmc_data import make_pairs
+
+    path = tmp_path / "problems.csv"
+    path.write_text("problem,solution,answer\n1+5?,It is six.,6\n2+2?,It is four.,\n")
+    with LLMServer(reply=lambda messages: "The answer is 6") as server:
+        with pytest.raises(InputError, match="row 1: no known final answer"):
+            make_pairs(str(path), model=_openai(server), task="math", cache_dir=False, progress=False)
+        assert server.call_count == 0
+        pairs = make_pairs(str(path), model=_openai(server), task="math", cache_dir=False, progress=False,
+                           answer_check=False)
+    assert pairs["answer"] == ["6", None] and pairs["rejected_correct"] == [True, False]

@@ -11,7 +11,7 @@ import datasets
 
 from bmc_data.errors import InputError, SystemicFailure, UsageError
 from bmc_data.pairs.answers import check_answer, extract_answer
-from bmc_data.pairs.loading import read_rows
+from bmc_data.pairs.loading import answer_text, read_records
 from bmc_data.pairs.schema import Task
 from bmc_data.providers.base import ChatRequest, Provider, ProviderError
 
@@ -27,12 +27,11 @@ def _problem_fields(row: dict[str, Any], index: int) -> tuple[str, str, str | No
     """(problem, solution, answer) from the QA layout (problem/solution/answer), GSM8K (question/answer
     with '#### X') or MAWPS (input/target)."""
     if "problem" in row and "solution" in row:
-        return row["problem"], row["solution"], (str(row["answer"]) if row.get("answer") is not None else extract_answer(row["solution"]))
+        return row["problem"], row["solution"], answer_text(row.get("answer")) or extract_answer(row["solution"])
     if "question" in row and "answer" in row:
         return row["question"], row["answer"], extract_answer(row["answer"])
     if "input" in row and "target" in row:
-        target = row["target"]
-        answer = str(int(target)) if isinstance(target, float) and target.is_integer() else str(target)
+        answer = answer_text(row["target"])
         return row["input"], f"The answer is {answer}", answer
     raise InputError(f"row {index}: expected problem/solution/answer, question/answer (GSM8K) or input/target "
                      f"(MAWPS) fields, got {sorted(row)}")
@@ -75,9 +74,9 @@ def make_pairs(
     for name, value in (("limit", limit), ("concurrency", concurrency), ("max_tokens", max_tokens)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
-    table = read_rows(problems, split=split)
+    table = read_records(problems, split=split)  # CSV cells as written, NaN as missing
     if limit is not None:
-        table = table.select(range(min(limit, len(table))))
+        table = table[:limit]
     records = [(i, *_problem_fields(row, i)) for i, row in enumerate(table)]
     missing = next((i for i, _, _, gold in records if not gold), None)
     if answer_check and missing is not None:  # found before the first paid call, not when bridging its pair

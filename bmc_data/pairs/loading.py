@@ -220,7 +220,7 @@ def _frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
              for k, v in record.items()} for record in frame.to_dict("records")]
 
 
-def _python_rows(source: Any, *, split: str) -> list[dict[str, Any]]:
+def read_records(source: Any, *, split: str) -> list[dict[str, Any]]:
     """Rows as plain dicts. In-memory lists, DataFrames, CSV and JSON files skip Arrow, so a mistyped cell reaches
     our row-level validation (with its row index) instead of failing the whole Arrow conversion, and a CSV cell is
     the text the user wrote."""
@@ -301,7 +301,7 @@ def _check_encodable(row: Mapping[str, Any], index: int) -> None:
             raise InvalidRowError(index, str(name), f"contains {where}: text that cannot be encoded as UTF-8")
 
 
-def _answer_text(value: Any) -> str | None:
+def answer_text(value: Any) -> str | None:
     """A ground-truth answer cell as text: a float column's 6.0 is the "6" the user wrote, a missing cell is None."""
     if _missing(value):
         return None
@@ -373,7 +373,7 @@ def row_to_pair(row: Mapping[str, Any], index: int, layout: str, *, task: Task |
         prompt = _text(row.get(problem_key), index, problem_key)
         solution_key = "solution" if "solution" in row else "answer"
         chosen = _text(row.get(solution_key), index, solution_key)
-        answer = _answer_text(row.get("answer")) if solution_key == "solution" else _gsm8k_answer(chosen)
+        answer = answer_text(row.get("answer")) if solution_key == "solution" else _gsm8k_answer(chosen)
         column = rejected_column or next((c for c in _MODEL_OUTPUT_COLUMNS if c in row), None)
         if column is None:
             raise InvalidRowError(index, "rejected", "QA/math rows need a model answer (y_l) column "
@@ -385,7 +385,7 @@ def row_to_pair(row: Mapping[str, Any], index: int, layout: str, *, task: Task |
     else:
         raise ValueError(f"unknown layout {layout!r}")
     return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, id=ident, task=task,
-                          answer=_answer_text(row.get("answer")), metadata=meta)
+                          answer=answer_text(row.get("answer")), metadata=meta)
 
 
 def check_known_answer(pair: PreferencePair, index: int, task: Task | None = None) -> None:
@@ -434,7 +434,7 @@ def load_pairs(
         task = Task(task) if task is not None else None
     except ValueError:
         raise UsageError(f"task must be one of {[t.value for t in Task]}, got {task!r}") from None
-    rows = _python_rows(source, split=split)
+    rows = read_records(source, split=split)
     if limit is not None:
         rows = rows[:limit]
     if not rows:
