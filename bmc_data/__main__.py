@@ -27,7 +27,7 @@ from .cli.args import (
     check_provider_args,
     positive_int,
 )
-from .errors import AllRowsFailed
+from .errors import AllRowsFailed, InputError
 from .pairs.schema import Status, Task
 from .redaction import redact
 from .runner import ArgumentParser, add_logging_args, run_cli, setup_logging
@@ -109,6 +109,10 @@ def _bridge(argv: list[str] | None) -> int:
         if len(source) == 0 and sampling_usage.get("failures"):
             raise AllRowsFailed(f"y_l sampling failed for every problem ({sampling_usage['failures']} failed "
                                 "call(s), see the warnings above): no pair to bridge")
+        if len(source) == 0:
+            raise InputError("--make-pairs left no pair to bridge: " + (
+                "every model answer was already correct (--keep wrong)" if args.keep == "wrong" else
+                "the source has no problems"))
         out.mkdir(parents=True, exist_ok=True)
         source.to_json(str(out / "pairs.jsonl"), lines=True, force_ascii=False)
     else:  # load (and check every row) before a local model is loaded or a call is made

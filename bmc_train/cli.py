@@ -75,7 +75,8 @@ def make_parser(prog: str | None = None):
         "--config FILE.yaml reads any of the options below from a YAML mapping (plus an optional `env:` mapping of "
         "environment variables); flags given on the command line override it. Recipes: recipes/{qa,math,instruction}.yaml.",
         epilog="output and diagnostics (read before the options above are parsed): --quiet: warnings only; --verbose: "
-        "also every HTTP request; --debug (or BMC_DEBUG=1): the full traceback of an error. Exit codes: 0 done, "
+        "also every HTTP request; a bare --debug, --bmc_debug or BMC_DEBUG=1: the full traceback of an error "
+        "(--debug VALUE is transformers' debug option, above). Exit codes: 0 done, "
         "2 bad option/config/input, 1 a bug (docs/errors.md).",
     )
 

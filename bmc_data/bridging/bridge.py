@@ -36,6 +36,7 @@ from bmc_data.providers.accounting import usage_since
 from bmc_data.providers.base import ChatRequest, ChatResponse, Provider, ProviderError
 from bmc_data.providers.throttle import estimate_tokens
 from bmc_data.redaction import redact, redact_obj
+from bmc_data.runner import check_writable_folder
 
 from .concurrency import map_concurrently, run_sync
 from .parsing import ParsedReply, ReplyFormatError, Verdict, parse_reply
@@ -411,6 +412,8 @@ def bridge_dataset(
         from bmc_data.providers.cache import default_cache_dir
 
         cache_dir = default_cache_dir()
+    if cache_dir is not False:  # before any call: a cache that cannot be written loses every reply
+        check_writable_folder(cache_dir, f"cache_dir {cache_dir}")
     if hasattr(provider, "bind_store"):  # a batch provider: its ledger lives in the cache; rounds fill batches
         provider.bind_store(Path(cache_dir) if cache_dir is not False else None)
         concurrency = max(concurrency, provider.rows_in_flight)
