@@ -110,3 +110,15 @@ def test_a_bridge_make_pairs_output_folder_loads_in_bmc_train(tmp_path, capsys, 
 
     loaded = load_preference_dataset(str(out))
     assert list(loaded) == ["train"] and "bmc_status" in loaded["train"].column_names and len(loaded["train"]) == 3
+
+
+def test_every_bundled_recipe_passes_the_config_type_check():
+    from pathlib import Path
+
+    from bmc_train.cli import check_config_file, make_parser
+
+    parser = make_parser()
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 3
+    for recipe in recipes:
+        check_config_file(["--config", str(recipe)], parser)  # raises UsageError on a key or type it rejects
