@@ -92,7 +92,7 @@ def load_preference_dataset(name: str, config: str | None = None):
         builder = _FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise InputError(f"--dataset_name {name}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
-        if builder == "json":  # bmc_data's reader: the line of a JSON error, the row and field of a mistyped cell
+        if builder in ("json", "csv"):  # bmc_data's reader: JSON errors by line, CSV cells as written, bad cells by row
             rows = read_records(str(path), split="train")
             check_rows(rows, f"--dataset_name {name}")
             try:

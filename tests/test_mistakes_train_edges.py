@@ -122,3 +122,14 @@ def test_every_bundled_recipe_passes_the_config_type_check():
     assert len(recipes) >= 3
     for recipe in recipes:
         check_config_file(["--config", str(recipe)], parser)  # raises UsageError on a key or type it rejects
+
+
+def test_a_csv_whose_responses_look_like_numbers_trains_as_text(tmp_path, capsys):
+    from bmc_train.cli import load_preference_dataset
+
+    path = tmp_path / "pairs.csv"
+    path.write_text("prompt,chosen,rejected\nHalf of 3?,1.50,2\nIs 7 prime?,true,false\n")
+    assert load_preference_dataset(str(path))["train"].to_list() == [
+        {"prompt": "Half of 3?", "chosen": "1.50", "rejected": "2"},
+        {"prompt": "Is 7 prime?", "chosen": "true", "rejected": "false"}]
+    assert _reaches_the_model(*_run(tmp_path, path, capsys=capsys))
