@@ -285,6 +285,8 @@ def unencodable(value: Any) -> str | None:
     """Where `value` (a string, or lists and mappings of them) holds text that cannot be written as UTF-8, in words;
     None when all of it can."""
     if isinstance(value, str):
+        if value.isascii():  # the common case, checked in C without a regex scan
+            return None
         found = _SURROGATE.search(value)
         return None if found is None else f"the lone surrogate U+{ord(found.group()):04X} at character {found.start()}"
     if isinstance(value, Mapping):
