@@ -281,11 +281,12 @@ def _writable(result: RowResult) -> RowResult:
                      calls=result.calls)
 
 
-def _checked_pairs(pairs: LoadedPairs, task: Task, check_answers: bool) -> LoadedPairs:
-    """Pairs given as objects pass the row checks `load_pairs` makes (writable text, a known answer)."""
+def _checked_pairs(pairs: LoadedPairs, task: Task, check_answers: bool, *, check_text: bool) -> LoadedPairs:
+    """Pairs given as objects pass the row checks `load_pairs` makes: a known answer, and (`check_text`, for pairs
+    that did not come from `load_pairs`) text that can be written."""
     for position, pair in enumerate(pairs):
         index = pairs.source_indices[position] if pairs.source_indices else position
-        where = unencodable(pair.model_dump())
+        where = unencodable(pair.model_dump()) if check_text else None
         if where:
             raise InvalidRowError(index, "row", f"contains {where}: text that cannot be encoded as UTF-8")
         if check_answers:
@@ -391,10 +392,10 @@ def bridge_dataset(
     if isinstance(data, LoadedPairs):  # already loaded and checked (the CLIs do this before any model or call)
         pairs = data if limit is None else LoadedPairs(data.pairs[:limit], data.layout, data.skipped,
                                                        data.source_indices[:limit])
-        pairs = _checked_pairs(pairs, task, check_answers)
+        pairs = _checked_pairs(pairs, task, check_answers, check_text=False)
     elif isinstance(data, list) and data and all(isinstance(p, PreferencePair) for p in data):
         pairs = LoadedPairs(list(data[:limit] if limit else data), "pairs", [], list(range(len(data))))
-        pairs = _checked_pairs(pairs, task, check_answers)
+        pairs = _checked_pairs(pairs, task, check_answers, check_text=True)
     else:
         pairs = load_pairs(data, task=task, layout=layout, split=split, limit=limit, on_invalid=on_invalid,
                            answer_check=check_answers)

@@ -317,12 +317,17 @@ def _same_context(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
     return [(m["role"], m["content"]) for m in a] == [(m["role"], m["content"]) for m in b]
 
 
+def _prompt_mismatch(index: int, name: str, other: str) -> InvalidRowError:
+    """Chosen and rejected must answer one prompt; a pair across two conversations is no preference."""
+    return InvalidRowError(index, name, f"the conversation's prompt (the messages before its last assistant reply) "
+                           f"differs from {other}: chosen and rejected must answer the same prompt")
+
+
 def _check_same_prompt(context: list[dict[str, str]], prompt: list[dict[str, str]], index: int, name: str,
                        other: str) -> None:
-    """Chosen and rejected must answer one prompt; a pair across two conversations is no preference."""
+    """A conversation that repeats its prompt (a non-empty `context`) must repeat `prompt`."""
     if context and not _same_context(context, prompt):
-        raise InvalidRowError(index, name, f"the conversation's prompt (the messages before its last assistant "
-                              f"reply) differs from {other}: chosen and rejected must answer the same prompt")
+        raise _prompt_mismatch(index, name, other)
 
 
 def _text(value: Any, index: int, name: str) -> str:
@@ -359,8 +364,7 @@ def row_to_pair(row: Mapping[str, Any], index: int, layout: str, *, task: Task |
         else:  # implicit prompt: the shared conversation before the last assistant turn
             prompt = chosen_context
             if not _same_context(rejected_context, chosen_context):
-                _check_same_prompt(rejected_context or [{"role": "", "content": ""}], prompt, index, "rejected",
-                                   "chosen's")
+                raise _prompt_mismatch(index, "rejected", "chosen's")
         chosen, rejected = _text(chosen, index, "chosen"), _text(rejected, index, "rejected")
     elif layout == "ultrafeedback":
         prompt_text = _text(row.get("prompt"), index, "prompt")
