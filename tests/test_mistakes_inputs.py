@@ -315,3 +315,11 @@ def test_make_pairs_reads_csv_answers_as_text_and_needs_them_before_sampling(tmp
         pairs = make_pairs(str(path), model=_openai(server), task="math", cache_dir=False, progress=False,
                            answer_check=False)
     assert pairs["answer"] == ["6", None] and pairs["rejected_correct"] == [True, False]
+
+
+def test_a_dataframe_read_from_parquet_keeps_its_conversations(tmp_path):
+    rows = [{"chosen": _conversation("Say hi", "Hi!"), "rejected": _conversation("Say hi", "No."), "score": np.nan}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "p.parquet"))
+    frame = pd.read_parquet(tmp_path / "p.parquet")  # list columns come back as numpy arrays
+    pairs = load_pairs(frame)
+    assert pairs.layout == "conversational" and pairs[0].rejected == "No."

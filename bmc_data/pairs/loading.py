@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import datasets
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
@@ -214,10 +215,18 @@ def _missing(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def _python_value(value: Any) -> Any:
+    """A DataFrame cell as a plain Python value: None when missing, numpy scalars and arrays (a parquet list
+    column, e.g. chat messages) as numbers and lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if _missing(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A DataFrame's rows with missing cells as None and numpy scalars as Python values."""
-    return [{k: None if _missing(v) else (v.item() if hasattr(v, "item") and not isinstance(v, (list, dict)) else v)
-             for k, v in record.items()} for record in frame.to_dict("records")]
+    return [{k: _python_value(v) for k, v in record.items()} for record in frame.to_dict("records")]
 
 
 def read_records(source: Any, *, split: str) -> list[dict[str, Any]]:
