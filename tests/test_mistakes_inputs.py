@@ -315,6 +315,11 @@ def test_make_pairs_reads_csv_answers_as_text_and_needs_them_before_sampling(tmp
         pairs = make_pairs(str(path), model=_openai(server), task="math", cache_dir=False, progress=False,
                            answer_check=False)
     assert pairs["answer"] == ["6", None] and pairs["rejected_correct"] == [True, False]
+    with LLMServer(reply=lambda m: "The answer is \ud800 4" if "2+2" in m[-1]["content"] else "The answer is 6") as server:
+        pairs = make_pairs(str(path), model=_openai(server), task="math", cache_dir=False, progress=False,
+                           answer_check=False)
+    assert pairs["prompt"] == ["1+5?"]  # the sample that cannot be written is left out like a failed one
+    pairs.to_json(str(tmp_path / "pairs.jsonl"))
 
 
 def test_a_dataframe_read_from_parquet_keeps_its_conversations(tmp_path):

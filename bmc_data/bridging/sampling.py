@@ -11,7 +11,7 @@ import datasets
 
 from bmc_data.errors import InputError, SystemicFailure, UsageError
 from bmc_data.pairs.answers import check_answer, extract_answer
-from bmc_data.pairs.loading import answer_text, read_records
+from bmc_data.pairs.loading import answer_text, read_records, unencodable
 from bmc_data.pairs.schema import Task
 from bmc_data.providers.base import ChatRequest, Provider, ProviderError
 
@@ -116,7 +116,7 @@ def make_pairs(
     outputs = run_sync(answer_all())
     rows, failed, correct_dropped = [], 0, 0
     for (index, problem, solution, gold), output in zip(records, outputs):
-        if isinstance(output, ProviderError) or not output:
+        if isinstance(output, ProviderError) or not output or unencodable(output):  # unwritable text fails its row
             failed += 1
             continue
         correct = check_answer(output, gold, task)[0] if gold else False
