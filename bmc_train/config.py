@@ -217,6 +217,8 @@ class BMCConfig(DPOConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be >= 1 (or -1 to train num_train_epochs), got {self.max_steps}")
+        if self.max_steps == -1 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(f"num_train_epochs must be a finite number > 0 (or set max_steps), got {self.num_train_epochs}")
 
     def __post_init__(self):
         self._check_training_numbers()

@@ -38,6 +38,7 @@ def _reaches_the_model(code, line):
     (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be >= 1, got 0"),
     (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps must be >= 1, got 0"),
     (["--max_steps", "0"], "max_steps must be >= 1 (or -1 to train num_train_epochs), got 0"),
+    (["--num_train_epochs", "0"], "num_train_epochs must be a finite number > 0 (or set max_steps), got 0"),
     (["--eval_strategy", "steps"], "--eval_strategy steps needs an evaluation split: pass --dataset_test_split"),
 ])
 def test_numeric_and_eval_options_exit_2_before_loading_a_model(tmp_path, data, capsys, extra, needle):
