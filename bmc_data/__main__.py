@@ -18,22 +18,24 @@ import json
 import sys
 from pathlib import Path
 
+from .bridging.templates import REPLY_FORMATS
 from .cli.args import (
     REMOTE_PROVIDERS,
+    add_answer_check_arg,
     add_provider_args,
     build_provider,
+    check_default_cache_folder,
     check_provider_args,
     positive_int,
 )
-from .bridging.templates import REPLY_FORMATS
-from .errors import AllRowsFailed
+from .errors import AllRowsFailed, InputError
 from .pairs.schema import Status, Task
 from .redaction import redact
-from .runner import add_logging_args, run_cli, setup_logging
+from .runner import ArgumentParser, add_logging_args, run_cli, setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bmc_data", description=__doc__,
+    parser = ArgumentParser(prog="python -m bmc_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     bridge = sub.add_parser("bridge", help="bridge pairs with targeted modification (paper §3.1)",
@@ -50,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --make-pairs: keep all pairs, or only those whose y_l is wrong")
     bridge.add_argument("--skip-invalid", action="store_true",
                         help="skip bad input rows (each listed in summary.json) instead of stopping at the first")
+    add_answer_check_arg(bridge)
     bridge.add_argument("--reply-format", default="full", choices=list(REPLY_FORMATS),
                         help="full: the editor writes the whole pseudo-winning response (paper); edits: it lists "
                              "replacements of spans of the rejected response, which are applied here; structured: "
@@ -87,6 +90,8 @@ def _bridge(argv: list[str] | None) -> int:
         return run_batches(args)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     check_provider_args(args)  # every option is checked before any data is read, model loaded or call made
+    if args.cache_dir is None:
+        check_default_cache_folder()
     from .bridging.bridge import bridge_dataset, require_schema_support
     from .providers import provider_class
 
@@ -105,21 +110,27 @@ def _bridge(argv: list[str] | None) -> int:
         before = provider.usage.as_dict()
         source = make_pairs(args.source, model=provider, task=args.task, keep=args.keep, limit=args.limit,
                             max_tokens=args.max_tokens, split=args.split, cache_dir=cache_dir,
-                            progress=not args.quiet, concurrency=args.concurrency)
+                            progress=not args.quiet, concurrency=args.concurrency,
+                            answer_check=not args.no_answer_check)
         sampling_usage = usage_since(before, provider.usage)
         if len(source) == 0 and sampling_usage.get("failures"):
             raise AllRowsFailed(f"y_l sampling failed for every problem ({sampling_usage['failures']} failed "
                                 "call(s), see the warnings above): no pair to bridge")
+        if len(source) == 0:
+            raise InputError("--make-pairs left no pair to bridge: " + (
+                "every model answer was already correct (--keep wrong)" if args.keep == "wrong" else
+                "the source has no problems"))
         out.mkdir(parents=True, exist_ok=True)
         source.to_json(str(out / "pairs.jsonl"), lines=True, force_ascii=False)
     else:  # load (and check every row) before a local model is loaded or a call is made
         source = load_pairs(args.source, task=args.task, layout=args.layout, split=args.split, limit=args.limit,
-                            on_invalid="skip" if args.skip_invalid else "raise")
+                            on_invalid="skip" if args.skip_invalid else "raise",
+                            answer_check=not args.no_answer_check)
         provider = provider or build_provider(args)
     dataset, summary = bridge_dataset(
         source, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
         max_tokens=args.max_tokens, layout="auto", split=args.split, progress=not args.quiet,
-        reply_format=args.reply_format,
+        reply_format=args.reply_format, check_answers=not args.no_answer_check,
         return_summary=True, max_input_tokens=args.max_input_tokens,
     )
     summary.sampling_usage = sampling_usage

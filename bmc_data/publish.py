@@ -24,9 +24,11 @@ from typing import Any
 
 from .cli.args import (
     REMOTE_PROVIDERS,
+    add_answer_check_arg,
     add_provider_args,
     base_urls,
     build_provider,
+    check_folder_arg,
     check_provider_args,
     positive_int,
 )
@@ -35,13 +37,14 @@ from .errors import (
     EXIT_OK,
     EXIT_USAGE,
     AllRowsFailed,
+    CredentialError,
     InputError,
     MissingFileError,
     SystemicFailure,
     UsageError,
     first_line,
 )
-from .runner import add_logging_args, run_cli, setup_logging
+from .runner import ArgumentParser, add_logging_args, run_cli, setup_logging
 
 DEFAULT_SOURCE = "HuggingFaceH4/ultrafeedback_binarized"
 DEFAULT_SOURCE_SPLIT = "train_prefs"
@@ -62,7 +65,7 @@ def _test_size(value: str) -> float | int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m bmc_data.publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     hub = parser.add_argument_group("Hub")
     hub.add_argument("--repo", default=None,
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--limit", type=positive_int, default=None, help="only the first N pairs of the source")
     data.add_argument("--skip-invalid", action="store_true",
                       help="skip and report invalid source rows instead of stopping at the first one")
+    add_answer_check_arg(data)
     data.add_argument("--test-size", type=_test_size, default=None,
                       help="hold out this fraction (0-1) or number of bridged pairs as a test split "
                            "(default: none, train only)")
@@ -133,9 +137,48 @@ def check_args(args: argparse.Namespace) -> None:
     """Usage errors argparse cannot see, checked before any slow import or work."""
     if not args.no_push and not args.repo:
         raise UsageError("--repo is required unless --no-push is given")
-    if args.repo is not None and (args.repo.count("/") > 1 or not args.repo.strip("/") or " " in args.repo):
-        raise UsageError(f"--repo must look like 'org/name' or 'name', got {args.repo!r}")
+    if args.repo is not None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(args.repo)
+        except HFValidationError:
+            raise UsageError(f"--repo must look like 'org/name' or 'name' (letters, digits, '-', '_' and '.', not "
+                             f"first or last; no '--' or '..'), got {args.repo!r}") from None
     check_provider_args(args)
+    if args.out is None:
+        check_folder_arg(str(_default_out(args)), "--out (default)")
+
+
+def _default_out(args: argparse.Namespace) -> Path:
+    return Path("bmc-publish") / (args.repo or "bmc-dataset").split("/")[-1]
+
+
+def check_push_target(repo: str) -> None:
+    """Before any paid call, what the push at the end needs: the Hub not switched off, a token, and a token the
+    Hub accepts (one whoami request)."""
+    from huggingface_hub import HfApi, constants, get_token
+
+    from .redaction import register_secret
+
+    if constants.HF_HUB_OFFLINE:
+        raise UsageError(f"HF_HUB_OFFLINE=1 is set, but this run ends with a push to {repo}: unset it, or pass "
+                         "--no-push to only write the folder")
+    token = get_token()
+    if not token:
+        raise CredentialError(f"no Hub token for the push to {repo}: set HF_TOKEN or run `hf auth login` (or pass "
+                              "--no-push to only write the folder)")
+    register_secret(token)  # the saved `hf auth login` token is a secret too
+    try:
+        HfApi().whoami(token=token)  # a new client: it reads the endpoint now
+    except Exception as error:  # huggingface_hub's HTTP errors carry the response
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise SystemicFailure(f"the Hub rejected the token (HTTP {status}) for {repo}: log in with `hf auth "
+                                  "login` or set HF_TOKEN to a token with write access (no LLM call was made)") from None
+        raise SystemicFailure(f"cannot reach the Hub at {constants.ENDPOINT} to check the token for the push to "
+                              f"{repo}: {first_line(error)} (no LLM call was made; --no-push only writes the folder)"
+                              ) from None
 
 
 def _check_test_size(test_size: float | int | None, rows: int) -> None:
@@ -153,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from .hub.save import card_edit_distances, save_bridged
 
     repo_name = (args.repo or "bmc-dataset").split("/")[-1]
-    out = Path(args.out) if args.out else Path("bmc-publish") / repo_name
+    out = Path(args.out) if args.out else _default_out(args)
     from .providers.cache import default_cache_dir
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()  # one cache with `bridge`
@@ -163,21 +206,18 @@ def run(args: argparse.Namespace) -> int:
     remote = args.provider in REMOTE_PROVIDERS
     provider = build_provider(args) if remote else None  # checks the key before anything is read or loaded
     if not args.no_push:
-        from huggingface_hub import get_token
-
-        from .redaction import register_secret
-
-        register_secret(get_token())  # the saved `hf auth login` token is a secret too
+        check_push_target(args.repo)
     from .pairs.loading import load_pairs
 
     pairs = load_pairs(args.source, task=args.task, layout=args.layout, split=split, limit=args.limit,
-                       on_invalid="skip" if args.skip_invalid else "raise")
+                       on_invalid="skip" if args.skip_invalid else "raise", answer_check=not args.no_answer_check)
     _check_test_size(args.test_size, len(pairs))
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
     provider = provider or build_provider(args)
     dataset, summary = bridge_dataset(
         pairs, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
         max_tokens=args.max_tokens, seed=args.seed, progress=not args.quiet, return_summary=True,
+        check_answers=not args.no_answer_check,
         max_input_tokens=args.max_input_tokens,
     )
     if summary.all_failed:  # nothing worth publishing; the replies are cached, so a fixed rerun pays nothing twice

@@ -209,7 +209,21 @@ class BMCConfig(DPOConfig):
         },
     )
 
+    def _check_training_numbers(self) -> None:
+        """TrainingArguments' numbers that transformers accepts and then fails on (after the model has loaded) or
+        reads as something else (max_steps 0 is "no limit": a whole epoch)."""
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(f"learning_rate must be a finite number >= 0, got {self.learning_rate}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1 (or -1 to train num_train_epochs), got {self.max_steps}")
+        if self.max_steps == -1 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(f"num_train_epochs must be a finite number > 0 (or set max_steps), got {self.num_train_epochs}")
+
     def __post_init__(self):
+        self._check_training_numbers()
         if isinstance(self.loss_type, (list, tuple)):
             if len(self.loss_type) != 1:
                 raise ValueError(f"BMCConfig takes one loss_type, got {list(self.loss_type)}")

@@ -11,7 +11,7 @@ import datasets
 
 from bmc_data.errors import InputError, SystemicFailure, UsageError
 from bmc_data.pairs.answers import check_answer, extract_answer
-from bmc_data.pairs.loading import read_rows
+from bmc_data.pairs.loading import answer_text, read_records, unencodable
 from bmc_data.pairs.options import check_count, parse_task
 from bmc_data.pairs.schema import Task
 from bmc_data.providers.base import ChatRequest, Provider, ProviderError
@@ -29,12 +29,11 @@ def _problem_fields(row: dict[str, Any], index: int) -> tuple[str, str, str | No
     """(problem, solution, answer) from the QA layout (problem/solution/answer), GSM8K (question/answer
     with '#### X') or MAWPS (input/target)."""
     if "problem" in row and "solution" in row:
-        return row["problem"], row["solution"], (str(row["answer"]) if row.get("answer") is not None else extract_answer(row["solution"]))
+        return row["problem"], row["solution"], answer_text(row.get("answer")) or extract_answer(row["solution"])
     if "question" in row and "answer" in row:
         return row["question"], row["answer"], extract_answer(row["answer"])
     if "input" in row and "target" in row:
-        target = row["target"]
-        answer = str(int(target)) if isinstance(target, float) and target.is_integer() else str(target)
+        answer = answer_text(row["target"])
         return row["input"], f"The answer is {answer}", answer
     raise InputError(f"row {index}: expected problem/solution/answer, question/answer (GSM8K) or input/target "
                      f"(MAWPS) fields, got {sorted(row)}")
@@ -55,6 +54,7 @@ def make_pairs(
     split: str = "train",
     cache_dir: str | Path | None | bool = None,
     progress: bool = True,
+    answer_check: bool = True,
 ) -> datasets.Dataset:
     """Sample y_l from `model` for each problem and pair it with the ground-truth solution y_w.
 
@@ -62,7 +62,8 @@ def make_pairs(
     for the embedded SmolLM2. Returns a standard-layout dataset (prompt, chosen, rejected, answer, task, id)
     plus `rejected_correct` (does y_l reach the known answer?) ready for `bridge_dataset`. With keep="wrong",
     pairs whose y_l is already correct are left out (the count is logged), as in the paper's QA setup; rows
-    whose generation failed are always left out and logged.
+    whose generation failed are always left out and logged. A problem without a known final answer is an
+    `InputError` before any call unless `answer_check=False`.
     """
     task = parse_task(task, allowed=[t for t in Task if t.has_ground_truth],
                       why="make_pairs builds QA/math pairs from ground truth; ")
@@ -71,10 +72,15 @@ def make_pairs(
     check_count("limit", limit, none_means="every problem")
     check_count("concurrency", concurrency)
     check_count("max_tokens", max_tokens)
-    table = read_rows(problems, split=split)
+    table = read_records(problems, split=split)  # CSV cells as written, NaN as missing
     if limit is not None:
-        table = table.select(range(min(limit, len(table))))
+        table = table[:limit]
     records = [(i, *_problem_fields(row, i)) for i, row in enumerate(table)]
+    missing = next((i for i, _, _, gold in records if not gold), None)
+    if answer_check and missing is not None:  # found before the first paid call, not when bridging its pair
+        raise InputError(f"row {missing}: no known final answer (no 'answer', and the solution states none as "
+                         "'The answer is X', '#### X' or \\boxed{X}); add one, or pass answer_check=False "
+                         "(--no-answer-check) to sample and bridge without the ground-truth check")
     provider = _resolve_model(model)
     if cache_dir is not False:
         from bmc_data.providers.cache import (
@@ -109,7 +115,7 @@ def make_pairs(
     outputs = run_sync(answer_all())
     rows, failed, correct_dropped = [], 0, 0
     for (index, problem, solution, gold), output in zip(records, outputs):
-        if isinstance(output, ProviderError) or not output:
+        if isinstance(output, ProviderError) or not output or unencodable(output):  # unwritable text fails its row
             failed += 1
             continue
         correct = check_answer(output, gold, task)[0] if gold else False

@@ -79,8 +79,8 @@ class AnthropicProvider(RemoteProvider):
                  send_sampling_params: bool = False):
         super().__init__(model, limits=limits, pricing=pricing)
         self.send_sampling_params = send_sampling_params
-        self._use_base_url(base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL,
-                           "--base-url" if base_url else "ANTHROPIC_BASE_URL")
+        url_source = "base_url=" if base_url else "ANTHROPIC_BASE_URL" if os.environ.get("ANTHROPIC_BASE_URL") else "the default URL"
+        self._use_base_url(base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL, url_source)
         self.key_source = "api_key=" if api_key else "ANTHROPIC_API_KEY"
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not api_key:

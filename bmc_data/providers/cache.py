@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bmc_data.errors import InputError
 from bmc_data.redaction import MASK, redact, replace_secrets
 
 from .base import ChatRequest, ChatResponse, Provider, ProviderError
@@ -83,7 +84,8 @@ def _key_and_request_json(identity: dict[str, Any], namespace: str, request: Cha
     order, nested values canonical themselves), so keys stay those of every cache already on disk."""
     request_json = _canonical(request_payload(request, reply_only=reply_only))
     blob = f'{{"identity":{_canonical(identity)},"namespace":{_canonical(namespace)},"request":{request_json}}}'
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest(), request_json
+    # surrogatepass: a repair turn may quote a reply with a lone surrogate; valid text hashes exactly as before
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest(), request_json
 
 
 def cache_key(identity: dict[str, Any], namespace: str, request: ChatRequest, *, reply_only: bool = False) -> str:
@@ -134,6 +136,16 @@ def response_to_json(response: ChatResponse) -> str:
     })
 
 
+def _storable(json_text: str) -> str:
+    """JSON text SQLite can store: a lone surrogate (a server may send one) becomes its JSON escape, which reads back
+    as the same string."""
+    try:
+        json_text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(json.loads(json_text), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return json_text
+
+
 def response_from_json(text: str) -> ChatResponse:
     """A stored reply, marked `cached`; malformed JSON or a missing field raises ValueError/KeyError/TypeError."""
     data = json.loads(text)
@@ -147,13 +159,17 @@ def open_cache_db(path: str | Path, timeout_s: float = 30.0) -> tuple[Path, thre
     guarded by a lock, in autocommit mode (every write is committed when it returns)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
     lock = threading.Lock()
-    with lock:
-        # WAL + NORMAL survives a killed process (only an OS crash may lose the last commits); NORMAL first, so
-        # that switching a new file to WAL is not synced at FULL
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA journal_mode=WAL")
+    try:
+        conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        with lock:
+            # WAL + NORMAL survives a killed process (only an OS crash may lose the last commits); NORMAL first, so
+            # that switching a new file to WAL is not synced at FULL
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("SELECT name FROM sqlite_master LIMIT 1")  # reads the header: a corrupt file fails here
+    except sqlite3.DatabaseError as error:
+        raise unusable_cache(path, str(error)) from None
     return path, lock, conn
 
 def _masked_user_text(stored_request: str, messages: str) -> bool:
@@ -165,6 +181,12 @@ def _masked_user_text(stored_request: str, messages: str) -> bool:
         return False
     return stored != redact(messages)
 
+
+
+def unusable_cache(path: Path, problem: str) -> InputError:
+    """A cache file that cannot be used: one line naming it and how to move it aside (no call was made)."""
+    return InputError(f"{path}: cannot open the call cache ({problem}); move it aside (mv {path} {path}.bad) "
+                      "or pass another --cache-dir, and rerun: the calls it held will be made again")
 
 class CallCache:
     """SQLite store of call results, safe to share between asyncio tasks, threads and processes.
@@ -181,8 +203,7 @@ class CallCache:
             if version == 0:
                 self._conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             elif version != _SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path}: cache schema version {version}, expected {_SCHEMA_VERSION}; "
-                                   "delete the file or point the cache elsewhere")
+                raise unusable_cache(self.path, f"schema version {version}, expected {_SCHEMA_VERSION}")
         self.hits = 0
         self.misses = 0
         self.writes = 0
@@ -224,7 +245,8 @@ class CallCache:
         # no secret reaches the disk, even inside a prompt or a reply (the key is a hash); the reply is sealed,
         # not masked, so that what the server sent comes back on a rerun (`seal_secrets`)
         values = (key, namespace, str(identity.get("provider", "")), str(identity.get("model", "")),
-                  redact(request_json), seal_secrets(response_to_json(response), messages_json(request)), time.time())
+                  _storable(redact(request_json)),
+                  _storable(seal_secrets(response_to_json(response), messages_json(request))), time.time())
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)", values)
         self.writes += 1

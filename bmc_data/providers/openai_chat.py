@@ -12,7 +12,14 @@ import openai
 from bmc_data.errors import CredentialError
 from bmc_data.redaction import check_api_key
 
-from .base import STRUCTURED_OUTPUT_FIELDS, ChatRequest, ChatResponse, Pricing, ProviderError, ResponseSchema
+from .base import (
+    STRUCTURED_OUTPUT_FIELDS,
+    ChatRequest,
+    ChatResponse,
+    Pricing,
+    ProviderError,
+    ResponseSchema,
+)
 from .limits import ProviderLimits
 from .remote import RemoteProvider
 from .retry import malformed_error
@@ -69,8 +76,8 @@ class OpenAIProvider(RemoteProvider):
                  limits: ProviderLimits | None = None, pricing: Pricing | None = None,
                  token_limit_param: str | None = None, structured_output: str = "response_format"):
         super().__init__(model, limits=limits, pricing=pricing)
-        self._use_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL,
-                           "--base-url" if base_url else "OPENAI_BASE_URL")
+        url_source = "base_url=" if base_url else "OPENAI_BASE_URL" if os.environ.get("OPENAI_BASE_URL") else "the default URL"
+        self._use_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL, url_source)
         self.key_source = "api_key=" if api_key else "OPENAI_API_KEY"
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:

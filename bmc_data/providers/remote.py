@@ -5,13 +5,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import dataclasses
 import weakref
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
-from bmc_data.errors import SystemicFailure
-from bmc_data.redaction import SplitUrl, redact, split_url
+from bmc_data.errors import SystemicFailure, UsageError
+from bmc_data.redaction import SplitUrl, public_url, redact, split_url
 
 from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError
 from .limits import ProviderLimits
@@ -27,6 +27,28 @@ from .throttle import CallGate, estimate_tokens
 from .transport import http_transport_options
 
 _timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
+
+
+def check_base_url(url: str, source: str) -> str:
+    """`url` if a client can connect to it (http or https, a host, a port in 1-65535), else a `UsageError` naming
+    `source` (the flag, argument or variable it came from). Checked before any call: a bad port used to end in
+    hundreds of lines of tracebacks, a missing host in a minute of retries."""
+    parts = urlsplit(url.strip())
+    shown = public_url(url)  # credentials in the URL (userinfo, ?api_key=) are never shown
+    if parts.scheme not in ("http", "https") or not url.strip().lower().startswith(("http://", "https://")):
+        raise UsageError(f"{source} must start with http:// or https://, got {redact(shown)!r}")
+    if not parts.hostname:
+        raise UsageError(f"{source} {redact(shown)!r} has no host (expected e.g. http://127.0.0.1:8000/v1)")
+    try:
+        port = parts.port
+    except ValueError:
+        raw = parts.netloc.rsplit("@", 1)[-1].rsplit("]", 1)[-1].rpartition(":")[2]
+        if raw.isdigit():
+            raise UsageError(f"{source} {redact(shown)!r}: port {raw} is out of range (1-65535)") from None
+        raise UsageError(f"{source} {redact(shown)!r}: the port {raw!r} is not a number") from None
+    if port == 0:
+        raise UsageError(f"{source} {redact(shown)!r}: port 0 is out of range (1-65535)")
+    return url
 
 
 class RemoteProvider(Provider):
@@ -67,7 +89,8 @@ class RemoteProvider(Provider):
     def _use_base_url(self, url: str, source: str) -> None:
         """Connect to `url`; its credentials (userinfo, `?api_key=`...) are registered as secrets and left out of
         `base_url`, which is what summaries, errors, the cache key and the batch ledger see."""
-        self._url = split_url(url.rstrip("/"), source)
+        self._url = split_url(url.rstrip("/"), source)  # first: the check's message must not show them
+        check_base_url(self._url.connect, source)
         self.base_url = self._url.public
 
     def _new_client(self) -> Any:
