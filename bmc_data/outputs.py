@@ -251,8 +251,15 @@ def _stale(holder: dict[str, Any] | None) -> bool:
     return isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid)
 
 
+def _command() -> str:
+    """The command line as typed: `python -m bmc_data bridge ...` rather than the path of a __main__.py."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = f"python -m {spec.name.removesuffix('.__main__')}" if spec is not None else sys.argv[0]
+    return redact(" ".join([program, *sys.argv[1:]]))[:500]
+
+
 def _create_lock(path: Path) -> None:
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": redact(" ".join(sys.argv))[:500],
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(),
           "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
