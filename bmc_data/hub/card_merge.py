@@ -25,7 +25,7 @@ def _split(text: str) -> tuple[dict, str]:
     try:
         card = DatasetCard(text)
         return card.data.to_dict(), card.text
-    except Exception:  # huggingface_hub raises ValueError (and yaml errors) for a malformed header
+    except (ValueError, yaml.YAMLError):  # a malformed header
         return {}, text
 
 
