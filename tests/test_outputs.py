@@ -345,3 +345,23 @@ def test_push_uploads_only_the_files_bmc_wrote(hub, tmp_path):
     assert "raw_annotations.csv" not in files and "data/scratch.txt" not in files
     assert set(files) == set(read_manifest(out).files) | {MANIFEST, ".gitattributes"}
     assert datasets.load_dataset(REPO, split="train", cache_dir=str(tmp_path / "c"))
+
+
+def test_a_folder_or_link_in_the_way_is_refused_even_with_overwrite(tmp_path, llm, capsys):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.md").mkdir()  # a folder where bridge writes a file
+    (out / "summary.md" / "mine.txt").write_text("mine")
+    source = _pairs(tmp_path / "p.jsonl", 2)
+    assert bridge_main(_bridge_args(source, out, llm, "--overwrite")) == 2
+    assert "summary.md" in _err_line(capsys.readouterr().err) and llm.call_count == 0
+
+    folder = tmp_path / "pub"
+    folder.mkdir()
+    (folder / "data").symlink_to(outside, target_is_directory=True)  # a link where save_bridged needs a folder
+    with pytest.raises(OutputConflict, match="data"):
+        save_bridged(bridged_rows(), folder, repo_id=REPO, stats=False, overwrite=True)
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"] and (folder / "data").is_symlink()
