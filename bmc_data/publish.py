@@ -167,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
         scopes[writer] = scope
     with folder_lock(out):  # one run per --out, and what is in the way refused, before any paid call
         check_free(out, scopes, overwrite=args.overwrite)
+        if not args.no_push:  # and what is in the way in the repo
+            from .hub.push import check_remote_free
+
+            check_remote_free(args.repo, scopes, overwrite=args.overwrite)
         return _publish(args, out, repo_name)
 
 

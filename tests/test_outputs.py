@@ -365,3 +365,18 @@ def test_a_folder_or_link_in_the_way_is_refused_even_with_overwrite(tmp_path, ll
     with pytest.raises(OutputConflict, match="data"):
         save_bridged(bridged_rows(), folder, repo_id=REPO, stats=False, overwrite=True)
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"] and (folder / "data").is_symlink()
+
+
+def test_publish_refuses_a_repo_with_files_in_bmcs_paths_before_any_call(hub, tmp_path, llm, capsys):
+    _upload(REPO, {"data/train.csv": b"prompt,chosen,rejected\n", "README.md": USER_README})
+    args = ["--repo", REPO, "--source", str(_pairs(tmp_path / "p.jsonl", 2)), *_provider(llm),
+            "--out", str(tmp_path / "out"), "--quiet", "--no-stats", "--no-report"]
+    assert publish_main(args) == 2
+    line = _err_line(capsys.readouterr().err)
+    assert f"{REPO} on the Hub: 1 file(s) in bmc's paths" in line and "data/train.csv" in line
+    assert llm.call_count == 0 and not (tmp_path / "out").exists()
+    assert publish_main([*args, "--overwrite"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "README.md on bmc-org/ecqa-bmc was not written by bmc: kept" in out
+    files = hub.files(REPO)
+    assert files["data/train.csv"] == b"prompt,chosen,rejected\n" and b"A hand-written introduction." in files["README.md"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,44 @@ def _plan(folder: Path, repo_id: str, remote: dict[str, Any], read_remote: Any, 
     return plan
 
 
+def _remote_state(api: Any, repo_id: str, revision: str | None = None) -> tuple[str, dict[str, Any]]:
+    from huggingface_hub.hf_api import RepoFile
+
+    head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
+    return head, {f.path: f for f in api.list_repo_tree(repo_id, repo_type="dataset", revision=head, recursive=True)
+                  if isinstance(f, RepoFile)}
+
+
+def check_remote_free(repo_id: str, scopes: Mapping[str, Sequence[str]], *, overwrite: bool = False,
+                      token: str | None = None, endpoint: str | None = None) -> None:
+    """Before any paid call: refuse (`OutputConflict`) when the repo holds files in bmc's paths (`scopes`, writer ->
+    paths) that bmc did not push or that changed since; the push checks again, file by file. A repo that does not
+    exist yet, or a Hub that cannot be asked now, is no refusal (the push reports it)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        head, remote = _remote_state(api, repo_id)
+        manifest = parse_manifest(Path(api.hf_hub_download(repo_id, MANIFEST, repo_type="dataset", revision=head))
+                                  .read_bytes()) if MANIFEST in remote else Manifest()
+    except RepositoryNotFoundError:
+        return
+    except (HfHubHTTPError, OSError) as error:
+        logger.debug("could not look at %s before the run (%s); the push checks it", repo_id, error)
+        return
+    scope = {s for paths in scopes.values() for s in paths}
+    blocked = sorted(rel for rel, there in remote.items()
+                     if rel != README and (rel in manifest.files or in_scope(rel, scope))
+                     and not _pushed_by_bmc(rel, there, manifest))
+    if MANIFEST in remote and not manifest.valid:
+        blocked.append(MANIFEST)
+    if blocked and not overwrite:
+        raise OutputConflict(
+            f"{repo_id} on the Hub: {len(blocked)} file(s) in bmc's paths that bmc did not push or that changed "
+            f"since: {describe(blocked)}; remove them on the Hub, push to another repo, or {OVERWRITE_HINT}")
+
+
 def push_bridged(
     out_dir: str | Path,
     repo_id: str,
@@ -155,7 +194,6 @@ def push_bridged(
     The token comes from `token`, else `HF_TOKEN`, else the saved `hf auth login`; it is never printed or logged.
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-    from huggingface_hub.hf_api import RepoFile
 
     folder = Path(out_dir)
     if README not in read_manifest(folder).files or not (folder / README).is_file():
@@ -165,9 +203,7 @@ def push_bridged(
     api = HfApi(endpoint=endpoint, token=token)
     repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     repo_id = getattr(repo_url, "repo_id", None) or repo_id
-    head = api.repo_info(repo_id, repo_type="dataset").sha
-    remote = {f.path: f for f in api.list_repo_tree(repo_id, repo_type="dataset", revision=head, recursive=True)
-              if isinstance(f, RepoFile)}
+    head, remote = _remote_state(api, repo_id)
 
     def read_remote(rel: str) -> bytes:
         return Path(api.hf_hub_download(repo_id, rel, repo_type="dataset", revision=head)).read_bytes()
