@@ -202,10 +202,23 @@ def test_bridge_rerun_replaces_its_own_files_and_removes_its_stale_pairs(tmp_pat
         # pairs.jsonl, which no longer belongs to these results, is removed.
         with caplog.at_level(logging.INFO, logger="bmc_data.outputs"):
             assert bridge_main(_bridge_args(_pairs(tmp_path / "p.jsonl", 2), out, server)) == 0
-    assert "replacing the 5 file(s) an earlier bmc run wrote here" in caplog.text
-    assert "removed 1 file(s)" in caplog.text and "pairs.jsonl" in caplog.text
-    assert not (out / "pairs.jsonl").exists()
-    assert set(read_manifest(out).files) == {"bridged.parquet", "bridged.jsonl", "summary.json", "summary.md"}
+        assert "replacing the 5 file(s) an earlier bmc run wrote here" in caplog.text
+        assert "removed 1 file(s)" in caplog.text and "pairs.jsonl" in caplog.text
+        assert not (out / "pairs.jsonl").exists()
+        assert set(read_manifest(out).files) == {"bridged.parquet", "bridged.jsonl", "summary.json", "summary.md"}
+
+        # Sampled pairs the user edited are theirs: a run that would remove them refuses, naming them; with
+        # --overwrite they stay (nothing bmc did not write is deleted) and leave the manifest.
+        other = tmp_path / "other"
+        assert bridge_main([*qa[:-8], "--out", str(other), *_provider(server)]) == 0, capsys.readouterr().err
+        with (other / "pairs.jsonl").open("a") as f:
+            f.write("\n")
+        edited = (other / "pairs.jsonl").read_bytes()
+        capsys.readouterr()
+        assert bridge_main(_bridge_args(tmp_path / "p.jsonl", other, server)) == 2
+        assert "pairs.jsonl" in _err_line(capsys.readouterr().err)
+        assert bridge_main(_bridge_args(tmp_path / "p.jsonl", other, server, "--overwrite")) == 0
+        assert (other / "pairs.jsonl").read_bytes() == edited and "pairs.jsonl" not in read_manifest(other).files
 
 
 def _dead_pid() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,12 @@ class OutputFolder:
     def __enter__(self) -> OutputFolder:
         self._lock.__enter__()
         try:
+            inputs = {rel for rel in self._relative(self._protect)}  # this run's input: kept, so not in the way
             self._blocked = set(check_free(self.folder, {self.writer: self.scope}, overwrite=self.overwrite,
-                                           handed=self._handed))
+                                           handed=self._handed | inputs))
             manifest = self._manifest = read_manifest(self.folder)
             self.replaced = sorted(rel for rel, r in manifest.files.items()
-                                   if r.writer == self.writer and (self.folder / rel).is_file())
+                                   if r.writer == self.writer and (self.folder / rel).is_file() and rel not in inputs)
             if self.replaced:
                 logger.info("%s: replacing the %d file(s) an earlier bmc run wrote here: %s", self.folder,
                             len(self.replaced), describe(self.replaced, limit=6))
@@ -70,6 +71,12 @@ class OutputFolder:
             self._lock.__exit__(None, None, None)
             raise
         return self
+
+    def _relative(self, paths: Iterable[str]) -> Iterator[str]:
+        root = self.folder.resolve()
+        for path in map(Path, paths):
+            if root in path.parents:
+                yield path.relative_to(root).as_posix()
 
     def _protected(self, path: Path) -> bool:
         return str(path.resolve()) in self._protect
