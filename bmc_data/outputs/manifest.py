@@ -66,11 +66,19 @@ def _read_chunks(path: Path) -> Iterator[bytes]:
         yield from iter(lambda: f.read(1 << 20), b"")
 
 
+#: (path, size, mtime, inode) -> hashes: a run checks a file up to four times (the command, the writer, the write,
+#: the record); a file of gigabytes is hashed once
+_hashed: dict[tuple[str, int, int, int], tuple[str, str]] = {}
+
+
 def file_record(content: Path | bytes, writer: str) -> FileRecord:
     if isinstance(content, (bytes, bytearray)):
         return FileRecord(writer, len(content), *_hashes([bytes(content)], len(content)))
-    size = content.stat().st_size
-    return FileRecord(writer, size, *_hashes(_read_chunks(content), size))
+    stat = content.stat()
+    key = (str(content.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _hashed:
+        _hashed[key] = _hashes(_read_chunks(content), stat.st_size)
+    return FileRecord(writer, stat.st_size, *_hashed[key])
 
 
 @dataclass
