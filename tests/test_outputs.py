@@ -393,3 +393,24 @@ def test_publish_refuses_a_repo_with_files_in_bmcs_paths_before_any_call(hub, tm
     assert "README.md on bmc-org/ecqa-bmc was not written by bmc: kept" in out
     files = hub.files(REPO)
     assert files["data/train.csv"] == b"prompt,chosen,rejected\n" and b"A hand-written introduction." in files["README.md"]
+
+
+def test_a_run_killed_mid_write_leaves_files_the_rerun_may_replace(tmp_path, llm, capsys, caplog):
+    out = tmp_path / "out"
+    source = _pairs(tmp_path / "p.jsonl", 2)
+    assert bridge_main(_bridge_args(source, out, llm)) == 0
+    # A run killed (SIGKILL: no cleanup) after it began rewriting bridged.parquet: a half-written file, its lock left.
+    script = ("import os, sys; from bmc_data.outputs import OutputFolder\n"
+              "folder = OutputFolder(sys.argv[1], 'bridge', ['bridged.parquet', 'bridged.jsonl', 'summary.json', "
+              "'summary.md']).__enter__()\n"
+              "folder.path('bridged.parquet').write_bytes(b'PAR1 half')\n"
+              "os.kill(os.getpid(), 9)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(out)], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    assert (out / LOCK).exists() and (out / "bridged.parquet").read_bytes() == b"PAR1 half"
+    with caplog.at_level(logging.WARNING, logger="bmc_data.outputs"):
+        assert bridge_main(_bridge_args(source, out, llm)) == 0, capsys.readouterr().err
+    assert "took over the lock" in caplog.text
+    assert (out / "bridged.parquet").read_bytes().startswith(b"PAR1") and (out / "bridged.parquet").stat().st_size > 9
+    assert all(r.sha256 != "pending" for r in read_manifest(out).files.values())

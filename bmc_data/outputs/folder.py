@@ -15,6 +15,8 @@ from .lock import folder_lock
 from .manifest import (
     MANIFEST,
     OVERWRITE_HINT,
+    PENDING,
+    FileRecord,
     Manifest,
     OutputConflict,
     is_bmcs,
@@ -103,8 +105,19 @@ class OutputFolder:
                     raise OutputConflict(f"{path}: is a folder where bmc writes a file; move it away")
                 path.unlink()  # a link is replaced, never written through
             self._written.append(rel)
+            self._intend(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _intend(self, rel: str) -> None:
+        """Record `rel` as bmc's before its first byte is written: a run killed mid-write (SIGKILL, out of memory)
+        leaves a file the next run may replace, not one it must refuse as changed."""
+        manifest = read_manifest(self.folder)
+        if not manifest.valid:  # someone else's file of that name: replaced only at the end (overwrite)
+            return
+        manifest.files[rel] = FileRecord(self.writer, -1, PENDING, "")
+        manifest.scopes.setdefault(self.writer, sorted(set(self.scope)))
+        write_manifest(self.folder, manifest)
 
     def write_bytes(self, rel: str, data: bytes) -> Path:
         path = self.path(rel)

@@ -19,6 +19,8 @@ MANIFEST = "bmc_files.json"
 FORMAT = "bmc-files/1"
 ABOUT = ("The files bmc wrote here, with their hashes. bmc replaces or removes only these, and only while they are "
          "unchanged; it never deletes a file it did not write.")
+#: the hash of a file bmc had started to write when its run was killed (recorded before the first byte): still bmc's
+PENDING = "pending"
 OVERWRITE_HINT = "pass --overwrite (overwrite=True) to replace them; bmc never deletes a file it did not write"
 
 
@@ -132,11 +134,13 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
 
 
 def is_bmcs(folder: Path, rel: str, manifest: Manifest) -> bool:
-    """The file at `rel` is one bmc wrote, byte for byte."""
+    """The file at `rel` is one bmc wrote, byte for byte (or was writing when its run was killed)."""
     record = manifest.files.get(rel)
     path = folder / rel
     if record is None or path.is_symlink() or not path.is_file():
         return False
+    if record.sha256 == PENDING:
+        return True
     size = path.stat().st_size
     return size == record.size and file_record(path, record.writer).sha256 == record.sha256
 
