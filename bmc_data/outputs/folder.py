@@ -7,7 +7,6 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from bmc_data.errors import UsageError
 
@@ -19,13 +18,13 @@ from .manifest import (
     FileRecord,
     Manifest,
     OutputConflict,
-    is_bmcs,
-    write_manifest,
     check_free,
     describe,
     file_record,
     in_scope,
+    is_bmcs,
     read_manifest,
+    write_manifest,
 )
 
 logger = logging.getLogger("bmc_data.outputs")
@@ -127,7 +126,7 @@ class OutputFolder:
     def write_text(self, rel: str, text: str) -> Path:
         return self.write_bytes(rel, text.encode("utf-8"))
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             self._record(success=exc_type is None)
         finally:
@@ -143,14 +142,14 @@ class OutputFolder:
         if not written and not mine and not success:
             return
         removed, kept = [], []
-        for rel in mine:
+        for rel, record in mine.items():
             if rel in written:
                 continue
             path = self.folder / rel
             if not os.path.lexists(path):
                 continue
             if not success or self._protected(path):
-                written.setdefault(rel, mine[rel])  # still bmc's, and still listed
+                written.setdefault(rel, record)  # still bmc's, and still listed
                 continue
             if is_bmcs(self.folder, rel, manifest):
                 path.unlink()

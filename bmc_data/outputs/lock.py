@@ -148,7 +148,7 @@ class folder_lock:  # lower case: used like a function, `with folder_lock(out):`
             _held[key] = 1
         return self.folder
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         key = str(self.folder.resolve())
         with _held_lock:
             _held[key] -= 1
