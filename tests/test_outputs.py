@@ -414,3 +414,23 @@ def test_a_run_killed_mid_write_leaves_files_the_rerun_may_replace(tmp_path, llm
     assert "took over the lock" in caplog.text
     assert (out / "bridged.parquet").read_bytes().startswith(b"PAR1") and (out / "bridged.parquet").stat().st_size > 9
     assert all(r.sha256 != "pending" for r in read_manifest(out).files.values())
+
+
+def test_merge_card_keeps_the_readmes_text_and_keys_and_owns_only_the_data_keys():
+    from bmc_data.hub.card_merge import merge_card
+
+    generated = ("---\nlicense: other\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                 "    path: data/default/train-*\nsize_categories:\n- n<1K\n---\n\n<!-- bmc:begin -->\n# New card\n"
+                 "<!-- bmc:end -->\n")
+    plain = merge_card("Just some notes, no header.\n", generated)
+    assert plain.index("Just some notes") < plain.index("<!-- bmc:begin -->") and "# New card" in plain
+    assert DatasetCard(plain).data["license"] == "other"  # a key the README lacked is added
+    old = ("---\nlicense: mit\nconfigs:\n- config_name: mine\n  data_files: x.csv\n---\nIntro.\n<!-- bmc:begin -->\n"
+           "# Old card\n<!-- bmc:end -->\nOutro.\n")
+    merged = merge_card(old, generated)
+    data = DatasetCard(merged).data
+    assert data["license"] == "mit" and [c["config_name"] for c in data["configs"]] == ["default"]
+    assert "Intro." in merged and "Outro." in merged and "# New card" in merged and "# Old card" not in merged
+    assert merge_card(merged, generated) == merged  # merging again changes nothing
+    broken = "---\nlicense: [unclosed\n---\nText.\n"
+    assert merge_card(broken, generated).count("Text.") == 1

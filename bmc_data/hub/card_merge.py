@@ -9,8 +9,9 @@ lacks are added.
 
 from __future__ import annotations
 
+import re
+
 import yaml
-from huggingface_hub import DatasetCard
 
 from .card import BEGIN, END
 
@@ -20,13 +21,21 @@ __all__ = ["BMC_KEYS", "merge_card"]
 BMC_KEYS = ("configs", "dataset_info", "size_categories")
 
 
+_HEADER = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)?---[ \t]*(\r?\n|\Z)", re.DOTALL)
+
+
 def _split(text: str) -> tuple[dict, str]:
-    """(YAML header, body); a header that does not parse stays in the body, untouched."""
-    try:
-        card = DatasetCard(text)
-        return card.data.to_dict(), card.text
-    except (ValueError, yaml.YAMLError):  # a malformed header
+    """(YAML header, body), keys in the README's order; a header that does not parse stays in the body, untouched."""
+    match = _HEADER.match(text)
+    if not match:
         return {}, text
+    try:
+        meta = yaml.safe_load(match.group(1) or "") or {}
+    except yaml.YAMLError:
+        return {}, text
+    if not isinstance(meta, dict):
+        return {}, text
+    return meta, text[match.end():]
 
 
 def _section(body: str) -> str:
