@@ -310,6 +310,7 @@ def test_push_keeps_what_bmc_did_not_write_and_merges_a_users_readme(hub, tmp_pa
     remote_manifest = json.loads(files[MANIFEST])
     assert "README.md" not in remote_manifest["files"]  # someone else's README: merged again next time
     assert set(remote_manifest["files"]) == {p for p in read_manifest(out).files if p != "README.md"}
+    assert not push_bridged(out, REPO).created_commit  # the merge is stable: pushing the same folder is a no-op
 
     # The user edits the README on the Hub; a push of other rows replaces only the marked section, and the
     # shards bmc pushed before (and only those) are deleted.
