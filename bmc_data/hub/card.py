@@ -23,6 +23,8 @@ CONFIGS = ("default", "filtered", "failed")
 CONFIG_STATUS = {"default": schema.Status.BRIDGED.value, "filtered": schema.Status.FILTERED.value,
                  "failed": schema.Status.FAILED.value}
 DEFAULT_LICENSE = "other"
+#: the generated body sits between these; a push that finds someone else's README keeps the text around them
+BEGIN, END = "<!-- bmc:begin -->", "<!-- bmc:end -->"
 _SECRET_KEY = re.compile(r"key|token|secret|password|auth|credential", re.IGNORECASE)
 
 COLUMN_DOCS = {
@@ -326,7 +328,9 @@ def render_dataset_card(
         f"The other configs: `load_dataset(\"{repo_id}\", \"filtered\")`, `load_dataset(\"{repo_id}\", \"failed\")`.\n"
     )
 
-    content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(sections)
+    # The body sits between markers, so a README someone wrote on the Hub keeps its own text around it on a push
+    # (bmc_data.hub.card_merge).
+    content = f"---\n{card_data.to_yaml()}\n---\n\n{BEGIN}\n" + "\n".join(sections) + f"\n{END}\n"
     from bmc_data.redaction import (
         redact,  # a card is public: no secret, whatever a reason or a base URL quoted
     )

@@ -8,6 +8,8 @@ import sys
 
 import datasets
 
+from bmc_data.errors import BMCError
+
 from .page import DEFAULT_CHUNK_ROWS, ReportConfig, render_report
 from .source import load_report_source
 
@@ -47,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--delta", type=float, default=2.0, help="δ of the λ preview (default: %(default)s)")
     parser.add_argument("--weight-rows", type=int, default=32,
                         help="rows whose λ the preview computes (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files bmc did not write (or that changed since) at the page's path or in its "
+                             "<stem>_files/ folder; without it they are refused (exit 2). Nothing else is touched")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     return parser
 
@@ -71,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         config = ReportConfig(chunk_rows=args.chunk_rows, title=args.title, model=args.model, delta=args.delta,
                               weight_rows=args.weight_rows, provenance=prov)
-        out = render_report(dataset, args.out, tokenizer=tokenizer, config=config, progress=not args.quiet)
+        out = render_report(dataset, args.out, tokenizer=tokenizer, config=config, progress=not args.quiet,
+                            overwrite=args.overwrite)
+    except BMCError as err:  # a refusal (files in the way, a folder in use): its one line and exit code
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     except Exception as err:  # one clear line; --quiet off and logging at DEBUG shows the traceback
         logger.debug("report failed", exc_info=True)
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)

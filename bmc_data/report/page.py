@@ -14,7 +14,6 @@ import html
 import json
 import logging
 import re
-import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from bmc_data.outputs import OutputFolder
 from bmc_data.pairs import schema
 
 from .charts import histogram_svg, splits_svg
@@ -75,6 +75,12 @@ def _dl(items: Sequence[tuple[str, str]]) -> str:
     return "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items if v)
 
 
+def report_scope(path: str | Path) -> tuple[str, tuple[str, ...]]:
+    """(writer, scope) of the review page at `path`, relative to its folder: the page and its `<stem>_files/`."""
+    out = Path(path)
+    return f"report:{out.name}", (out.name, f"{out.stem}_files/")
+
+
 def render_report(
     dataset: datasets.Dataset | datasets.DatasetDict,
     path: str | Path,
@@ -83,12 +89,16 @@ def render_report(
     config: ReportConfig | None = None,
     source: str | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write the review page of a bridged dataset to `path` (an .html file) and its data to `<stem>_files/`.
 
     Args:
         dataset: a bridged dataset (all statuses), or a DatasetDict whose splits are shown together.
-        path: the HTML file to write. `<stem>_files/` beside it is replaced.
+        path: the HTML file to write; its data go to `<stem>_files/` beside it. What an earlier report wrote there
+            (listed in the folder's bmc_files.json, unchanged) is replaced or removed; a file bmc did not write at
+            the page's path or in `<stem>_files/` is an `OutputConflict` (exit 2) before anything is written.
+        overwrite: replace such files where the report writes the same path instead (others are left in place).
         tokenizer: the tokenizer the diff masks were built with (default: loaded from `bmc_mask_tokenizer`);
             without a fitting one the page shows word-level diffs and says so.
         config: page options (`ReportConfig`); `config.model` adds the λ preview.
@@ -103,6 +113,15 @@ def render_report(
     if missing:
         raise ValueError(f"render_report: the dataset is missing column(s) {missing}; a bridged dataset has "
                          f"{list(schema.BRIDGED_COLUMNS)} (it has {dataset.column_names})")
+    out = Path(path)
+    writer, scope = report_scope(out)
+    with OutputFolder(out.parent, writer, scope, overwrite=overwrite) as folder:
+        _render(dataset, out, folder, tokenizer=tokenizer, config=config, source=source, progress=progress)
+    return out
+
+
+def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, tokenizer: Any, config: ReportConfig,
+            source: str | None, progress: bool) -> None:
     from bmc_data.hub.facts import (
         provider_identity,
         status_counts,
@@ -117,7 +136,6 @@ def render_report(
         add_edit_distance_stats,
     )
 
-    out = Path(path)
     files_dir = out.with_name(out.stem + "_files")
     tokenizer, diff_note = mask_tokenizer(dataset, tokenizer)
     if WORD_DISTANCE_BEFORE not in dataset.column_names or WORD_DISTANCE_AFTER not in dataset.column_names:
@@ -142,8 +160,6 @@ def render_report(
                                                rows=config.weight_rows)
 
     # rows -> chunk files (streamed: a 61k-row dataset never sits in memory as records)
-    shutil.rmtree(files_dir, ignore_errors=True)
-    files_dir.mkdir(parents=True)
     digest = hashlib.sha256()
     share = np.full(n, -1, dtype=np.int32)
     kinds = np.zeros(n, dtype=np.int8)
@@ -173,7 +189,7 @@ def render_report(
         text = _js("BMC_ROWS", k, records)
         blob = text.encode("utf-8")
         digest.update(blob)
-        (files_dir / f"rows-{k:05d}.js").write_bytes(blob)
+        folder.write_bytes(f"{files_dir.name}/rows-{k:05d}.js", blob)
         chunk_bytes.append(len(blob))
 
     index = {
@@ -186,7 +202,7 @@ def render_report(
     }
     index_blob = _js("BMC_INDEX", index).encode("utf-8")
     digest.update(index_blob)
-    (files_dir / "index.js").write_bytes(index_blob)
+    folder.write_bytes(f"{files_dir.name}/index.js", index_blob)
 
     # header data
     counts = status_counts(dataset)
@@ -248,8 +264,7 @@ def render_report(
         "@FILES@": html.escape(files_dir.name), "@N@": f"{n:,}",
     }
     page = re.sub("|".join(re.escape(k) for k in replacements), lambda m: replacements[m.group(0)], page)
-    out.write_text(page, encoding="utf-8")
+    folder.write_text(out.name, page)
     logger.info("wrote %s (%d rows, %d chunk(s), %.1f MB of row data)", out, n, n_chunks, sum(chunk_bytes) / 1e6)
-    return out
 
 
