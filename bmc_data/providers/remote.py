@@ -89,8 +89,8 @@ class RemoteProvider(Provider):
     def _use_base_url(self, url: str, source: str) -> None:
         """Connect to `url`; its credentials (userinfo, `?api_key=`...) are registered as secrets and left out of
         `base_url`, which is what summaries, errors, the cache key and the batch ledger see."""
-        self._url = split_url(url.rstrip("/"), source)  # first: the check's message must not show them
-        check_base_url(self._url.connect, source)
+        check_base_url(url, source)  # shows the URL without its credentials
+        self._url = split_url(url.rstrip("/"), source)
         self.base_url = self._url.public
 
     def _new_client(self) -> Any:
