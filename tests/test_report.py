@@ -187,9 +187,40 @@ def test_cli_reads_a_save_bridged_folder_and_reports_bad_input_in_one_line(tmp_p
     from bmc_data.report.cli import main
 
     capsys.readouterr()
-    assert main([str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.html"), "--quiet"]) == 1
+    assert main([str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.html"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "nope.csv: no such file or folder" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["empty-parquet", "empty-jsonl", "blank-jsonl", "missing-folder", "bad-chunk-rows",
+                                  "not-a-data-file"])
+def test_report_cli_bad_input_is_one_line_exit_2(tmp_path, data, capsys, case):
+    from bmc_data.report.cli import main
+
+    out = ["--out", str(tmp_path / "x.html"), "--quiet"]
+    if case == "empty-parquet":
+        data.select([]).to_parquet(str(tmp_path / "e.parquet"))
+        argv, expected = [str(tmp_path / "e.parquet")], "e.parquet: the file has no rows"
+    elif case == "empty-jsonl":
+        (tmp_path / "e.jsonl").write_text("")
+        argv, expected = [str(tmp_path / "e.jsonl")], "e.jsonl: the file is empty"
+    elif case == "blank-jsonl":
+        (tmp_path / "e.jsonl").write_text("\n\n")
+        argv, expected = [str(tmp_path / "e.jsonl")], "e.jsonl: the file is empty"
+    elif case == "missing-folder":  # a relative folder that does not exist is not looked up on the Hub
+        argv, expected = [str(tmp_path / "no" / "such-folder")], "such-folder: no such file or folder"
+    elif case == "bad-chunk-rows":
+        data.to_parquet(str(tmp_path / "rows.parquet"))
+        argv, expected = [str(tmp_path / "rows.parquet"), "--chunk-rows", "0"], "--chunk-rows must be >= 1, got 0"
+    else:
+        (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
+        argv, expected = [str(tmp_path / "rows.csv")], "rows.csv: expected a .parquet or .jsonl file"
+    capsys.readouterr()
+    assert main(argv + out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert expected in err and "Error" not in err and "Traceback" not in err
+    assert not (tmp_path / "x.html").exists()
 
 
 def test_weight_preview_gives_lambda_of_each_marked_token(tmp_path):

@@ -25,6 +25,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from bmc_data.errors import InputError
 from bmc_data.pairs import schema
 
 from .charts import histogram_svg, splits_svg
@@ -101,7 +102,7 @@ def render_report(
         dataset = datasets.concatenate_datasets(list(dataset.values()))
     missing = [c for c in schema.BRIDGED_COLUMNS if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"render_report: the dataset is missing column(s) {missing}; a bridged dataset has "
+        raise InputError(f"render_report: the dataset is missing column(s) {missing}; a bridged dataset has "
                          f"{list(schema.BRIDGED_COLUMNS)} (it has {dataset.column_names})")
     from bmc_data.hub.facts import (
         provider_identity,
