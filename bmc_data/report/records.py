@@ -13,8 +13,9 @@ The page only renders; every decision about what is highlighted is made in Pytho
   the words the alignment does not match are highlighted.
 
 A side is stored as `{"t": text, "m": [gap, length, gap, length, ...], "n": units}`: the text shown, the marked
-spans as (distance from the end of the previous span, length) pairs in characters, and the number of tokens
-(or words) of the side. Tokens that share characters with an earlier token (a multi-byte character split across
+spans as (distance from the end of the previous span, length) pairs in UTF-16 code units (what JavaScript's
+string indices count: a character beyond U+FFFF, an emoji, is two), and the number of tokens (or words) of the
+side. Tokens that share characters with an earlier token (a multi-byte character split across
 byte-level tokens) get a span of length 0 at that place, so that they still count.
 """
 
@@ -30,7 +31,7 @@ import datasets
 
 from bmc_data.pairs import schema
 from bmc_data.pairs.schema import response_text
-from bmc_data.tokens.diff import token_diff_masks
+from bmc_data.tokens.diff import levenshtein_distance, token_diff_masks
 
 __all__ = ["build_records", "decode_spans", "encode_spans", "token_sides", "word_diff_sides"]
 
@@ -124,7 +125,9 @@ def texts_of(value: Any) -> str:
 
 
 # --- rows -> records ----------------------------------------------------------------------------------------
-def build_records(batch: Mapping[str, list[Any]], tokenizer: Any) -> list[dict[str, Any]]:
+def build_records(batch: Mapping[str, list[Any]], tokenizer: Any,
+                  extra_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One record per row of `batch`; `extra_columns` are copied as they are (key "x"), for copy-as-JSON."""
     n = len(batch[schema.PROMPT])
     sides = token_sides(tokenizer, batch[schema.PROMPT], batch[schema.CHOSEN], batch[schema.REJECTED]) \
         if tokenizer is not None else [None] * n
@@ -140,6 +143,15 @@ def build_records(batch: Mapping[str, list[Any]], tokenizer: Any) -> list[dict[s
         }
         if original != chosen:
             rec["o"] = original
+            # the third view, ỹ_w against y_w: did the edit keep y_w's fix? (words: the masks are against y_l)
+            ow_chosen, ow_original = word_diff_sides(chosen, original)
+            rec["ow"] = {"c": ow_chosen["m"], "o": ow_original["m"]}
+        for column, key in ((schema.CHOSEN, "cr"), (schema.REJECTED, "lr"), (schema.ORIGINAL_CHOSEN, "or")):
+            if not isinstance(batch[column][i], str) and batch[column][i] is not None:  # chat messages, kept as such
+                rec[key] = batch[column][i]
+        extra = {c: batch[c][i] for c in extra_columns}
+        if extra:
+            rec["x"] = extra
         for column, key in ((schema.ID, "id"), (schema.PROMPT_VERSION, "v"), (schema.PROVIDER, "pv"),
                             (schema.MODEL, "mo"), (schema.REASON, "why"), (schema.ANSWER, "a")):
             value = batch.get(column, [None] * n)[i]
@@ -156,9 +168,11 @@ def build_records(batch: Mapping[str, list[Any]], tokenizer: Any) -> list[dict[s
                         f"{len(c_side[1])}/{len(r_side[1])} chosen/rejected tokens")
             else:
                 rec["cd"], rec["rd"], rec["k"] = masked_side(c_side, c_mask), masked_side(r_side, r_mask), "token"
+                rec["td"] = levenshtein_distance(c_side[1], r_side[1])
         if "k" not in rec:
             rec["cd"], rec["rd"] = word_diff_sides(chosen, rejected)
             rec["k"] = "word"
+            rec["td"] = levenshtein_distance(chosen.split(), rejected.split())
             if note:
                 rec["kn"] = f"word-level: {note}"
         for key, text in (("cd", chosen), ("rd", rejected)):  # the text is usually the response itself
