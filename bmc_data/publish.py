@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the edit-distance statistics and plots (faster; the card says they were not computed)")
     out.add_argument("--max-shard-size", type=positive_int, default=500,
                      help="max MB of data per parquet shard (default: %(default)s)")
+    out.add_argument("--review", default=None, metavar="FILE",
+                     help="decisions exported from the review page (JSONL): drop rows marked drop, add "
+                          "bmc_review_decision / bmc_review_note; rows are counted as the page counts them")
     out.add_argument("--no-report", action="store_true",
                      help="do not write the review page (report.html + report_files/, see bmc_data.report)")
     add_logging_args(parser)
@@ -134,6 +137,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.repo is not None and (args.repo.count("/") > 1 or not args.repo.strip("/") or " " in args.repo):
         raise UsageError(f"--repo must look like 'org/name' or 'name', got {args.repo!r}")
     check_provider_args(args)
+    if args.review:  # a missing or malformed decisions file fails before any paid call
+        from .pairs.review import read_decisions
+
+        read_decisions(args.review)
 
 
 def _check_test_size(test_size: float | int | None, rows: int) -> None:
@@ -184,6 +191,12 @@ def run(args: argparse.Namespace) -> int:
         from .tokens.masks import add_diff_masks
 
         dataset = add_diff_masks(dataset, tokenizer)
+    review = None
+    if args.review:  # row numbers are the page's: all statuses, in source order, as bridge_dataset returns them
+        from .pairs.review import apply_review
+
+        dataset, review = apply_review(dataset, args.review, return_review=True)
+        print(review.headline())
     identity = dict(provider.identity()) if provider is not None and hasattr(provider, "identity") else {}
     if args.base_url:
         identity["base_url"] = ", ".join([args.base_url] if isinstance(args.base_url, str) else args.base_url)  # may repeat
@@ -191,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         dataset, out, repo_id=args.repo or repo_name, source=f"{args.source} (split {split})", license=license_,
         provider_info=identity, test_size=args.test_size, seed=args.seed,
         max_shard_size=args.max_shard_size * 1024 * 1024, stats_tokenizer=tokenizer, stats=not args.no_stats,
-        report_path=None if args.no_report else "report.html",
+        report_path=None if args.no_report else "report.html", review=review.counts() if review else None,
+        extra_manifest={"review": review.counts()} if review else None,
     )
     if not args.no_report:
         from .report.page import render_report

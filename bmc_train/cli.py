@@ -52,6 +52,14 @@ class BMCScriptArguments:
             "(default: the bridged pairs). 'all' keeps every row, e.g. to train plain DPO on the original pairs."
         },
     )
+    review: str | None = field(
+        default=None,
+        metadata={
+            "help": "Decisions exported from the review page (JSONL, bmc_data.apply_review): rows marked drop are "
+            "left out before training. A data file is matched row by row (the page's row numbers); a folder or Hub "
+            "dataset by `id`."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on at most this many rows (after filtering), for quick runs."}
     )
@@ -241,6 +249,15 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
     if script_args.dataset_train_split not in dataset:
         raise InputError(f"--dataset_name {script_args.dataset_name}: split {script_args.dataset_train_split!r} "
                          f"not in {list(dataset)}")
+    if script_args.review:
+        from bmc_data.pairs.review import apply_review
+
+        # a data file is what the page showed, row for row; a folder or Hub dataset holds the rows in configs
+        # and splits the page concatenated, so there the decisions are matched by id
+        by = "row" if Path(script_args.dataset_name).expanduser().is_file() else "id"
+        split = script_args.dataset_train_split
+        dataset[split], review = apply_review(dataset[split], script_args.review, by=by, return_review=True)
+        logger.info("--review %s: %s", script_args.review, review.headline())
     train_dataset = select_rows(
         dataset[script_args.dataset_train_split], script_args.dataset_train_split,
         status_filter=script_args.status_filter, use_original_chosen=training_args.use_original_chosen,

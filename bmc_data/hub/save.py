@@ -151,6 +151,7 @@ def save_bridged(
     stats: bool = True,
     extra_manifest: Mapping[str, Any] | None = None,
     report_path: str | None = None,
+    review: Mapping[str, int] | None = None,
 ) -> Path:
     """Write a bridged dataset as a Hub-ready folder (parquet shards, README.md card, figures, manifest).
 
@@ -170,6 +171,7 @@ def save_bridged(
         stats_tokenizer: tokenizer for token-level edit distances (default: whatever `bmc_data.tokens.stats` uses).
         stats: compute edit-distance statistics and plots at all (False: a card without them, faster).
         report_path: folder-relative review page (`bmc_data.report.render_report`) the card links to.
+        review: counts of a human review applied with `bmc_data.apply_review` (`Review.counts()`), for the card.
 
     Returns:
         `out_dir` as a Path.
@@ -230,6 +232,7 @@ def save_bridged(
         parts, repo_id=repo_id, template=templates, provider_info=provider, tokenizer_info=tokenizer_info,
         stats_table=stats_table, plot_paths=plot_rel, status_counts=counts, reasons=reasons, source=source,
         license=license, pretty_name=pretty_name, features=everything.features, report_path=report_path,
+        review=review,
     )
     card.save(out / "README.md")
 

@@ -59,6 +59,10 @@ class Review:
     def dropped(self) -> int:
         return self.decided.get("drop", 0)
 
+    def counts(self) -> dict[str, int]:
+        """{"rows", "reviewed", "keep", "drop", "flag"}: what the dataset card and the manifest record."""
+        return {"rows": self.rows, "reviewed": self.reviewed, **{d: self.decided.get(d, 0) for d in DECISIONS}}
+
     def headline(self) -> str:
         parts = ", ".join(f"{self.decided.get(d, 0):,} {d}" for d in DECISIONS)
         return f"review: {self.reviewed:,} of {self.rows:,} rows reviewed ({parts}); {self.dropped:,} dropped"

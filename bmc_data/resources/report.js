@@ -324,7 +324,7 @@
     var tabs = el('div', 'tabs'); tabs.setAttribute('role', 'group'); tabs.setAttribute('aria-label', 'compare');
     [['l', '\u1ef9_w against y_l'], ['w', '\u1ef9_w against y_w']].forEach(function (p) {
       var t = el('button', 'tab', p[1]); t.type = 'button'; t.dataset.view = p[0];
-      t.setAttribute('aria-pressed', String(S.view === p[0]));
+      t.setAttribute('aria-pressed', String((r.ow ? S.view : 'l') === p[0]));
       if (p[0] === 'w' && !r.ow) { t.disabled = true; t.title = 'the chosen response is the original winner: nothing to compare'; }
       t.addEventListener('click', function () { setView(p[0]); });
       tabs.appendChild(t);
@@ -410,6 +410,7 @@
   function move(step, open) {
     if (!view.length) return;
     var pos = view.indexOf(open ? (S.row >= 0 ? S.row : active) : active);
+    if (open && S.row < 0 && pos >= 0) step = 0;  // the first j opens the row the list is on
     var target = pos < 0 ? 0 : Math.max(0, Math.min(view.length - 1, pos + step));
     var i = view[target];
     if (Math.floor(target / IDX.page) !== S.page) { S.page = Math.floor(target / IDX.page); active = i; renderList(); }
