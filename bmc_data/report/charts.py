@@ -33,7 +33,9 @@ def histogram_svg(before: np.ndarray, after: np.ndarray, *, title: str, xlabel: 
     def y(v: float) -> float:
         return T + ph - ph * v / top
 
-    parts = [f'<svg class="hist" viewBox="0 0 {W} {H}" role="img" aria-label="{html.escape(title)}">',
+    # bars that are buttons cannot sit inside an image: a clickable chart is a group
+    parts = [f'<svg class="hist" viewBox="0 0 {W} {H}" role="{"group" if keys else "img"}" '
+             f'aria-label="{html.escape(title)}">',
              f'<title>{html.escape(title)}</title>',
              f'<text x="{L}" y="16" class="ct">{html.escape(title)}</text>']
     for k in range(bins):
