@@ -275,3 +275,13 @@ def test_card_links_the_report_only_when_there_is_one(data):
     assert "[report.html](report.html)" in with_link and "`report_files/`" in with_link
     validate_card(with_link)
     assert "report.html" not in render_dataset_card(data, repo_id=REPO).content
+
+
+def test_reason_group_treats_apostrophes_inside_a_quoted_value_as_part_of_it():
+    from bmc_data.pairs.schema import reason_group
+
+    reasons = [f"the editor judged '{v}' off topic" for v in ("it's ethics", "ok", "don't know, won't say")]
+    assert {reason_group(r) for r in reasons} == {"the editor judged '…' off topic"}
+    assert reason_group("no quotes, isn't it") == "no quotes, isn't it"
+    assert reason_group("reply has no line starting with 'REVISED:' (got 'Sure, here's')") == \
+        "reply has no line starting with '…' (got '…')"
