@@ -14,7 +14,7 @@
   var DEFAULTS = { status: -1, group: -1, q: '', field: 'all', sort: 'row', dir: 1, page: 0, row: -1, view: 'l',
     dec: '', seed: 1, r: {}, x: {} };
   var S = JSON.parse(JSON.stringify(DEFAULTS));
-  var hits = null, searched = 0, searchGen = 0, view = [], active = -1, current = null, changeAt = -1;
+  var hits = null, searched = 0, searchGen = 0, view = [], active = -1, current = null, changeAt = -1, listed = false;
   var DEC = {}, saveTimer = null;
   var $ = function (id) { return document.getElementById(id); };
 
@@ -75,7 +75,12 @@
   function saveHash() { var h = toHash(); if (location.hash.slice(1) !== h) history.replaceState(null, '', h ? '#' + h : location.pathname + location.search); }
   function fromHash() {
     var h = location.hash.slice(1), old = /^row-(\d+)$/.exec(h);
-    var p = new URLSearchParams(old ? 'row=' + old[1] : h);
+    if (old) {  // a row permalink (#row-12) keeps the current view
+      if (!listed) { syncControls(); renderList(); }
+      show(parseInt(old[1], 10), false);
+      return;
+    }
+    var p = new URLSearchParams(h);
     var st = JSON.parse(JSON.stringify(DEFAULTS));
     var num = function (v, d) { var x = parseInt(v, 10); return isNaN(x) ? d : x; };
     st.row = p.has('row') ? num(p.get('row'), -2) : -1;
@@ -132,6 +137,7 @@
   }
   function decCell(i) { return DEC[i] ? DEC[i][0] + (DEC[i][1] ? ' \u270e' : '') : '\u2013'; }
   function renderList() {
+    listed = true;
     computeView();
     var pages = Math.max(1, Math.ceil(view.length / IDX.page));
     if (S.page >= pages) S.page = pages - 1;
