@@ -285,3 +285,23 @@ def test_reason_group_treats_apostrophes_inside_a_quoted_value_as_part_of_it():
     assert reason_group("no quotes, isn't it") == "no quotes, isn't it"
     assert reason_group("reply has no line starting with 'REVISED:' (got 'Sure, here's')") == \
         "reply has no line starting with '…' (got '…')"
+
+
+def test_offsets_come_from_the_same_tokenization_as_the_masks(tokenizer, data):
+    """`token_sides` is `tokenize_pairs_batched(return_offsets=True)`: the same ids with or without offsets, and
+    each token's span in the completion text is the text that token decodes to (whole characters)."""
+    from bmc_data.tokens.tokenization import tokenize_pairs_batched
+
+    prompts, chosens, rejecteds = (list(data[c]) for c in (schema.PROMPT, schema.CHOSEN, schema.REJECTED))
+    for ps in (prompts, [[{"role": "user", "content": p}] for p in prompts]):
+        plain = tokenize_pairs_batched(tokenizer, ps, chosens, rejecteds)
+        with_offsets = tokenize_pairs_batched(tokenizer, ps, chosens, rejecteds, return_offsets=True)
+        for row, ref in zip(with_offsets, plain):
+            assert {k: row[k] for k in ref} == ref
+            for side in ("chosen", "rejected"):
+                text, spans, ids = row[f"{side}_text"], row[f"{side}_offsets"], row[f"{side}_ids"]
+                assert len(spans) == len(ids)
+                for (s, e), t in zip(spans, ids):
+                    piece = tokenizer.decode([t])
+                    if "\ufffd" not in piece:  # not a byte-level piece of a multi-byte character
+                        assert piece.strip() == text[s:e].strip(), (piece, text[s:e])
