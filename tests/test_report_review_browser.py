@@ -18,7 +18,12 @@ from test_hub import tiny_tokenizer
 from test_report_browser import CHROMIUM, browser  # noqa: F401  (the shared Chromium fixture)
 
 from bmc_data.pairs import schema
-from bmc_data.pairs.review import REVIEW_DECISION, REVIEW_NOTE, apply_review, review_fingerprint
+from bmc_data.pairs.review import (
+    REVIEW_DECISION,
+    REVIEW_NOTE,
+    apply_review,
+    review_fingerprint,
+)
 from bmc_data.report import ReportConfig, render_report
 from bmc_data.report.records import _WORD
 from bmc_data.tokens.diff import token_diff_masks

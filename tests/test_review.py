@@ -11,7 +11,13 @@ import pytest
 import bmc_data
 from bmc_data.errors import InputError, MissingFileError
 from bmc_data.pairs import schema
-from bmc_data.pairs.review import REVIEW_DECISION, REVIEW_NOTE, ReviewMismatch, apply_review, review_fingerprint
+from bmc_data.pairs.review import (
+    REVIEW_DECISION,
+    REVIEW_NOTE,
+    ReviewMismatch,
+    apply_review,
+    review_fingerprint,
+)
 
 
 @pytest.fixture

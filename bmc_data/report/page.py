@@ -78,7 +78,8 @@ def facet_columns(dataset: datasets.Dataset, names: Sequence[str], most: int = 4
     the page's filters on extra columns."""
     out = []
     for name in names:
-        if dataset.features[name].__class__.__name__ != "Value" or dataset.features[name].dtype not in ("string", "large_string"):
+        feature = dataset.features[name]
+        if not isinstance(feature, datasets.Value) or feature.dtype not in ("string", "large_string"):
             continue
         column = column_list(dataset, name)
         values = sorted({v for v in column if v is not None})

@@ -231,7 +231,7 @@ def tokenize_pairs_batched(
     encode = _batch_encoder(tokenizer)
     chat_ok = encode is not None and _stock_chat_template(tokenizer)
     if encode is not None and return_offsets:
-        def encode(texts: list[str], add_special_tokens: bool) -> list[Any]:  # noqa: F811 (ids with offsets)
+        def encode(texts: list[str], add_special_tokens: bool) -> list[Any]:
             enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
                             return_attention_mask=False)
             return [_Encoded(ids, offs, text) for ids, offs, text in zip(enc["input_ids"], enc["offset_mapping"], texts)]
