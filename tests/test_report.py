@@ -193,7 +193,7 @@ def test_cli_reads_a_save_bridged_folder_and_reports_bad_input_in_one_line(tmp_p
 
 
 @pytest.mark.parametrize("case", ["empty-parquet", "empty-jsonl", "blank-jsonl", "missing-folder", "bad-chunk-rows",
-                                  "not-a-data-file"])
+                                  "not-a-data-file", "out-is-a-folder"])
 def test_report_cli_bad_input_is_one_line_exit_2(tmp_path, data, capsys, case):
     from bmc_data.report.cli import main
 
@@ -212,6 +212,10 @@ def test_report_cli_bad_input_is_one_line_exit_2(tmp_path, data, capsys, case):
     elif case == "bad-chunk-rows":
         data.to_parquet(str(tmp_path / "rows.parquet"))
         argv, expected = [str(tmp_path / "rows.parquet"), "--chunk-rows", "0"], "--chunk-rows must be >= 1, got 0"
+    elif case == "out-is-a-folder":
+        data.to_parquet(str(tmp_path / "rows.parquet"))
+        (tmp_path / "x.html").mkdir()
+        argv, expected = [str(tmp_path / "rows.parquet")], "x.html is a folder; give the .html file to write"
     else:
         (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
         argv, expected = [str(tmp_path / "rows.csv")], "rows.csv: expected a .parquet or .jsonl file"
@@ -220,7 +224,7 @@ def test_report_cli_bad_input_is_one_line_exit_2(tmp_path, data, capsys, case):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert expected in err and "Error" not in err and "Traceback" not in err
-    assert not (tmp_path / "x.html").exists()
+    assert not (tmp_path / "x.html").is_file() and not (tmp_path / "x_files").exists()
 
 
 def test_weight_preview_gives_lambda_of_each_marked_token(tmp_path):

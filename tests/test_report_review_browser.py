@@ -171,6 +171,13 @@ def test_keyboard_only_review_flows_into_apply_review_and_training(browser, revi
     assert page.inner_text("#reviewed") == f"reviewed 10/{len(data)}"
     assert page.problems == []
     ctx.close()
+    ctx, page = open_page(browser, report)  # another browser: empty storage, then the file imported
+    assert page.inner_text("#reviewed") == f"reviewed 0/{len(data)}"
+    page.set_input_files("#import-dec", str(exported))
+    page.wait_for_function(f"() => document.getElementById('reviewed').textContent === 'reviewed 10/{len(data)}'")
+    assert page.inner_text("#rows tbody tr:nth-child(2) td:nth-child(3)") == "drop"
+    assert page.problems == []
+    ctx.close()
 
     reviewed, review = apply_review(data, exported, return_review=True)
     assert len(reviewed) == len(data) - 3 and review.dropped == 3 and review.reviewed == 10
@@ -248,7 +255,7 @@ def test_axe_finds_no_serious_or_critical_violation(browser, review_data):  # no
 
 def test_url_keeps_the_view_and_filters_narrow_the_list(browser, review_data):  # noqa: F811
     _, data, report = review_data
-    ctx, page = open_page(browser, report)
+    ctx, page = open_page(browser, report, accept_downloads=True)
     page.select_option("#sort", "td")
     page.click("#status-chips .chip[data-status='bridged']")
     page.fill("#q", "answer")
@@ -262,7 +269,7 @@ def test_url_keeps_the_view_and_filters_narrow_the_list(browser, review_data):  
     opened = page.get_attribute("#detail", "data-row")
     assert page.locator("#detail mark.hit").count() > 0  # search matches highlighted in the open row
     ctx.close()
-    ctx, page = open_page(browser, Path(shared.split("#")[0].replace("file://", "")))
+    ctx, page = open_page(browser, Path(shared.split("#")[0].replace("file://", "")), accept_downloads=True)
     page.goto(shared)
     page.wait_for_selector(f"#detail[data-row='{opened}'] .cols")
     page.wait_for_function("() => !document.getElementById('count').textContent.includes('searching')")
@@ -274,6 +281,15 @@ def test_url_keeps_the_view_and_filters_narrow_the_list(browser, review_data):  
     rows = [int(r) for r in page.eval_on_selector_all("#rows tbody tr", "trs => trs.map(t => t.dataset.row)")]
     task = page.eval_on_selector("#x-0", "s => s.options[s.selectedIndex].text")
     assert rows and all(data[i]["task"] == task for i in rows)
+    selected = int(page.get_attribute("#count", "data-count"))  # every page of the selection, not just this one
+    with page.expect_download() as ids_file:
+        page.click("#export-ids")
+    exported_ids = Path(ids_file.value.path()).read_text().split()
+    with page.expect_download() as rows_file:
+        page.click("#export-rows")
+    exported_rows = [json.loads(x) for x in Path(rows_file.value.path()).read_text().splitlines()]
+    assert len(exported_ids) == selected == len(exported_rows) >= len(rows)
+    assert [r[schema.ID] for r in exported_rows] == exported_ids and all(r["task"] == task for r in exported_rows)
     page.evaluate("location.hash = 'row=999'")
     page.wait_for_selector("#detail p.warn")
     assert page.locator("#rows tbody tr[aria-selected='true']").count() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import datasets
 
@@ -64,6 +65,8 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(f"--weight-rows must be >= 1, got {args.weight_rows}")
     if args.delta < 0:
         raise UsageError(f"--delta must be >= 0, got {args.delta}")
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give the .html file to write (e.g. {args.out}/report.html)")
     if args.quiet:
         datasets.disable_progress_bars()
     dataset, prov = load_report_source(args.source)
