@@ -290,6 +290,15 @@ def test_url_keeps_the_view_and_filters_narrow_the_list(browser, review_data):  
     exported_rows = [json.loads(x) for x in Path(rows_file.value.path()).read_text().splitlines()]
     assert len(exported_ids) == selected == len(exported_rows) >= len(rows)
     assert [r[schema.ID] for r in exported_rows] == exported_ids and all(r["task"] == task for r in exported_rows)
+    page.evaluate("location.hash = 'sort=rnd&seed=7'")  # a random sample order for spot checks, shared by its seed
+    page.wait_for_function("() => document.getElementById('count').textContent.includes('seed 7')")
+    sample = page.eval_on_selector_all("#rows tbody tr", "trs => trs.map(t => +t.dataset.row)")
+    assert sample != sorted(sample) and len(sample) == 8
+    page.evaluate("location.hash = 'sort=rnd&seed=8'")
+    page.wait_for_function("() => document.getElementById('count').textContent.includes('seed 8')")
+    page.evaluate("location.hash = 'sort=rnd&seed=7'")
+    page.wait_for_function("() => document.getElementById('count').textContent.includes('seed 7')")
+    assert page.eval_on_selector_all("#rows tbody tr", "trs => trs.map(t => +t.dataset.row)") == sample
     page.evaluate("location.hash = 'row=999'")
     page.wait_for_selector("#detail p.warn")
     assert page.locator("#rows tbody tr[aria-selected='true']").count() == 0
