@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the edit-distance statistics and plots (faster; the card says they were not computed)")
     out.add_argument("--max-shard-size", type=positive_int, default=500,
                      help="max MB of data per parquet shard (default: %(default)s)")
+    out.add_argument("--review", default=None, metavar="FILE",
+                     help="decisions exported from the review page (JSONL): drop rows marked drop, add "
+                          "bmc_review_decision / bmc_review_note; rows are counted as the page counts them")
     out.add_argument("--no-report", action="store_true",
                      help="do not write the review page (report.html + report_files/, see bmc_data.report)")
     out.add_argument("--overwrite", action="store_true",
@@ -157,6 +160,10 @@ def check_args(args: argparse.Namespace) -> None:
     check_provider_args(args)
     if args.out is None:
         check_folder_arg(str(_default_out(args)), "--out (default)")
+    if args.review:  # a missing or malformed decisions file fails before any paid call
+        from .pairs.review import read_decisions
+
+        read_decisions(args.review)
 
 
 def _default_out(args: argparse.Namespace) -> Path:
@@ -257,6 +264,12 @@ def _publish(args: argparse.Namespace, out: Path, repo_name: str) -> int:
         from .tokens.masks import add_diff_masks
 
         dataset = add_diff_masks(dataset, tokenizer)
+    review = None
+    if args.review:  # row numbers are the page's: all statuses, in source order, as bridge_dataset returns them
+        from .pairs.review import apply_review
+
+        dataset, review = apply_review(dataset, args.review, return_review=True)
+        print(review.headline())
     identity = dict(provider.identity()) if provider is not None and hasattr(provider, "identity") else {}
     if args.base_url:  # without credentials (userinfo, ?api_key=...)
         from .redaction import public_url
@@ -276,6 +289,8 @@ def _publish(args: argparse.Namespace, out: Path, repo_name: str) -> int:
             provider_info=identity, test_size=args.test_size, seed=args.seed,
             max_shard_size=args.max_shard_size * 1024 * 1024, stats_table=stats_table, plot_paths=plots,
             stats=not args.no_stats, report_path=None if args.no_report else REPORT, overwrite=args.overwrite,
+            review=review.counts() if review else None,
+            extra_manifest={"review": review.counts()} if review else None,
         )
     if not args.no_report:
         from .report.page import render_report

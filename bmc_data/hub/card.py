@@ -201,6 +201,7 @@ def render_dataset_card(
     features: "datasets.Features | None" = None,
     report_path: str | None = None,
     editor_stats: Mapping[str, Any] | None = None,
+    review: Mapping[str, int] | None = None,
 ) -> DatasetCard:
     """Render the README.md card of a bridged dataset.
 
@@ -251,6 +252,12 @@ def render_dataset_card(
         status_lines.append(f"Review page: [{report_path}]({report_path}) shows every pair with its token-level diff, "
                             "filterable by status and reason (download the repo and open it in a browser; it reads "
                             f"`{report_path.rsplit('.', 1)[0]}_files/` beside it).\n")
+    if review:
+        status_lines.append(
+            f"Human review: {review.get('reviewed', 0):,} of {review.get('rows', 0):,} rows reviewed on the review page "
+            f"({review.get('keep', 0):,} keep, {review.get('flag', 0):,} flag, {review.get('drop', 0):,} drop); the "
+            f"{review.get('drop', 0):,} dropped rows are not published, the others carry `bmc_review_decision` and "
+            "`bmc_review_note`.\n")
     sections.append("\n".join(status_lines))
 
     editor = dict(editor_stats) if editor_stats is not None else _editor_stats(parts)

@@ -161,6 +161,7 @@ def save_bridged(
     extra_manifest: Mapping[str, Any] | None = None,
     report_path: str | None = None,
     overwrite: bool = False,
+    review: Mapping[str, int] | None = None,
 ) -> Path:
     """Write a bridged dataset as a Hub-ready folder (parquet shards, README.md card, figures, manifest).
 
@@ -182,6 +183,7 @@ def save_bridged(
         stats_tokenizer: tokenizer for token-level edit distances (default: whatever `bmc_data.tokens.stats` uses).
         stats: compute edit-distance statistics and plots at all (False: a card without them, faster).
         report_path: folder-relative review page (`bmc_data.report.render_report`) the card links to.
+        review: counts of a human review applied with `bmc_data.apply_review` (`Review.counts()`), for the card.
 
     Returns:
         `out_dir` as a Path.
@@ -230,7 +232,7 @@ def save_bridged(
         _write_card_and_manifest(
             folder, everything, parts, files, plot_rel, stats_table, repo_id=repo_id, source=source,
             template=template, provider_info=provider_info, license=license, pretty_name=pretty_name,
-            test_size=test_size, seed=seed, extra_manifest=extra_manifest, report_path=report_path)
+            test_size=test_size, seed=seed, extra_manifest=extra_manifest, report_path=report_path, review=review)
     logger.info("saved %d row(s) to %s", len(everything), out)
     return out
 
@@ -239,7 +241,8 @@ def _write_card_and_manifest(folder: OutputFolder, everything: datasets.Dataset,
                              plot_rel: list[str], stats_table: Any, *, repo_id: str, source: str | None,
                              template: Any, provider_info: Mapping[str, Any] | None, license: str,
                              pretty_name: str | None, test_size: Any, seed: int,
-                             extra_manifest: Mapping[str, Any] | None, report_path: str | None) -> None:
+                             extra_manifest: Mapping[str, Any] | None, report_path: str | None,
+                             review: Mapping[str, int] | None = None) -> None:
     templates = template if template is not None else (find_templates(everything) or None)
     provider = {**provider_identity(everything), **safe_provider_info(provider_info)}
     tokenizer_info = tokenizer_identity(everything)
@@ -249,6 +252,7 @@ def _write_card_and_manifest(folder: OutputFolder, everything: datasets.Dataset,
         parts, repo_id=repo_id, template=templates, provider_info=provider, tokenizer_info=tokenizer_info,
         stats_table=stats_table, plot_paths=plot_rel, status_counts=counts, reasons=reasons, source=source,
         license=license, pretty_name=pretty_name, features=everything.features, report_path=report_path,
+        review=review,
     )
     card.save(folder.path("README.md"))
 

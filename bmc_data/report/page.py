@@ -24,10 +24,12 @@ from typing import Any
 import datasets
 import numpy as np
 
+from bmc_data.errors import InputError
 from bmc_data.outputs import OutputFolder
 from bmc_data.pairs import schema
+from bmc_data.pairs.review import review_fingerprint
 
-from .charts import histogram_svg, splits_svg
+from .charts import HATCH_DEFS, histogram_svg, splits_svg
 from .records import build_records, chosen_share, column_list, prompt_text
 from .source import mask_tokenizer
 
@@ -57,7 +59,7 @@ class ReportConfig:
 def _js(name: str, *args: Any) -> str:
     """A script file that calls the global `name(*args)`: how data reach the page under file:// (no fetch)."""
     # ensure_ascii=False keeps the files small; U+2028/2029 are valid in JS string literals since ES2019
-    body = ",".join(json.dumps(a, ensure_ascii=False, separators=(",", ":")) for a in args)
+    body = ",".join(json.dumps(a, ensure_ascii=False, separators=(",", ":"), default=str) for a in args)
     return f"{name}({body});\n"
 
 
@@ -69,6 +71,22 @@ def _asset(name: str) -> str:
 def _inline_json(payload: Any) -> str:
     # inside <script>: no "</script>" or "<!--" can appear once "<" is escaped
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def facet_columns(dataset: datasets.Dataset, names: Sequence[str], most: int = 40) -> list[list[Any]]:
+    """[name, values, code per row] of the extra text columns with a few distinct values (task, source, ...):
+    the page's filters on extra columns."""
+    out = []
+    for name in names:
+        feature = dataset.features[name]
+        if not isinstance(feature, datasets.Value) or feature.dtype not in ("string", "large_string"):
+            continue
+        column = column_list(dataset, name)
+        values = sorted({v for v in column if v is not None})
+        if 1 < len(values) <= most:
+            code = {v: k for k, v in enumerate(values)}
+            out.append([name, values, [code.get(v, -1) for v in column]])
+    return out
 
 
 def _dl(items: Sequence[tuple[str, str]]) -> str:
@@ -111,7 +129,7 @@ def render_report(
         dataset = datasets.concatenate_datasets(list(dataset.values()))
     missing = [c for c in schema.BRIDGED_COLUMNS if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"render_report: the dataset is missing column(s) {missing}; a bridged dataset has "
+        raise InputError(f"render_report: the dataset is missing column(s) {missing}; a bridged dataset has "
                          f"{list(schema.BRIDGED_COLUMNS)} (it has {dataset.column_names})")
     out = Path(path)
     writer, scope = report_scope(out)
@@ -138,6 +156,9 @@ def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, token
 
     files_dir = out.with_name(out.stem + "_files")
     tokenizer, diff_note = mask_tokenizer(dataset, tokenizer)
+    shown = {*schema.BRIDGED_COLUMNS, schema.ID, schema.ANSWER, *schema.MASK_COLUMNS[:2]}
+    extra_columns = [c for c in dataset.column_names if c not in shown]  # copied as they are, for copy-as-JSON
+    fingerprint = review_fingerprint(dataset)
     if WORD_DISTANCE_BEFORE not in dataset.column_names or WORD_DISTANCE_AFTER not in dataset.column_names:
         dataset = add_edit_distance_stats(dataset)
 
@@ -165,7 +186,8 @@ def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, token
     kinds = np.zeros(n, dtype=np.int8)
     snippets: list[str] = []
     columns = [c for c in (*schema.BRIDGED_COLUMNS, schema.ID, schema.ANSWER, *schema.MASK_COLUMNS[:2])
-               if c in dataset.column_names]
+               if c in dataset.column_names] + extra_columns
+    units = np.zeros((n, 3), dtype=np.int32)  # chosen length, rejected length, edit distance (tokens or words)
     n_chunks = max(1, -(-n // config.chunk_rows))
     chunk_bytes: list[int] = []
     iterator = range(n_chunks)
@@ -177,9 +199,10 @@ def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, token
     for k in iterator:
         lo, hi = k * config.chunk_rows, min(n, (k + 1) * config.chunk_rows)
         batch = table[lo:hi] if n else {c: [] for c in columns}
-        records = build_records(batch, tokenizer)
+        records = build_records(batch, tokenizer, extra_columns)
         for j, rec in enumerate(records):
             i = lo + j
+            units[i] = (rec["cd"]["n"], rec["rd"]["n"], rec["td"])
             s = chosen_share(rec["cd"])
             share[i] = -1 if s is None else round(1000 * s)
             kinds[i] = 1 if rec["k"] == "token" else 0
@@ -199,6 +222,8 @@ def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, token
         "gr": [group_index.get((g, s), -1) if g else -1 for s, g in zip(statuses, groups)],
         "eb": [int(v) for v in ed_before], "ea": [int(v) for v in ed_after],
         "sh": share.tolist(), "kd": kinds.tolist(), "sn": snippets,
+        "nc": units[:, 0].tolist(), "nl": units[:, 1].tolist(), "td": units[:, 2].tolist(),
+        "ex": facet_columns(dataset, extra_columns),
     }
     index_blob = _js("BMC_INDEX", index).encode("utf-8")
     digest.update(index_blob)
@@ -218,8 +243,10 @@ def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, token
     norm_a = np.asarray(column_list(dataset, WORD_NORM_AFTER), dtype=float)[bridged] if n else np.zeros(0)
     figures = ""
     if bridged.any():
-        figures = (histogram_svg(ed_before[bridged], ed_after[bridged], title="Word edit distance, bridged pairs",
-                                  xlabel="Levenshtein distance in words (clipped at p99)", unit=False)
+        figures = (HATCH_DEFS
+                   + histogram_svg(ed_before[bridged], ed_after[bridged], title="Word edit distance, bridged pairs",
+                                   xlabel="Levenshtein distance in words (clipped at p99)", unit=False,
+                                   keys=("eb", "ea"))
                    + histogram_svg(norm_b, norm_a, title="Normalised word edit distance, bridged pairs",
                                     xlabel="distance / longer response", unit=True)
                    + splits_svg(ed_before[bridged], ed_after[bridged]))
@@ -245,7 +272,8 @@ def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, token
         f"<h3>Why rows are {html.escape(status)}</h3><ol class='reasons'>" + "".join(
             f"<li><span class='rc'>{c:,}</span> {html.escape(r)}</li>" for r, c in items) + "</ol>"
         for status, items in reasons.items()) or "<p class='muted'>No filtered or failed rows.</p>"
-    page_meta = {"diffNote": diff_note, "files": files_dir.name, "delta": config.delta if weights else None}
+    page_meta = {"diffNote": diff_note, "files": files_dir.name, "delta": config.delta if weights else None,
+                 "fp": fingerprint, "ids": schema.ID in dataset.column_names}
     body_hash = digest.hexdigest()[:16]
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     if out.is_file():  # same content as the report already there: keep its date, so a re-push is a no-op
@@ -261,7 +289,7 @@ def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, token
         "@TITLE@": html.escape(title), "@DIGEST@": body_hash, "@DATE@": date, "@CSS@": _asset("report.css"),
         "@JS@": _asset("report.js"), "@META@": _dl(meta_rows), "@COUNTS@": count_html, "@REASONS@": reason_html,
         "@FIGURES@": figures, "@DIFFNOTE@": html.escape(diff_note), "@CONFIG@": _inline_json(page_meta),
-        "@FILES@": html.escape(files_dir.name), "@N@": f"{n:,}",
+        "@FILES@": html.escape(files_dir.name), "@N@": f"{n:,}", "@FP@": fingerprint,
     }
     page = re.sub("|".join(re.escape(k) for k in replacements), lambda m: replacements[m.group(0)], page)
     folder.write_text(out.name, page)
