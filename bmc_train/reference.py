@@ -51,6 +51,7 @@ from bmc_data.tokens.ref_logps import (
 __all__ = [
     "REF_PER_TOKEN",
     "cache_folder",
+    "peft_reference_context",
     "precompute_reference_columns",
     "release_reference",
     "sampled_trl_weights_hash",
@@ -82,6 +83,16 @@ def cache_folder(args: Any) -> Path:
     import datasets.config
 
     return Path(datasets.config.HF_DATASETS_CACHE) / "bmc_ref_logps"
+
+
+def peft_reference_context(trainer: Any) -> contextlib.AbstractContextManager:
+    """The PEFT rule, in one place: with no separate reference model, π_ref is the policy with its adapter disabled
+    (or its adapter named `ref`, as in TRL). A fresh context per forward (`use_adapter` is a one-shot generator
+    context); a null context when there is a reference model or no PEFT."""
+    if trainer.ref_model is not None or not is_peft_model(trainer.model):
+        return contextlib.nullcontext()
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
 
 
 def _reference_module(trainer: Any) -> torch.nn.Module:
@@ -149,19 +160,12 @@ def _forward_fn(trainer: Any):
             trainer._precompute_engine = prepare_deepspeed(trainer.model, trainer.accelerator)
         model = trainer._precompute_engine
     model = model or trainer.model
-    peft_ref = trainer.ref_model is None and is_peft_model(trainer.model)
-
-    def adapter():  # a fresh context per batch: use_adapter is a one-shot generator context
-        if not peft_ref:
-            return contextlib.nullcontext()
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
 
     def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         kwargs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
         with (torch.no_grad(), disable_gradient_checkpointing(trainer.model, trainer.args.gradient_checkpointing_kwargs),
-              adapter(), trainer.accelerator.autocast()):
+              peft_reference_context(trainer), trainer.accelerator.autocast()):
             return model(**kwargs, labels=labels, use_cache=False, fused_lm_head=True).log_probs
 
     return forward, model

@@ -35,7 +35,6 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer
-from trl.trainer.utils import use_adapter
 
 from bmc_data.pairs.schema import (
     CHOSEN,
@@ -62,6 +61,7 @@ from .losses import (
 from .margin_queue import GapQueue, GapQueueCallback
 from .reference import (
     REF_PER_TOKEN,
+    peft_reference_context,
     precompute_reference_columns,
     release_reference,
     sampled_trl_weights_hash,
@@ -336,15 +336,14 @@ class BMCTrainer(DPOTrainer):
     def _reference_per_token_logps(self, model_kwargs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
         """Per-token log-probs of π_ref: TRL's reference forward, without its summation."""
         ref_kwargs = {k: v for k, v in model_kwargs.items() if k != "output_router_logits"}
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            if is_peft_model(self.model) and self.ref_model is None:
-                unwrapped = self.accelerator.unwrap_model(self.model)
-                adapter = "ref" if "ref" in unwrapped.peft_config else None
-                with use_adapter(unwrapped, adapter_name=adapter):
-                    return self.model(**ref_kwargs, labels=labels, fused_lm_head=True).log_probs
-            if self.ref_model is None:
-                raise RuntimeError(f"loss_type={self.args.loss_type!r} needs a reference model, but none is loaded")
-            return self.ref_model(**ref_kwargs, labels=labels, fused_lm_head=True).log_probs
+        model = self.ref_model
+        if model is None and is_peft_model(self.model):
+            model = self.model  # run under peft_reference_context: the adapter-disabled policy
+        if model is None:
+            raise RuntimeError(f"loss_type={self.args.loss_type!r} needs a reference model, but none is loaded")
+        with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+              peft_reference_context(self)):
+            return model(**ref_kwargs, labels=labels, fused_lm_head=True).log_probs
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
@@ -393,10 +392,11 @@ class BMCTrainer(DPOTrainer):
         if self._gap_queue is not None:
             queued = torch.tensor(self._gap_queue.sample(chosen_logps.shape[0]), dtype=chosen_logps.dtype,
                                   device=chosen_logps.device)
-        batch = PairLogps(chosen_logps, rejected_logps, ref_chosen, ref_rejected,
-                          chosen_diff, rejected_diff, chosen_loss_mask, rejected_loss_mask)
+        batch = PairLogps(chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_diff, rejected_diff,
+                          chosen_loss_mask, rejected_loss_mask, reference_weights=self.args.bmc_reference_weights)
         out = compute_preference_loss(spec.name, self.args, batch, batch_inputs=batch_inputs, queued_gaps=queued)
-        if self._gap_queue is not None and mode == "train":  # evaluation reads the queue but never fills it
+        # evaluation batches fill it too, as the official get_gamma_dq, unless gammapo_queue_from_eval=False
+        if self._gap_queue is not None and (mode == "train" or self.args.gammapo_queue_from_eval):
             self._gap_queue.extend((out.chosen_rewards - out.rejected_rewards).detach().float().cpu().tolist())
         loss = out.losses.mean()
         if self.aux_loss_enabled:
