@@ -19,6 +19,7 @@ the reference log-prob of every scored completion token (layout and identity in 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -171,6 +172,15 @@ def _forward_fn(trainer: Any):
     return forward, model
 
 
+def _padded_collator(collator: Any) -> Any:
+    """The precompute pass reads `(2B, L)` rows: under `padding_free` it collates padded (its batches are sorted by
+    length, so they hold little padding) with the same truncation; the stored values are then scattered into the
+    packed layout at training time."""
+    if getattr(collator, "padding_free", False):
+        return dataclasses.replace(collator, padding_free=False)
+    return collator
+
+
 def _write_arrow(path: Path, columns: dict[str, Any]) -> None:
     table = pa.table(columns)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
@@ -232,7 +242,7 @@ def precompute_reference_columns(trainer: Any, dataset: Dataset, name: str, batc
                disable=not acc.is_local_main_process or bool(os.environ.get("TQDM_DISABLE", "")))
     with bar:
         ids = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])  # not the masks and texts
-        values = compute_completion_logps(forward, ids, range(lo, hi), trainer.data_collator,
+        values = compute_completion_logps(forward, ids, range(lo, hi), _padded_collator(trainer.data_collator),
                                           batch_size=batch_size, device=acc.device, progress=bar)
     pa_type = pa.list_(pa.float16() if identity["dtype"] == "float16" else pa.float32())
     np_dtype = STORAGE_DTYPES[identity["dtype"]]
