@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +22,7 @@ from bmc_data.tokens.ref_logps import (
 )
 from bmc_train import BMCConfig, BMCTrainer
 from bmc_train.testing import build_tiny_model, qa_bridged_rows, read_qa_rows
+from launch import accelerate_launch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_QA = REPO.parent / "shared" / "data" / "qa" / "ecqa-train.jsonl"
@@ -221,13 +219,8 @@ def test_reference_free_loss_types_refuse_precompute(tmp_path, loss_type):
 def test_two_processes_compute_every_row_once_and_match_one_process(tmp_path, tiny_model, pairs):
     data = tmp_path / "pairs.parquet"
     pairs.to_parquet(str(data))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true"}
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "29613", str(REPO / "tests" / "ref_logps_ddp.py"),
-           str(tiny_model), str(data), str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = accelerate_launch(REPO / "tests" / "ref_logps_ddp.py", str(tiny_model), str(data), str(out))
     assert proc.returncode == 0, proc.stderr[-4000:]
     counts = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [c["world"] for c in counts] == [2, 2]
