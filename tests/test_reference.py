@@ -60,6 +60,8 @@ def _config(tmp_path, **kwargs) -> BMCConfig:
         precompute_ref_dtype="float32", precompute_ref_batch_size=5,
     )
     defaults.update(kwargs)
+    if not defaults.get("precompute_ref_log_probs"):
+        del defaults["precompute_ref_batch_size"]  # refused without a precompute pass (it would be ignored)
     return BMCConfig(**defaults)
 
 
