@@ -124,6 +124,7 @@ def unused_bmc_options(config: Any) -> list[str]:
     unused = []
     for name in sorted(knobs & own):
         reads = _TRAINER_READS[name](spec) if name in _TRAINER_READS else name in spec.params.values()
-        if not reads and _changed(config, name):
+        resolved_default = name == "ipo_tau" and config.ipo_tau == config.beta  # unset ipo_tau becomes beta
+        if not reads and _changed(config, name) and not resolved_default:
             unused.append(name)
     return unused

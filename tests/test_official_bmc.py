@@ -250,3 +250,26 @@ def test_gammapo_simpo_queue_sample_matches_official_at_small_tau():
     gaps = 10.0 * (pc.mean(1) - pr.mean(1))
     gamma = _official_solver(torch.tensor(sampled + gaps.tolist()), gamma0=4.0, tau=0.2)[-4:]
     assert torch.allclose(out.losses, -F.logsigmoid(gaps - gamma), atol=1e-9)
+
+
+def test_repo_and_madpo_equal_their_official_code():
+    from bmc_train.losses import madpo_loss, repo_loss
+
+    g = torch.Generator().manual_seed(9)
+    pc, pr, rc, rr = (-torch.rand(4, 6, generator=g) * 3 for _ in range(4))
+    m = torch.ones(4, 6, dtype=torch.bool)
+    # junkangwu/RePO@79cdf5b, simpo_trainer.get_batch_loss_metrics, loss_type "repo" (length_norm inputs)
+    pi_logratios = pc.mean(1) - pr.mean(1)
+    official_repo = F.relu(-(pi_logratios - 0.6))
+    ours = repo_loss(pc, pr, None, None, None, None, m, m, gamma=0.6, delta=None)
+    assert torch.allclose(ours.losses, official_repo, atol=1e-12)
+    # sirano1004/Margin-Apative-Direct-Preference-Optimization@306779b, MADPOLoss.forward with choices = 0 (y1 chosen)
+    beta, c_max, c_min, lmbda, tau = 0.1, 2.0, 0.5, 1.0, 6.907
+    margin = torch.tensor([-8.0, 0.3, 4.0, 12.0])
+    coef = c_min + (c_max - c_min) / (1 + (c_max - 1) / (1 - c_min) * torch.exp(lmbda * (margin.abs() - tau)))
+    w1 = torch.sigmoid(coef * margin) / torch.sigmoid(margin) * (margin > -tau) + 1 * (margin <= -tau)
+    logits = torch.stack([beta * (pc.sum(1) - rc.sum(1)), beta * (pr.sum(1) - rr.sum(1))], dim=1)
+    official_madpo = F.cross_entropy(logits, torch.zeros(4, dtype=torch.long), reduction="none") * w1
+    ours = madpo_loss(pc, pr, rc, rr, None, None, m, m, reward_margin=margin, beta=beta, c_max=c_max, c_min=c_min,
+                      lam=lmbda, tau=tau, delta=None)
+    assert torch.allclose(ours.losses, official_madpo, atol=1e-12)
