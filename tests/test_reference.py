@@ -255,3 +255,30 @@ def test_weights_fingerprint_of_a_large_tensor_and_of_peft_wrapping():
     wrapped.base_model.model.layer.base_layer = plain.layer
     wrapped.base_model.model.layer.lora_A = torch.nn.Linear(2, 1)  # adapter: not part of the reference
     assert weights_fingerprint(wrapped) == weights_fingerprint(plain)
+
+
+def test_peft_reference_rule_is_one_copy_live_and_precompute(tmp_path, tiny_model, pairs):
+    """The rule `reference = adapter-disabled policy (or its `ref` adapter)` lives in
+    `bmc_train.reference.peft_reference_context`, used by the live pass and the precompute pass alike."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from bmc_train.reference import peft_reference_context
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    trainer = BMCTrainer(model=model, args=_config(tmp_path), train_dataset=pairs, peft_config=lora)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    live = trainer._reference_per_token_logps(kwargs, labels)
+    with torch.no_grad():
+        logits = base(**kwargs).logits[:, :-1].log_softmax(-1)
+    expected = logits.gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels[:, 1:] != -100)
+    assert torch.allclose(live, expected, atol=1e-5)  # the base model: the adapter is off
+    with torch.no_grad():
+        policy = trainer.model(**kwargs, labels=labels, fused_lm_head=True).log_probs
+    assert not torch.allclose(policy, live, atol=1e-4)  # ... and the policy is not (init_lora_weights=False)
+    with peft_reference_context(trainer), torch.no_grad():  # the same rule, the context the precompute uses
+        assert torch.allclose(trainer.model(**kwargs, labels=labels, fused_lm_head=True).log_probs, live, atol=1e-6)
