@@ -91,6 +91,9 @@ class BMCConfig(DPOConfig):
         ignore_stopwords (`bool`, defaults to `False`):
             When the trainer computes diff masks itself, never mark English stopword tokens (the official BMC code
             does this; the paper does not mention it). Masks already stored in the dataset are used as they are.
+        padding_free (`bool`, defaults to `False`):
+            TRL's option, implemented here for every objective: each batch is packed into one row without padding and
+            unpacked into rows after the forward (`bmc_train.packing`), so no padding is computed.
         precompute_ref_log_probs (`bool`, defaults to `False`):
             TRL's option, here per token: one no-grad reference pass before training stores every completion
             token's reference log-prob as dataset columns (cached on disk), and the reference model is released, so
@@ -117,6 +120,15 @@ class BMCConfig(DPOConfig):
     beta: float = field(
         default=0.05,
         metadata={"help": "β, the KL strength / reward scale (paper: 0.05 for QA and math, 0.01 for instructions)."},
+    )
+
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack each batch's [chosen; rejected] rows into one row without padding (position_ids, no "
+            "attention mask), for every BMC objective; implemented by BMCTrainer (TRL 1.16's DPOTrainer turns it "
+            "off). Any attention implementation that reads position_ids: flash-attention 2/3, SDPA, eager."
+        },
     )
 
     # BMC
