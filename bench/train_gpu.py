@@ -114,8 +114,8 @@ def pairs(n: int, max_length: int, seed: int = 0) -> list[dict]:
 
 
 def variable_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Pairs with real lengths: ECQA (problem, solution) and AlpacaEval (instruction, output), alternating; the
-    rejected response is the chosen one with 5% of its words replaced."""
+    """Pairs with real lengths: ECQA (problem, solution) and AlpacaEval (instruction, output), alternating, each drawn
+    at random from its file; the rejected response is the chosen one with 5% of its words replaced."""
     import random
 
     rng = random.Random(seed)
@@ -123,8 +123,8 @@ def variable_pairs(n: int, seed: int = 0) -> list[dict]:
     alpaca = json.loads((SHARED / "instruction" / "alpaca_eval.json").read_text())
     rows = []
     for i in range(n):
-        prompt, chosen = ((qa[i // 2]["problem"], qa[i // 2]["solution"]) if i % 2 == 0
-                          else (alpaca[i // 2]["instruction"], alpaca[i // 2]["output"]))
+        row = rng.choice(qa) if i % 2 == 0 else rng.choice(alpaca)  # sampled: the datasets' length distributions
+        prompt, chosen = (row["problem"], row["solution"]) if i % 2 == 0 else (row["instruction"], row["output"])
         words = chosen.split()
         other = list(words)
         for j in rng.sample(range(len(words)), max(1, len(words) // 20)):
