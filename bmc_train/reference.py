@@ -68,7 +68,7 @@ REF_PER_TOKEN = "ref_per_token_logps"  # the collated (2B, L-1) tensor; not a mo
 def sampled_trl_weights_hash():
     """While TRL's `DPOTrainer.__init__` runs: its `hash_module` (every weight copied to CPU and hashed: tens of seconds
     for a 7B model, and unused here, where the cache key has its own fingerprint) becomes `weights_fingerprint`."""
-    import trl.trainer.dpo_trainer as dpo_trainer
+    from trl.trainer import dpo_trainer
 
     original = dpo_trainer.hash_module
     dpo_trainer.hash_module = weights_fingerprint

@@ -36,7 +36,11 @@ from bmc_data.tokens.ref_logps import REF_CHOSEN_TOKEN_LOGPS, REF_REJECTED_TOKEN
 
 from .collator import DIFF_MASK, DataCollatorForBMC
 from .config import BMCConfig
-from .dataset_columns import check_batch_input_columns, compute_diff_mask_columns, use_original_chosen
+from .dataset_columns import (
+    check_batch_input_columns,
+    compute_diff_mask_columns,
+    use_original_chosen,
+)
 from .losses import PairLogps, compute_preference_loss, get_loss_type
 from .margin_queue import GapQueue, GapQueueCallback
 from .metrics import BMCMetricsMixin

@@ -190,7 +190,7 @@ class SimplePair:
 
 
 def test_simpo_and_amapo_label_smoothing_follow_their_official_code():
-    logits, _, labels, diff = _official_batch(5)
+    logits, _, labels, _ = _official_batch(5)
     policy, mask, lengths = _get_batch_logps(logits, labels)
     avg = (policy * mask).sum(-1) / lengths
     pc, pr = avg.split(B)
@@ -219,7 +219,7 @@ def _official_solver(reward_gaps, *, gamma0, tau, eps=1e-10):
     for _ in range(20):
         gamma = gamma0 * batch_size * p
         gamma_grad = gamma0 * batch_size
-        KL_grad = tau * (1 + torch.log(batch_size * (p + eps)))  # noqa: N806
+        KL_grad = tau * (1 + torch.log(batch_size * (p + eps)))
         p_grad = KL_grad + gamma_grad / (1 + torch.exp(reward_gaps - gamma)) / batch_size
         exp_grad = torch.exp(-p_lr * p_grad)
         p = p * exp_grad / torch.sum(p * exp_grad)

@@ -66,13 +66,13 @@ def _loss_and_grads(trainer, rows):
 
 # every objective family in its BMC-weighted form (the plain types are the same functions with λ = 1), the paper's
 # and the official reference weights, a precomputed reference, and γ-SimPO with its queue
-CASES = [dict(loss_type=t) for t in ("bmc", "ipo_bmc", "rdpo_bmc", "simpo_bmc", "orpo_bmc", "figa", "bpo_bmc",
+CASES = [{"loss_type": t} for t in ("bmc", "ipo_bmc", "rdpo_bmc", "simpo_bmc", "orpo_bmc", "figa", "bpo_bmc",
                                      "bpo_hinge_bmc", "gammapo_bmc", "amapo_bmc", "repo_bmc", "madpo_bmc", "dpo")]
-CASES += [dict(loss_type="gammapo_simpo_bmc", gammapo_queue_size=64),
-          dict(loss_type="bmc", bmc_reference_weights="reference"),
-          dict(loss_type="bmc", precompute_ref_log_probs=True, precompute_ref_dtype="float32"),
-          dict(loss_type="rdpo_bmc", precompute_ref_log_probs=True, precompute_ref_dtype="float32",
-               bmc_reference_weights="reference")]
+CASES += [{"loss_type": "gammapo_simpo_bmc", "gammapo_queue_size": 64},
+          {"loss_type": "bmc", "bmc_reference_weights": "reference"},
+          {"loss_type": "bmc", "precompute_ref_log_probs": True, "precompute_ref_dtype": "float32"},
+          {"loss_type": "rdpo_bmc", "precompute_ref_log_probs": True, "precompute_ref_dtype": "float32",
+               "bmc_reference_weights": "reference"}]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))

@@ -18,9 +18,9 @@ from datasets import Dataset
 from bmc_train import BMCConfig, BMCTrainer
 
 CONFIGS = {
-    "live": dict(loss_type="bmc"),
-    "precomputed": dict(loss_type="bmc", precompute_ref_log_probs=True, precompute_ref_dtype="float32"),
-    "gammapo": dict(loss_type="gammapo_simpo_bmc", gammapo_simpo_beta=2.0),
+    "live": {"loss_type": "bmc"},
+    "precomputed": {"loss_type": "bmc", "precompute_ref_log_probs": True, "precompute_ref_dtype": "float32"},
+    "gammapo": {"loss_type": "gammapo_simpo_bmc", "gammapo_simpo_beta": 2.0},
 }
 
 

@@ -4,7 +4,6 @@ adaptive margin on SimPO's reference-free margin (docs/related-objectives.md).""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .batch import PairLogps, PreferenceLossOutput, objective, smoothed_logistic
 

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from .batch import PairLogps, PreferenceLossOutput, objective
 
-
 OFFICIAL_EPS = 1e-10  # `self.eps` of the official solver: log(B (p + ε)) in the KL gradient
 
 
