@@ -102,8 +102,9 @@ def refuse_unused_options(config: Any) -> None:
             refuse(name, "it only applies with sync_ref_model=True, so it would be ignored")
     unused = unused_bmc_options(config)
     if unused:
-        logger.warning("loss_type=%r does not read %s: %s has no effect", loss_type,
-                       ", ".join(f"{n}={getattr(config, n)!r}" for n in unused), "it" if len(unused) == 1 else "they")
+        logger.warning("loss_type=%r does not read %s: %s no effect", loss_type,
+                       ", ".join(f"{n}={getattr(config, n)!r}" for n in unused),
+                       "it has" if len(unused) == 1 else "they have")
 
 
 # BMC hyperparameters read through the trainer rather than through `LossTypeSpec.params`
