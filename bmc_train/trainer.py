@@ -99,6 +99,10 @@ class BMCTrainer(BMCMetricsMixin, DPOTrainer):
         finally:
             args.padding_free = padding_free
         self.padding_free = padding_free
+        if padding_free and is_peft_model(self.model) and getattr(
+                self.accelerator.unwrap_model(self.model).active_peft_config, "is_prompt_learning", False):
+            raise ValueError("padding_free=True with a prompt-learning PEFT adapter: its virtual tokens are prepended "
+                             "to every row, which a packed row cannot hold; set padding_free=False")
         if self._is_vision_dataset:
             raise NotImplementedError("BMCTrainer does not support vision datasets")
         if type(self.data_collator) is DataCollatorForPreference:  # TRL's default: add the diff mask to it
