@@ -8,6 +8,11 @@ bridge every pair (LLM calls are cached under --cache-dir, so an interrupted run
 add the BMC diff masks for --tokenizer, compute edit-distance statistics and plots, write a Hub-ready folder
 (parquet shards, README.md dataset card, bmc_manifest.json) to --out and push it in one commit unless --no-push.
 
+bmc replaces or removes only the files it wrote (listed in bmc_files.json, in --out and in the repo), and only while
+unchanged. Another file at README.md, bmc_manifest.json, report.html or under data/, figures/, report_files/ is
+refused before any LLM call unless --overwrite; nothing else in --out is read, pushed or touched. A README.md on the
+Hub that bmc did not write is kept and the card merged into it. One run at a time per --out (--out/.bmc.lock).
+
 The Hub token comes from HF_TOKEN or `hf auth login`; it is never printed. Exit codes (docs/errors.md): 0 ok;
 2 bad option, credential or input (checked before any LLM call); 3 stopped by a systemic failure (refused
 connection, rejected key, unknown model); 4 every pair failed (nothing written or pushed); 1 anything else.
@@ -112,8 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the edit-distance statistics and plots (faster; the card says they were not computed)")
     out.add_argument("--max-shard-size", type=positive_int, default=500,
                      help="max MB of data per parquet shard (default: %(default)s)")
+    out.add_argument("--review", default=None, metavar="FILE",
+                     help="decisions exported from the review page (JSONL): drop rows marked drop, add "
+                          "bmc_review_decision / bmc_review_note; rows are counted as the page counts them")
     out.add_argument("--no-report", action="store_true",
                      help="do not write the review page (report.html + report_files/, see bmc_data.report)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace files bmc did not write (or that changed since) at the paths it writes, in --out "
+                          "and in the repo; without it they are refused before any call. Other files are never "
+                          "deleted")
     add_logging_args(parser)
     return parser
 
@@ -148,6 +160,10 @@ def check_args(args: argparse.Namespace) -> None:
     check_provider_args(args)
     if args.out is None:
         check_folder_arg(str(_default_out(args)), "--out (default)")
+    if args.review:  # a missing or malformed decisions file fails before any paid call
+        from .pairs.review import read_decisions
+
+        read_decisions(args.review)
 
 
 def _default_out(args: argparse.Namespace) -> Path:
@@ -191,12 +207,32 @@ def _check_test_size(test_size: float | int | None, rows: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    from .bridging.bridge import bridge_dataset
-    from .hub.push import push_bridged
-    from .hub.save import card_edit_distances, save_bridged
+    from .hub import save
+    from .outputs import check_free, folder_lock
+    from .report.page import report_scope
 
     repo_name = (args.repo or "bmc-dataset").split("/")[-1]
     out = Path(args.out) if args.out else _default_out(args)
+    scopes = {save.WRITER: save.SCOPE}
+    if not args.no_report:
+        writer, scope = report_scope(out / REPORT)
+        scopes[writer] = scope
+    with folder_lock(out):  # one run per --out, and what is in the way refused, before any paid call
+        check_free(out, scopes, overwrite=args.overwrite)
+        if not args.no_push:  # and what is in the way in the repo
+            from .hub.push import check_remote_free
+
+            check_remote_free(args.repo, scopes, overwrite=args.overwrite)
+        return _publish(args, out, repo_name)
+
+
+REPORT = "report.html"
+
+
+def _publish(args: argparse.Namespace, out: Path, repo_name: str) -> int:
+    from .bridging.bridge import bridge_dataset
+    from .hub.push import push_bridged
+    from .hub.save import card_edit_distances, save_bridged
     from .providers.cache import default_cache_dir
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()  # one cache with `bridge`
@@ -228,6 +264,12 @@ def run(args: argparse.Namespace) -> int:
         from .tokens.masks import add_diff_masks
 
         dataset = add_diff_masks(dataset, tokenizer)
+    review = None
+    if args.review:  # row numbers are the page's: all statuses, in source order, as bridge_dataset returns them
+        from .pairs.review import apply_review
+
+        dataset, review = apply_review(dataset, args.review, return_review=True)
+        print(review.headline())
     identity = dict(provider.identity()) if provider is not None and hasattr(provider, "identity") else {}
     if args.base_url:  # without credentials (userinfo, ?api_key=...)
         from .redaction import public_url
@@ -246,20 +288,23 @@ def run(args: argparse.Namespace) -> int:
             dataset, out, repo_id=args.repo or repo_name, source=f"{args.source} (split {split})", license=license_,
             provider_info=identity, test_size=args.test_size, seed=args.seed,
             max_shard_size=args.max_shard_size * 1024 * 1024, stats_table=stats_table, plot_paths=plots,
-            stats=not args.no_stats, report_path=None if args.no_report else "report.html",
+            stats=not args.no_stats, report_path=None if args.no_report else REPORT, overwrite=args.overwrite,
+            review=review.counts() if review else None,
+            extra_manifest={"review": review.counts()} if review else None,
         )
     if not args.no_report:
         from .report.page import render_report
 
-        render_report(with_stats, out / "report.html", tokenizer=tokenizer, source=f"{args.source} (split {split})",
-                      progress=not args.quiet)
+        render_report(with_stats, out / REPORT, tokenizer=tokenizer, source=f"{args.source} (split {split})",
+                      progress=not args.quiet, overwrite=args.overwrite)
     print(summary.headline())
     print(f"wrote {out}/ (README.md, bmc_manifest.json, data/" + ("" if args.no_report else ", report.html") + ")")
     if args.no_push:
         print("not pushed (--no-push)")
         return EXIT_OK
     try:
-        result = push_bridged(out, args.repo, private=args.private, commit_message=args.commit_message)
+        result = push_bridged(out, args.repo, private=args.private, commit_message=args.commit_message,
+                              overwrite=args.overwrite)
     except Exception as error:  # huggingface_hub's HTTP errors carry the response
         status = getattr(getattr(error, "response", None), "status_code", None)
         if status in (401, 403):
@@ -268,6 +313,9 @@ def run(args: argparse.Namespace) -> int:
                 f"HF_TOKEN to a token with write access, then rerun the same command (the folder {out}/ is written "
                 "and the LLM calls are cached)") from None
         raise
+    if result.readme_merged:
+        print(f"README.md on {result.repo_id} was not written by bmc: kept, with the card merged between "
+              "<!-- bmc:begin --> and <!-- bmc:end -->")
     if result.created_commit:
         print(f"pushed to {result.repo_id}: {len(result.uploaded)} file(s) changed, {len(result.deleted)} deleted, "
               f"commit {result.commit_oid}")

@@ -55,6 +55,14 @@ class BMCScriptArguments:
             "(default: the bridged pairs). 'all' keeps every row, e.g. to train plain DPO on the original pairs."
         },
     )
+    review: str | None = field(
+        default=None,
+        metadata={
+            "help": "Decisions exported from the review page (JSONL, bmc_data.apply_review): rows marked drop are "
+            "left out before training. A data file is matched row by row (the page's row numbers); a folder or Hub "
+            "dataset by `id`."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on at most this many rows (after filtering), for quick runs."}
     )
@@ -315,6 +323,16 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
     eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
     # Data first: a bad dataset fails here, before minutes of model loading
     dataset = load_preference_dataset(script_args.dataset_name, script_args.dataset_config)
+
+    if script_args.review and script_args.dataset_train_split in dataset:  # split() names a missing one
+        from bmc_data.pairs.review import apply_review
+
+        # a data file is what the page showed, row for row; a folder or Hub dataset holds the rows in configs
+        # and splits the page concatenated, so there the decisions are matched by id
+        by = "row" if Path(script_args.dataset_name).expanduser().is_file() else "id"
+        train_split = script_args.dataset_train_split
+        dataset[train_split], review = apply_review(dataset[train_split], script_args.review, by=by, return_review=True)
+        logger.info("--review %s: %s", script_args.review, review.headline())
 
     def split(name: str, max_rows: int | None):
         if name not in dataset:

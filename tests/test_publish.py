@@ -222,3 +222,29 @@ def test_edit_distances_are_computed_once_for_the_card_figures_and_page(tmp_path
     index, _ = read_chunks(out / "report_files")
     assert index["eb"] == [levenshtein_distance(r["chosen"].split(), r["rejected"].split()) for r in rows]
     assert all(a < b for a, b, s in zip(index["ea"], index["eb"], index["st"]) if index["statuses"][s] == "bridged")
+
+
+def test_review_file_drops_rows_and_the_card_says_so(env, tmp_path, llm):
+    source = ultrafeedback_sample(tmp_path / "uf.jsonl", n=6)
+    missing = run_cli(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor-model",
+                       "--base-url", llm.openai_base_url, "--out", str(tmp_path / "x"), "--review",
+                       str(tmp_path / "no-such.jsonl"), "--quiet"], env)
+    assert missing.returncode == 2 and "no-such.jsonl: no such decisions file" in missing.stderr
+    assert not llm.requests and not (tmp_path / "x").exists()  # checked before any paid call
+    decisions = tmp_path / "decisions.jsonl"
+    decisions.write_text('{"row": 0, "decision": "drop", "note": "off topic"}\n'
+                         '{"row": 1, "decision": "keep", "note": ""}\n'
+                         '{"row": 2, "decision": "flag", "note": "check the numbers"}\n')
+    out = tmp_path / "out"
+    proc = run_cli(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor-model",
+                    "--base-url", llm.openai_base_url, "--out", str(out), "--no-stats", "--review", str(decisions),
+                    "--quiet"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "review: 3 of 6 rows reviewed (1 keep, 1 drop, 1 flag); 1 dropped" in proc.stdout
+    manifest = json.loads((out / "bmc_manifest.json").read_text())
+    assert manifest["rows"] == 5 and manifest["review"] == {"rows": 6, "reviewed": 3, "keep": 1, "drop": 1, "flag": 1}
+    assert "Human review: 3 of 6 rows reviewed" in (out / "README.md").read_text()
+    rows = [r for config in ("default", "filtered", "failed") for r in
+            (datasets.load_dataset(str(out), config, split="train", cache_dir=str(tmp_path / "c"))
+             if (out / "data" / config).is_dir() else [])]
+    assert len(rows) == 5 and sorted(r["bmc_review_note"] for r in rows) == ["", "", "", "", "check the numbers"]
