@@ -11,7 +11,14 @@ Configurations:
   trl_pre     trl.DPOTrainer, precompute_ref_log_probs=True (one summed reference log-prob per response)
   bmc_live    BMCTrainer loss_type=bmc (DPO-BMC), live reference model
   bmc_pre     BMCTrainer loss_type=bmc, precompute_ref_log_probs=True (per-token reference log-probs)
+  bmc_live_pf bmc_live with padding_free=True (one packed row per batch, no padding computed)
+  bmc_pre_pf  bmc_pre with padding_free=True
   equality    not timed: loss and gradients of bmc_live vs bmc_pre on one batch, same weights, in --dtype
+--lengths variable replaces the fixed-length pairs with real length distributions: ECQA problems and solutions
+(/work/shared/data/qa, short) interleaved with AlpacaEval instructions and reference outputs
+(/work/shared/data/instruction, up to ~600 words), rejected = chosen with 5% of its words replaced, truncated at
+--max-length. Tokens computed per step (the model's input positions, padding included) and real tokens per step are
+measured from the collated batches; tokens/s counts real tokens.
 
 Per configuration: median step time after warm-up (synchronised), tokens/s (2·B·L per step), MFU = model FLOPs
 executed per second / the device's dense bf16 peak (policy forward+backward 6·N·T plus attention, and a 2·N·T
@@ -41,7 +48,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = ("trl_live", "trl_pre", "bmc_live", "bmc_pre")
+CONFIGS = ("trl_live", "trl_pre", "bmc_live", "bmc_pre", "bmc_live_pf", "bmc_pre_pf")
+SHARED = REPO.parent / "shared" / "data"
 SHAPES = {  # LlamaConfig fields; SmolLM2's published shapes (tied embeddings)
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2),
@@ -105,6 +113,26 @@ def pairs(n: int, max_length: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def variable_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Pairs with real lengths: ECQA (problem, solution) and AlpacaEval (instruction, output), alternating, each drawn
+    at random from its file; the rejected response is the chosen one with 5% of its words replaced."""
+    import random
+
+    rng = random.Random(seed)
+    qa = [json.loads(line) for line in (SHARED / "qa" / "ecqa-train.jsonl").read_text().splitlines() if line]
+    alpaca = json.loads((SHARED / "instruction" / "alpaca_eval.json").read_text())
+    rows = []
+    for i in range(n):
+        row = rng.choice(qa) if i % 2 == 0 else rng.choice(alpaca)  # sampled: the datasets' length distributions
+        prompt, chosen = (row["problem"], row["solution"]) if i % 2 == 0 else (row["instruction"], row["output"])
+        words = chosen.split()
+        other = list(words)
+        for j in rng.sample(range(len(words)), max(1, len(words) // 20)):
+            other[j] = rng.choice(WORDS)
+        rows.append({"prompt": prompt, "chosen": " " + " ".join(words), "rejected": " " + " ".join(other)})
+    return rows
+
+
 def build_model(shape: str, vocab: int, dtype, device: str, tok):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -146,13 +174,14 @@ def child(args: argparse.Namespace) -> None:
 
     tok = load_tokenizer(args.tokenizer)
     n_pairs = args.batch * (args.steps + args.warmup)
-    dataset = Dataset.from_list(pairs(n_pairs, args.max_length))
+    rows = variable_pairs(n_pairs) if args.lengths == "variable" else pairs(n_pairs, args.max_length)
+    dataset = Dataset.from_list(rows)
     model = build_model(args.shape, len(tok), dtype, device, tok)
     common = dict(
         output_dir=tempfile.mkdtemp(), max_steps=args.steps + args.warmup, per_device_train_batch_size=args.batch,
         learning_rate=1e-6, report_to="none", save_strategy="no", logging_steps=1, gradient_checkpointing=False,
         max_length=args.max_length, bf16=(dtype == torch.bfloat16 and cuda), disable_tqdm=True, beta=0.1, seed=0,
-        dataloader_num_workers=0, use_cpu=not cuda, precompute_ref_batch_size=args.precompute_batch,
+        dataloader_num_workers=0, use_cpu=not cuda,
     )
     timing = {"precompute_s": 0.0}
 
@@ -173,14 +202,15 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "equality":
         return equality(args, model, dataset, tok, common, BMCConfig, BMCTrainer)
 
-    live = args.child.endswith("_live")
+    live = "_live" in args.child
     ref = copy.deepcopy(model) if live else None  # what TRL would load from the policy's path
     if args.child.startswith("trl"):
-        cfg = DPOConfig(**common, precompute_ref_log_probs=not live)
+        cfg = DPOConfig(**common, precompute_ref_log_probs=not live, precompute_ref_batch_size=args.precompute_batch)
         trainer = timed(DPOTrainer)(model=model, ref_model=ref, args=cfg, train_dataset=dataset, processing_class=tok)
     else:
-        cfg = BMCConfig(**common, loss_type="bmc", warmup_steps=0, precompute_ref_log_probs=not live,
-                        precompute_ref_cache_dir=tempfile.mkdtemp())  # a fresh cache: the pass is measured
+        pre = {} if live else dict(precompute_ref_log_probs=True, precompute_ref_batch_size=args.precompute_batch,
+                                   precompute_ref_cache_dir=tempfile.mkdtemp())  # a fresh cache: the pass is measured
+        cfg = BMCConfig(**common, loss_type="bmc", warmup_steps=0, padding_free=args.child.endswith("_pf"), **pre)
         trainer = timed(BMCTrainer)(model=model, ref_model=ref, args=cfg, train_dataset=dataset, processing_class=tok)
     del ref
 
@@ -202,13 +232,24 @@ def child(args: argparse.Namespace) -> None:
 
     trainer.add_callback(Timer())
     collate = trainer.data_collator
-    trainer.data_collator = lambda rows: (lambda b: (seq_lens.append(b["input_ids"].shape[1]), b)[1])(collate(rows))
+    computed: list[int] = []
+    real: list[int] = []
+
+    def counting(rows):
+        b = collate(rows)
+        seq_lens.append(b["input_ids"].shape[1])
+        computed.append(b["input_ids"].numel())  # positions the model runs, padding included
+        real.append(int(b["attention_mask"].sum()) if "attention_mask" in b else int(b["seq_lengths"].sum()))
+        return b
+
+    trainer.data_collator = counting
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
     trainer.train()
     result = {"config": args.child, "step_s": times, "cpu_step_s": cpu_times, "seq_lens": sorted(set(seq_lens)),
+              "tokens_computed": computed[-len(times):], "tokens_real": real[-len(times):],
               "precompute_s": timing["precompute_s"], "precompute_pairs": n_pairs if not live else 0,
               "holds_reference_model": trainer.ref_model is not None}
     if cuda:
@@ -266,7 +307,8 @@ def equality(args, model, dataset, tok, common, BMCConfig, BMCTrainer) -> None:
 
 def run_child(config: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", config]
-    for key in ("shape", "steps", "warmup", "batch", "max_length", "threads", "dtype", "tokenizer", "precompute_batch"):
+    for key in ("shape", "steps", "warmup", "batch", "max_length", "threads", "dtype", "tokenizer", "precompute_batch",
+                "lengths"):
         value = getattr(args, key)
         if value is not None:
             cmd += [f"--{key.replace('_', '-')}", str(value)]
@@ -299,6 +341,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="pairs per step")
     parser.add_argument("--precompute-batch", type=int, default=None, help="precompute_ref_batch_size (default: batch)")
     parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--lengths", default="fixed", choices=("fixed", "variable"),
+                        help="fixed: every row max-length tokens; variable: ECQA + AlpacaEval lengths (see above)")
     parser.add_argument("--dtype", default=None, choices=("bfloat16", "float32"),
                         help="default: bfloat16 on a GPU, float32 on CPU")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -345,7 +389,11 @@ def main() -> None:
         per_token = 3 * first["dense_flops_per_token"] + 3 * first["attn_flops_per_token"]  # fwd + bwd (2x fwd)
         if config.endswith("_live"):
             per_token += first["dense_flops_per_token"] + first["attn_flops_per_token"]  # reference forward
-        flops = per_token * tokens_per_step
+        steps_real = [sum(r["tokens_real"][args.warmup:]) / len(r["tokens_real"][args.warmup:]) for r in results]
+        steps_computed = [sum(r["tokens_computed"][args.warmup:]) / len(r["tokens_computed"][args.warmup:])
+                          for r in results]
+        real_per_step, computed_per_step = statistics.median(steps_real), statistics.median(steps_computed)
+        flops = per_token * real_per_step  # useful work: the real tokens
         mem_key = "peak_train_gib" if "peak_train_gib" in first else "peak_rss_gib"
         pre_per_pair = (statistics.median(r["precompute_s"] for r in results) / results[0]["precompute_pairs"]
                         if results[0]["precompute_pairs"] else 0.0)
@@ -354,7 +402,10 @@ def main() -> None:
             "per_run_median_step_s": [r["median_step_s"] for r in results],
             "median_cpu_step_s": statistics.median(r["median_cpu_step_s"] for r in results),
             "per_run_median_cpu_step_s": [r["median_cpu_step_s"] for r in results],
-            "tokens_per_s": tokens_per_step / step,
+            "tokens_per_s": real_per_step / step,
+            "real_tokens_per_step": real_per_step,
+            "tokens_computed_per_step": computed_per_step,
+            "padding_fraction": 1 - real_per_step / computed_per_step,
             "model_tflops_per_s": flops / step / 1e12,
             "mfu_vs_bf16_peak": (flops / step / 1e12 / peak) if peak else None,
             "peak_memory_gib": statistics.median(r[mem_key] for r in results),
@@ -384,7 +435,8 @@ def main() -> None:
         "model": {"shape": args.shape, **SHAPES[args.shape], "vocab_size": "SmolLM2 tokenizer (49152)",
                   "dense_flops_per_token_fwd": first["dense_flops_per_token"], "dtype": args.dtype,
                   "init": "random (seed 0), built in each process"},
-        "settings": {"batch_pairs": args.batch, "max_length": args.max_length, "tokens_per_step": tokens_per_step,
+        "settings": {"batch_pairs": args.batch, "max_length": args.max_length, "lengths": args.lengths,
+                     "max_tokens_per_step": tokens_per_step,
                      "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads,
                      "precompute_batch": args.precompute_batch or args.batch, "gradient_checkpointing": False,
                      "optimizer": "adamw_torch (TrainingArguments default)"},

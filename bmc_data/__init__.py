@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # Lazy attributes keep `import bmc_data` fast (no torch/transformers until used).
 _EXPORTS = {
     "bridge_dataset": "bridging.bridge", "BridgeSummary": "bridging.bridge",
+    "apply_review": "pairs.review", "review_fingerprint": "pairs.review", "ReviewMismatch": "pairs.review",
     "load_pairs": "pairs.loading", "LoadedPairs": "pairs.loading", "InvalidRowError": "pairs.loading",
     "make_pairs": "bridging.sampling",
     "PreferencePair": "pairs.schema", "Status": "pairs.schema", "Task": "pairs.schema",
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .hub.push import push_bridged
     from .hub.save import save_bridged
     from .pairs.loading import InvalidRowError, LoadedPairs, load_pairs
+    from .pairs.review import ReviewMismatch, apply_review, review_fingerprint
     from .pairs.schema import PreferencePair, Status, Task
     from .providers import get_provider
     from .report.page import render_report

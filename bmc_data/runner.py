@@ -11,16 +11,38 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from bmc_data.errors import DEBUG_ENV, EXIT_FAILURE, EXIT_INTERRUPTED, BMCError
+from bmc_data.errors import (
+    DEBUG_ENV,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    BMCError,
+    UsageError,
+)
 from bmc_data.redaction import install_log_redaction, redact
 
-__all__ = ["add_logging_args", "debug_enabled", "run_cli", "setup_logging"]
+__all__ = ["ArgumentParser", "OneLineErrors", "add_logging_args", "check_writable_folder", "debug_enabled", "run_cli", "setup_logging"]
 
 #: Libraries that log one INFO line per HTTP request: quiet unless --verbose.
 _NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic", "urllib3", "filelock")
+
+
+class OneLineErrors:
+    """For argparse parsers: a bad option or value is one line naming it and where the options are listed, not
+    a dump of every option (bmc_train's usage alone is 181 lines)."""
+
+    prog: str
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")  # type: ignore[attr-defined]
+
+
+class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """`argparse.ArgumentParser` with one-line usage errors (its subcommands' parsers too)."""
 
 
 def add_logging_args(parser: argparse.ArgumentParser) -> None:
@@ -80,3 +102,21 @@ def run_cli(main: Callable[[list[str] | None], int], argv: Sequence[str] | None 
         print(f"error: {type(error).__name__}: {first[0] if first else ''} (rerun with --debug or {DEBUG_ENV}=1 "
               "for the traceback, and please report it)", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def check_writable_folder(path: str | Path, what: str) -> None:
+    """A `UsageError` naming `what` (the flag and its value) unless bmc can write into the folder `path`: an
+    existing folder, or a new one under an existing folder. Probed with a temporary file, created and removed
+    (permission bits say nothing for root, or under /proc); the folder itself is not created here, so a run that
+    stops on a later check leaves nothing behind."""
+    nearest = Path(path).expanduser().absolute()
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise UsageError(f"{what}: {nearest} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as error:
+        raise UsageError(f"{what}: cannot write in {nearest} ({error.strerror or type(error).__name__}); "
+                         "choose a folder you can write") from None

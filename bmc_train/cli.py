@@ -6,9 +6,10 @@
 Every `BMCConfig` (i.e. `DPOConfig` / `TrainingArguments`) and `ModelConfig` option is a flag; `--config FILE.yaml`
 sets defaults that flags override (TRL's `TrlParser`). `--help` lists them all.
 
-Every option, the config file, the dataset (each row checked with bmc_data's loader) and the model path are checked
-before a model is loaded; a mistake is one line naming it, exit code 2 (docs/errors.md). `--debug` or
-`BMC_DEBUG=1` shows the full traceback.
+Every option, the config file (keys and value types), the output folder, the dataset (each row checked with
+bmc_data's loader) and the model path are checked before a model is loaded; a mistake is one line naming it, exit
+code 2 (docs/errors.md). A bare `--debug` (or `--bmc_debug`, or `BMC_DEBUG=1`) shows the full traceback of an
+error; `--debug VALUE` (e.g. `--debug underflow_overflow`) is transformers' own `debug` option, passed through.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import Any
 
 from bmc_data.errors import InputError, MissingFileError, UsageError, first_line
 from bmc_data.pairs.schema import CHOSEN, ORIGINAL_CHOSEN, PROMPT, REJECTED, STATUS
-from bmc_data.runner import run_cli
+from bmc_data.runner import OneLineErrors, check_writable_folder, run_cli
 
 logger = logging.getLogger("bmc_train")
 
+#: what `python -m bmc_data bridge --out DIR` writes beside pairs.jsonl, bridged.jsonl and the summaries
+BRIDGE_OUTPUT = "bridged.parquet"
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
@@ -52,6 +55,14 @@ class BMCScriptArguments:
             "(default: the bridged pairs). 'all' keeps every row, e.g. to train plain DPO on the original pairs."
         },
     )
+    review: str | None = field(
+        default=None,
+        metadata={
+            "help": "Decisions exported from the review page (JSONL, bmc_data.apply_review): rows marked drop are "
+            "left out before training. A data file is matched row by row (the page's row numbers); a folder or Hub "
+            "dataset by `id`."
+        },
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train on at most this many rows (after filtering), for quick runs."}
     )
@@ -62,14 +73,18 @@ def make_parser(prog: str | None = None):
 
     from .config import BMCConfig
 
-    return TrlParser(
+    class Parser(OneLineErrors, TrlParser):
+        """TRL's parser, with one-line usage errors."""
+
+    return Parser(
         (BMCScriptArguments, BMCConfig, ModelConfig),
         prog=prog or "python -m bmc_train",
         description="Train a causal LM with a BMC objective (DPO-BMC by default) on TRL's DPOTrainer. "
         "--config FILE.yaml reads any of the options below from a YAML mapping (plus an optional `env:` mapping of "
         "environment variables); flags given on the command line override it. Recipes: recipes/{qa,math,instruction}.yaml.",
         epilog="output and diagnostics (read before the options above are parsed): --quiet: warnings only; --verbose: "
-        "also every HTTP request; --debug (or BMC_DEBUG=1): the full traceback of an error. Exit codes: 0 done, "
+        "also every HTTP request; a bare --debug, --bmc_debug or BMC_DEBUG=1: the full traceback of an error "
+        "(--debug VALUE is transformers' debug option, above). Exit codes: 0 done, "
         "2 bad option/config/input, 1 a bug (docs/errors.md).",
     )
 
@@ -78,26 +93,32 @@ def load_preference_dataset(name: str, config: str | None = None):
     """A `DatasetDict` from a bmc_data folder, a data file, or a Hub id; a bad source is an `InputError`."""
     from datasets import Dataset, DatasetDict, load_dataset
 
-    from bmc_data.pairs.loading import _python_rows, looks_like_hub_id
+    from bmc_data.pairs.loading import looks_like_hub_id, read_records
 
     path = Path(name).expanduser()
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise InputError(f"--dataset_name {name}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
-        if builder == "json":  # bmc_data's reader: the line of a JSON error, the row and field of a mistyped cell
-            rows = _python_rows(str(path), split="train")
-            check_rows(rows, f"--dataset_name {name}")
+        if builder in ("json", "csv"):  # bmc_data's reader: JSON errors by line, CSV cells as written, bad cells by row
+            rows = read_records(str(path), split="train")
             try:
                 return DatasetDict({"train": Dataset.from_list(rows)})
-            except Exception as error:  # e.g. an extra column whose type differs between rows
-                raise InputError(f"--dataset_name {name}: cannot build a table from its rows: {first_line(error)}") from None
+            except Exception as error:  # a cell whose type differs between rows; select_rows checks the rest
+                where = f"--dataset_name {name}"
+                _checked_pairs(rows, where)  # names the row and field when one of ours is mistyped
+                raise InputError(f"{where}: cannot build a table from its rows: {first_line(error)}") from None
         try:
             return load_dataset(builder, data_files={"train": str(path)})
         except Exception as error:
             raise InputError(f"--dataset_name {name}: cannot read it as {builder}: {first_line(error)}") from None
     if not path.is_dir() and not looks_like_hub_id(name):
         raise MissingFileError(f"--dataset_name {name}: no such file or folder")
+    if (path / BRIDGE_OUTPUT).is_file():  # a `python -m bmc_data bridge --out` folder: its table, not every file in it
+        try:
+            return load_dataset("parquet", data_files={"train": str(path / BRIDGE_OUTPUT)})
+        except Exception as error:
+            raise InputError(f"--dataset_name {name}: cannot read {BRIDGE_OUTPUT}: {first_line(error)}") from None
     try:
         return load_dataset(name, name=config)
     except Exception as error:
@@ -108,6 +129,16 @@ def check_rows(rows, where: str, *, use_original_chosen: bool = False) -> None:
     """Every row through bmc_data's loader (the same checks as bridging) before TRL sees it: a wrong type or a
     missing field is an `InputError` naming the row and the field; pairs with chosen == rejected are counted in one
     warning (they carry no preference)."""
+    pairs = _checked_pairs(rows, where, use_original_chosen=use_original_chosen)
+    same = sum(1 for p in pairs if p.chosen.strip() == p.rejected.strip())
+    if same:
+        logger.warning("%s: %d of %d row(s) have chosen == rejected: they carry no preference signal", where, same,
+                       len(pairs))
+
+
+def _checked_pairs(rows, where: str, *, use_original_chosen: bool = False) -> list:
+    """The rows' preference pairs (none when a whole column is missing: select_rows names it), or an `InputError`
+    naming `where`, the row and the field."""
     from bmc_data.pairs.loading import load_pairs
 
     columns = [PROMPT, CHOSEN, REJECTED] + ([ORIGINAL_CHOSEN] if use_original_chosen else [])
@@ -115,20 +146,14 @@ def check_rows(rows, where: str, *, use_original_chosen: bool = False) -> None:
         present = [c for c in columns if c in rows.column_names]
         rows = rows.select_columns(present).to_list()
     rows = [{k: r.get(k) for k in columns if k in r} for r in rows]
-    if any(all(c not in r for r in rows) for c in columns):
-        return  # a whole column is missing: select_rows names it
+    if not rows or any(all(c not in r for r in rows) for c in columns):
+        return []
     if use_original_chosen:
         rows = [{**r, CHOSEN: r.get(ORIGINAL_CHOSEN)} for r in rows]
-    if not rows:
-        return
     try:
-        pairs = load_pairs(rows, layout="auto")
+        return load_pairs(rows, layout="auto").pairs
     except InputError as error:
         raise InputError(f"{where}: {error}") from None
-    same = sum(1 for p in pairs if p.chosen.strip() == p.rejected.strip())
-    if same:
-        logger.warning("%s: %d of %d row(s) have chosen == rejected: they carry no preference signal", where, same,
-                       len(pairs))
 
 
 def check_model_path(name: str) -> None:
@@ -141,7 +166,8 @@ def check_model_path(name: str) -> None:
 
 
 def check_config_file(argv: Sequence[str], parser) -> None:
-    """`--config FILE`: it exists, is a YAML mapping, and every key is an option (checked before TRL reads it)."""
+    """`--config FILE`: it exists, is a YAML mapping, every key is an option and every value has the option's type
+    (checked before TRL reads it)."""
     import yaml
 
     args = list(argv)
@@ -168,6 +194,37 @@ def check_config_file(argv: Sequence[str], parser) -> None:
     if unknown:
         raise UsageError(f"--config {path}: unknown key {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(
             unknown) > 1 else "") + ": not an option of python -m bmc_train (`--help` lists them)")
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in config.items():
+        if key != "env":
+            problem = _config_value_problem(actions[key], value)
+            if problem:
+                raise UsageError(f"--config {path}: key {key!r}: expected {problem}, got {value!r}")
+
+
+def _config_value_problem(action, value: Any) -> str | None:
+    """What `value` (from YAML) should have been for the option `action`, or None when it converts as a flag would.
+    TRL hands YAML values to the dataclasses unconverted, so a wrong type failed later naming neither key nor file."""
+    import argparse
+
+    kind = {float: "a float", int: "an int"}.get(action.type)
+    if getattr(action.type, "__name__", "") == "string_to_bool":
+        kind = "a bool (true or false)"
+    if action.choices is not None:
+        kind = f"one of {[str(c) for c in action.choices]}"
+    if value is None or action.type in (None, str) and action.choices is None:
+        return None  # a free-form string option (some take a dict or a list from YAML, e.g. model_init_kwargs)
+    values = value if isinstance(value, list) and action.nargs in ("+", "*") else [value]
+    for item in values:
+        if isinstance(item, (list, dict)) or (isinstance(item, bool) and action.type in (int, float)):
+            return kind or f"a single {getattr(action.type, '__name__', 'value')}"
+        try:
+            converted = action.type(item if isinstance(item, str) else str(item)) if action.type else item
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            return kind or f"a valid {getattr(action.type, '__name__', 'value')}"
+        if action.choices is not None and converted not in action.choices and str(item) not in map(str, action.choices):
+            return kind
+    return None
 
 
 def select_rows(dataset, split_label: str, *, status_filter: str, use_original_chosen: bool, max_rows: int | None,
@@ -213,6 +270,8 @@ def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(quiet="--quiet" in argv, verbose="--verbose" in argv)
     argv = [a for a in argv if a not in ("--quiet", "--verbose")]
+    # --config=FILE is --config FILE (TRL looks for the separate form only)
+    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
     parser = make_parser()
     check_config_file(argv, parser)
     try:
@@ -222,9 +281,31 @@ def _main(argv: list[str] | None) -> int:
     return train(script_args, training_args, model_args)
 
 
+def split_debug_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """(argv for TrlParser, whether bmc shows tracebacks). transformers has a `--debug` option with values
+    (`underflow_overflow`, `tpu_metrics_debug`): `--debug VALUE` is that one, passed on as `--debug=VALUE`; a bare
+    `--debug`, or `--bmc_debug`, is bmc's traceback flag."""
+    args, traceback, i = [], False, 0
+    argv = list(argv)
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--bmc_debug":
+            traceback = True
+        elif arg == "--debug" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            args.append(f"--debug={argv[i + 1]}")
+            i += 1
+        elif arg == "--debug":
+            traceback = True
+        else:
+            args.append(arg)
+        i += 1
+    return args, traceback
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m bmc_train ...`: the exit code; every failure is one line on stderr (`--debug`: traceback)."""
-    return run_cli(_main, None if argv is None else list(argv))
+    args, traceback = split_debug_flag(sys.argv[1:] if argv is None else argv)
+    return run_cli(_main, args + (["--debug"] if traceback else []))
 
 
 def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) -> int:
@@ -236,26 +317,36 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
         raise UsageError("--model_name_or_path is required")
     if script_args.max_train_samples is not None and script_args.max_train_samples < 1:
         raise UsageError(f"--max_train_samples must be >= 1, got {script_args.max_train_samples}")
+    output_dir = training_args.output_dir
+    if output_dir:
+        check_writable_folder(output_dir, f"--output_dir {output_dir}")
+    eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
     # Data first: a bad dataset fails here, before minutes of model loading
     dataset = load_preference_dataset(script_args.dataset_name, script_args.dataset_config)
-    if script_args.dataset_train_split not in dataset:
-        raise InputError(f"--dataset_name {script_args.dataset_name}: split {script_args.dataset_train_split!r} "
-                         f"not in {list(dataset)}")
-    train_dataset = select_rows(
-        dataset[script_args.dataset_train_split], script_args.dataset_train_split,
-        status_filter=script_args.status_filter, use_original_chosen=training_args.use_original_chosen,
-        max_rows=script_args.max_train_samples, loss_type=training_args.loss_type,
-    )
+
+    if script_args.review and script_args.dataset_train_split in dataset:  # split() names a missing one
+        from bmc_data.pairs.review import apply_review
+
+        # a data file is what the page showed, row for row; a folder or Hub dataset holds the rows in configs
+        # and splits the page concatenated, so there the decisions are matched by id
+        by = "row" if Path(script_args.dataset_name).expanduser().is_file() else "id"
+        train_split = script_args.dataset_train_split
+        dataset[train_split], review = apply_review(dataset[train_split], script_args.review, by=by, return_review=True)
+        logger.info("--review %s: %s", script_args.review, review.headline())
+
+    def split(name: str, max_rows: int | None):
+        if name not in dataset:
+            raise InputError(f"--dataset_name {script_args.dataset_name}: split {name!r} not in {list(dataset)}")
+        return select_rows(dataset[name], name, status_filter=script_args.status_filter, max_rows=max_rows,
+                           use_original_chosen=training_args.use_original_chosen, loss_type=training_args.loss_type)
+
+    train_dataset = split(script_args.dataset_train_split, script_args.max_train_samples)
+    if eval_strategy != "no" and not script_args.dataset_test_split:
+        raise UsageError(f"--eval_strategy {eval_strategy} needs an evaluation split: pass --dataset_test_split (the "
+                         f"dataset has {list(dataset)}), or --eval_strategy no")
     eval_dataset = None
-    if training_args.eval_strategy != "no" and script_args.dataset_test_split:
-        if script_args.dataset_test_split not in dataset:
-            raise InputError(f"--dataset_name {script_args.dataset_name}: split {script_args.dataset_test_split!r} "
-                             f"not in {list(dataset)}")
-        eval_dataset = select_rows(
-            dataset[script_args.dataset_test_split], script_args.dataset_test_split,
-            status_filter=script_args.status_filter, use_original_chosen=training_args.use_original_chosen,
-            max_rows=None, loss_type=training_args.loss_type,
-        )
+    if eval_strategy != "no" and script_args.dataset_test_split:
+        eval_dataset = split(script_args.dataset_test_split, None)
     check_model_path(model_args.model_name_or_path)
 
     model_init_kwargs = {

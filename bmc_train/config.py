@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from trl import DPOConfig
 
 from .losses import LOSS_TYPES, get_loss_type
+from .losses.batch import REFERENCE_WEIGHTS
+from .losses.xpo import FIGA_NORMALIZATIONS
+from .option_audit import refuse_unused_options
 
 __all__ = ["BMCConfig"]
-
-# TRL DPOConfig options that `BMCTrainer` does not implement (its objectives replace TRL's loss code)
-_UNSUPPORTED_DEFAULTS = {
-    "ld_alpha": None,
-    "f_divergence_type": "reverse_kl",
-    "use_weighting": False,
-    "loss_weights": None,
-}
-
 
 def _bf16_available() -> bool:
     try:
@@ -53,14 +49,23 @@ class BMCConfig(DPOConfig):
             δ, the cap on the inverse policy probability in λ = 1 + min(1/π_θ, δ) on diff tokens.
         ipo_tau (`float`, *optional*):
             τ of IPO. `None` uses `beta`, as TRL's `loss_type="ipo"` does.
-        rdpo_alpha (`float`, defaults to `0.05`):
-            α of R-DPO's length regulariser.
+        rdpo_alpha (`float`, *optional*):
+            α of R-DPO's length regulariser. `None` uses `beta`, as the official BMC code (`β·(logits − (|y_w| −
+            |y_l|))`).
         simpo_gamma (`float`, defaults to `1.0`):
             γ, SimPO's target reward margin. SimPO uses `beta` as its (large, e.g. 2.0) reward scale.
-        orpo_lambda (`float`, defaults to `0.1`):
-            λ weighting ORPO's odds-ratio term against its NLL term.
+        orpo_lambda (`float`, *optional*):
+            λ weighting ORPO's odds-ratio term against its NLL term (a token mean over the micro-batch's chosen
+            tokens). `None` uses `beta`, as the official BMC code.
         figa_alpha (`float`, defaults to `1.0`), figa_beta (`float`, defaults to `0.5`):
             FIGA's weights on added (chosen) and deleted (rejected) tokens.
+        figa_normalization (`str`, defaults to `"sum"`):
+            `"sum"`: FIGA's weighted sums over the diff tokens, as the official BMC baseline; `"diff_tokens"`: divided
+            by the pair's number of diff tokens, as FIGA's own code.
+        bmc_reference_weights (`str`, defaults to `"policy"`):
+            Whose probabilities give λ in the reference term of the `*_bmc` reference-based types: `"policy"` (the
+            paper's eq. 4: one λ per token, from π_θ) or `"reference"` (the official BMC code: λ of the reference term
+            from π_ref's own probabilities). Works with a live and with a precomputed reference.
         bpo_alpha (`float`, defaults to `0.3`):
             BPO's gap adaptor α ∈ (0, 1] in the balanced margin min(r_w, −α r_l) (official code's value).
         gammapo_gamma_beta_ratio (`float`, defaults to `0.4`), gammapo_tau (`float`, defaults to `10.0`):
@@ -73,6 +78,9 @@ class BMCConfig(DPOConfig):
         gammapo_queue_size (`int`, defaults to `2048`), gammapo_queue_sample (`int`, defaults to `256`):
             `gammapo_simpo`'s queue of recent reward gaps (trainer state, saved with checkpoints): gaps kept, and
             gaps per solve including the current batch's (official values). Queue size 0 solves in-batch.
+        gammapo_queue_from_eval (`bool`, defaults to `True`):
+            Evaluation batches also push their gaps into the queue, as the official `get_gamma_dq` does on every
+            call. `False` keeps evaluation from changing training state.
         repo_gamma (`float`, defaults to `0.6`):
             RePO's margin threshold γ in ReLU(γ − m) (official Llama-3-8B-Instruct recipe; 0.4 for Mistral).
         madpo_c_max (`float`, defaults to `2.0`), madpo_c_min (`float`, defaults to `0.5`), madpo_lambda (`float`,
@@ -85,6 +93,9 @@ class BMCConfig(DPOConfig):
         ignore_stopwords (`bool`, defaults to `False`):
             When the trainer computes diff masks itself, never mark English stopword tokens (the official BMC code
             does this; the paper does not mention it). Masks already stored in the dataset are used as they are.
+        padding_free (`bool`, defaults to `False`):
+            TRL's option, implemented here for every objective: each batch is packed into one row without padding and
+            unpacked into rows after the forward (`bmc_train.packing`), so no padding is computed.
         precompute_ref_log_probs (`bool`, defaults to `False`):
             TRL's option, here per token: one no-grad reference pass before training stores every completion
             token's reference log-prob as dataset columns (cached on disk), and the reference model is released, so
@@ -113,6 +124,15 @@ class BMCConfig(DPOConfig):
         metadata={"help": "β, the KL strength / reward scale (paper: 0.05 for QA and math, 0.01 for instructions)."},
     )
 
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack each batch's [chosen; rejected] rows into one row without padding (position_ids, no "
+            "attention mask), for every BMC objective; implemented by BMCTrainer (TRL 1.16's DPOTrainer turns it "
+            "off). Any attention implementation that reads position_ids: flash-attention 2/3, SDPA, eager."
+        },
+    )
+
     # BMC
     loss_type: str = field(  # type: ignore[assignment]  # TRL's is a list of its own loss names
         default="bmc",
@@ -126,11 +146,32 @@ class BMCConfig(DPOConfig):
         metadata={"help": "δ, the cap on 1/π_θ in the token weight λ = 1 + min(1/π_θ, δ) of diff tokens."},
     )
     ipo_tau: float | None = field(default=None, metadata={"help": "τ of IPO; unset uses `beta` (TRL's convention)."})
-    rdpo_alpha: float = field(default=0.05, metadata={"help": "α of R-DPO's length regulariser α(|y_w| − |y_l|)."})
+    rdpo_alpha: float | None = field(
+        default=None,
+        metadata={"help": "α of R-DPO's length regulariser α(|y_w| − |y_l|); unset: beta (official BMC code)."},
+    )
     simpo_gamma: float = field(default=1.0, metadata={"help": "γ, SimPO's target margin (use a large β, e.g. 2.0)."})
-    orpo_lambda: float = field(default=0.1, metadata={"help": "λ of ORPO's odds-ratio term."})
+    orpo_lambda: float | None = field(
+        default=None, metadata={"help": "λ of ORPO's odds-ratio term; unset: beta (official BMC code)."}
+    )
     figa_alpha: float = field(default=1.0, metadata={"help": "FIGA weight on added/substituted chosen tokens."})
     figa_beta: float = field(default=0.5, metadata={"help": "FIGA weight on deleted/substituted rejected tokens."})
+    figa_normalization: str = field(
+        default="sum",
+        metadata={
+            "help": "FIGA: 'sum' over diff tokens (official BMC baseline) or 'diff_tokens' (divided by their count, "
+            "FIGA's own code).",
+            "choices": list(FIGA_NORMALIZATIONS),
+        },
+    )
+    bmc_reference_weights: str = field(
+        default="policy",
+        metadata={
+            "help": "λ of the reference term: 'policy' (paper eq. 4) or 'reference' (official BMC code: from π_ref's "
+            "own probabilities).",
+            "choices": list(REFERENCE_WEIGHTS),
+        },
+    )
     # related objectives (docs/related-objectives.md); AMaPO only uses `beta`
     bpo_alpha: float = field(
         default=0.3,
@@ -157,6 +198,10 @@ class BMCConfig(DPOConfig):
     gammapo_queue_sample: int = field(
         default=256,
         metadata={"help": "gammapo_simpo: gaps per margin solve, the current batch's included (official: 256)."},
+    )
+    gammapo_queue_from_eval: bool = field(
+        default=True,
+        metadata={"help": "gammapo_simpo: evaluation batches also fill the gap queue (official code: yes)."},
     )
     repo_gamma: float = field(
         default=0.6,
@@ -207,24 +252,34 @@ class BMCConfig(DPOConfig):
         },
     )
 
+    def _check_training_numbers(self) -> None:
+        """TrainingArguments' numbers that transformers accepts and then fails on (after the model has loaded) or
+        reads as something else (max_steps 0 is "no limit": a whole epoch)."""
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(f"learning_rate must be a finite number >= 0, got {self.learning_rate}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1 (or -1 to train num_train_epochs), got {self.max_steps}")
+        if self.max_steps == -1 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(f"num_train_epochs must be a finite number > 0 (or set max_steps), got {self.num_train_epochs}")
+
     def __post_init__(self):
+        self._check_training_numbers()
         if isinstance(self.loss_type, (list, tuple)):
             if len(self.loss_type) != 1:
                 raise ValueError(f"BMCConfig takes one loss_type, got {list(self.loss_type)}")
             self.loss_type = self.loss_type[0]
         loss_type = self.loss_type
         get_loss_type(loss_type)  # clear error for an unknown name
-        for name, default in _UNSUPPORTED_DEFAULTS.items():
-            if getattr(self, name) != default:
-                raise ValueError(
-                    f"BMCTrainer does not support `{name}` (got {getattr(self, name)!r}); its objectives replace TRL's "
-                    "loss code. Use trl.DPOTrainer for it."
-                )
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
         if not (math.isfinite(self.delta) and self.delta >= 0):
             raise ValueError(f"delta must be >= 0, got {self.delta}")
         for name in ("rdpo_alpha", "simpo_gamma", "orpo_lambda", "figa_alpha", "figa_beta"):
+            if getattr(self, name) is None and name in ("rdpo_alpha", "orpo_lambda"):
+                continue  # unset: beta
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.ipo_tau is not None and not (math.isfinite(self.ipo_tau) and self.ipo_tau > 0):
@@ -247,13 +302,15 @@ class BMCConfig(DPOConfig):
                 f"MADPO needs 0 < madpo_c_min <= 1 <= madpo_c_max, madpo_tau > 0 and madpo_lambda >= 0; got "
                 f"c_min={self.madpo_c_min}, c_max={self.madpo_c_max}, tau={self.madpo_tau}, lambda={self.madpo_lambda}"
             )
+        if self.figa_normalization not in FIGA_NORMALIZATIONS:
+            raise ValueError(f"figa_normalization must be one of {list(FIGA_NORMALIZATIONS)}, got "
+                             f"{self.figa_normalization!r}")
+        if self.bmc_reference_weights not in REFERENCE_WEIGHTS:
+            raise ValueError(f"bmc_reference_weights must be one of {list(REFERENCE_WEIGHTS)}, got "
+                             f"{self.bmc_reference_weights!r}")
+        refuse_unused_options(self)
         if self.ipo_tau is None:
             self.ipo_tau = self.beta
-        if self.precompute_ref_log_probs and get_loss_type(loss_type).reference_free:
-            raise ValueError(
-                f"precompute_ref_log_probs=True with loss_type={loss_type!r}: this objective is reference-free (it "
-                "never runs a reference model), so there is nothing to precompute; set precompute_ref_log_probs=False"
-            )
         if self.precompute_ref_dtype not in ("auto", "float16", "float32"):
             raise ValueError(
                 f"precompute_ref_dtype must be 'auto', 'float16' or 'float32', got {self.precompute_ref_dtype!r}"
@@ -263,3 +320,28 @@ class BMCConfig(DPOConfig):
             self.bf16 = False
         super().__post_init__()
         self.loss_type = loss_type  # DPOConfig.__post_init__ wraps it in a list
+        if self.hub_token:
+            from bmc_data.redaction import register_secret
+
+            register_secret(self.hub_token, "--hub_token")  # masked in every log line from now on
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling keeps: the Trainer writes it to `training_args.bin` in `output_dir` and in every checkpoint,
+        and `push_to_hub` uploads those. The Hub token is left out (`None` once loaded back); in this process it
+        stays set, for the push itself."""
+        state = dict(self.__dict__)
+        if state.get("hub_token") is not None:
+            state["hub_token"] = None
+        return state
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> BMCConfig:
+        # copies made in this process (by accelerate, TRL) keep the token: only what is written leaves it out
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+    def __copy__(self) -> BMCConfig:
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone

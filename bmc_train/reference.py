@@ -19,6 +19,7 @@ the reference log-prob of every scored completion token (layout and identity in 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -51,6 +52,7 @@ from bmc_data.tokens.ref_logps import (
 __all__ = [
     "REF_PER_TOKEN",
     "cache_folder",
+    "peft_reference_context",
     "precompute_reference_columns",
     "release_reference",
     "sampled_trl_weights_hash",
@@ -66,7 +68,7 @@ REF_PER_TOKEN = "ref_per_token_logps"  # the collated (2B, L-1) tensor; not a mo
 def sampled_trl_weights_hash():
     """While TRL's `DPOTrainer.__init__` runs: its `hash_module` (every weight copied to CPU and hashed: tens of seconds
     for a 7B model, and unused here, where the cache key has its own fingerprint) becomes `weights_fingerprint`."""
-    import trl.trainer.dpo_trainer as dpo_trainer
+    from trl.trainer import dpo_trainer
 
     original = dpo_trainer.hash_module
     dpo_trainer.hash_module = weights_fingerprint
@@ -82,6 +84,16 @@ def cache_folder(args: Any) -> Path:
     import datasets.config
 
     return Path(datasets.config.HF_DATASETS_CACHE) / "bmc_ref_logps"
+
+
+def peft_reference_context(trainer: Any) -> contextlib.AbstractContextManager:
+    """The PEFT rule, in one place: with no separate reference model, π_ref is the policy with its adapter disabled
+    (or its adapter named `ref`, as in TRL). A fresh context per forward (`use_adapter` is a one-shot generator
+    context); a null context when there is a reference model or no PEFT."""
+    if trainer.ref_model is not None or not is_peft_model(trainer.model):
+        return contextlib.nullcontext()
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
 
 
 def _reference_module(trainer: Any) -> torch.nn.Module:
@@ -149,22 +161,24 @@ def _forward_fn(trainer: Any):
             trainer._precompute_engine = prepare_deepspeed(trainer.model, trainer.accelerator)
         model = trainer._precompute_engine
     model = model or trainer.model
-    peft_ref = trainer.ref_model is None and is_peft_model(trainer.model)
-
-    def adapter():  # a fresh context per batch: use_adapter is a one-shot generator context
-        if not peft_ref:
-            return contextlib.nullcontext()
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
 
     def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         kwargs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
         with (torch.no_grad(), disable_gradient_checkpointing(trainer.model, trainer.args.gradient_checkpointing_kwargs),
-              adapter(), trainer.accelerator.autocast()):
+              peft_reference_context(trainer), trainer.accelerator.autocast()):
             return model(**kwargs, labels=labels, use_cache=False, fused_lm_head=True).log_probs
 
     return forward, model
+
+
+def _padded_collator(collator: Any) -> Any:
+    """The precompute pass reads `(2B, L)` rows: under `padding_free` it collates padded (its batches are sorted by
+    length, so they hold little padding) with the same truncation; the stored values are then scattered into the
+    packed layout at training time."""
+    if getattr(collator, "padding_free", False):
+        return dataclasses.replace(collator, padding_free=False)
+    return collator
 
 
 def _write_arrow(path: Path, columns: dict[str, Any]) -> None:
@@ -228,7 +242,7 @@ def precompute_reference_columns(trainer: Any, dataset: Dataset, name: str, batc
                disable=not acc.is_local_main_process or bool(os.environ.get("TQDM_DISABLE", "")))
     with bar:
         ids = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])  # not the masks and texts
-        values = compute_completion_logps(forward, ids, range(lo, hi), trainer.data_collator,
+        values = compute_completion_logps(forward, ids, range(lo, hi), _padded_collator(trainer.data_collator),
                                           batch_size=batch_size, device=acc.device, progress=bar)
     pa_type = pa.list_(pa.float16() if identity["dtype"] == "float16" else pa.float32())
     np_dtype = STORAGE_DTYPES[identity["dtype"]]

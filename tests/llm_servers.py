@@ -287,8 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
             owner._leave()
 
     def _serve(self, owner: LLMServer, body: Any) -> None:
-        api = "openai" if self.path.rstrip("/").endswith("/chat/completions") else (
-            "anthropic" if self.path.rstrip("/").endswith("/messages") else None)
+        route = self.path.split("?", 1)[0].rstrip("/")  # the query (`?api_key=...`) is not part of the route
+        api = "openai" if route.endswith("/chat/completions") else ("anthropic" if route.endswith("/messages") else None)
         index, fault = owner._next(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
         if api is None:
             return self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})

@@ -47,3 +47,29 @@ def read_chunks(files_dir: Path) -> tuple[dict, list[dict]]:
 
 def side_text(side: dict, raw: str) -> str:
     return side["t"] if "t" in side else side.get("a", "") + raw + side.get("z", "")
+
+
+# Characters where code points, UTF-16 units and bytes disagree: surrogate pairs (emoji, math italic), combining
+# marks, ZWJ emoji sequences, CJK, right-to-left text, CRLF and tabs. Each row changes something next to them.
+UNICODE_CASES = [
+    ("emoji", "The sky 🙂 is blue today.", "The sky 🙂 is grey today."),
+    ("math italic", "Let 𝑥 = 2 and 𝑦 = 3, so 𝑥𝑦 = 6.", "Let 𝑥 = 2 and 𝑦 = 3, so 𝑥𝑦 = 5."),
+    ("combining", "Cafe\u0301 au lait, cre\u0300me brûle\u0301e.", "Cafe\u0301 noir, cre\u0300me brûle\u0301e."),
+    ("zwj", "Team: 👩‍💻 and 👨‍👩‍👧 won 🏳️‍🌈 prizes.", "Team: 👩‍💻 and 👨‍👩‍👧 lost 🏳️‍🌈 prizes."),
+    ("cjk", "数学很有趣，答案是七。", "数学很难，答案是八。"),
+    ("rtl", "مرحبا بالعالم، الجواب هو سبعة.", "مرحبا بالعالم، الجواب هو ثمانية."),
+    ("crlf", "line one\r\nline two\r\n\tindented 🙂 end", "line one\r\nline 2\r\n\tindented 🙃 end"),
+    ("mixed", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀 x\u0301 数 עברית\t🙂🙂 fin", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀 y\u0301 数 עברית\t🙃🙂 end"),
+]
+
+
+def unicode_dataset(tokenizer=None, masks: bool = True) -> datasets.Dataset:
+    """One bridged row per case in UNICODE_CASES (ỹ_w, y_l), with masks from the offline tokenizer."""
+    rows = []
+    for k, (name, chosen, rejected) in enumerate(UNICODE_CASES):
+        rows.append({schema.PROMPT: f"Case {name}: say it 🙂", schema.CHOSEN: chosen, schema.REJECTED: rejected,
+                     schema.ORIGINAL_CHOSEN: "y_w 🙂 " + chosen[:-2], schema.STATUS: "bridged",
+                     schema.REASON: "", schema.PROMPT_VERSION: "v1", schema.PROVIDER: "test", schema.MODEL: "m",
+                     schema.ID: f"u-{k}"})
+    data = datasets.Dataset.from_list(rows)
+    return with_masks(data, tokenizer or tiny_tokenizer()) if masks else data

@@ -47,3 +47,28 @@ def test_every_shared_solution_reaches_its_own_answer(shared_data):
         assert check_answer(row["answer"], gold, "math")[0]
         checked += 1
     assert checked == 1200
+
+
+@pytest.mark.parametrize("predicted,gold", [
+    ("1/2", "\\frac{1}{2}"), ("0.5", "\\dfrac{1}{2}"), ("\\frac12", "0.5"), ("1e3", "1000"), ("1.5E-3", "0.0015"),
+    ("1,000", "1000"), ("6.0", "6"), ("72 dollars", "72"), ("5 cm", "5"), ("\\$18", "18"), ("50\\%", "0.5"),
+    ("\\sqrt{2}/2", "\\frac{1}{\\sqrt{2}}"), ("x+1", "1+x"), ("-3", "−3"),
+])
+def test_math_answers_compare_by_value(predicted, gold):
+    assert answers_match(predicted, gold, "math")
+    assert check_answer(f"Some work.\nThe answer is {predicted}", gold, "math")[0]
+
+
+@pytest.mark.parametrize("predicted,gold", [
+    ("1/3", "0.33"), ("1e3", "100"), ("\\frac{1}{2}", "2"), ("72 dollars", "73"), ("x+1", "x+2"), ("7", "-7"),
+])
+def test_math_answers_that_differ_in_value_do_not_match(predicted, gold):
+    assert not answers_match(predicted, gold, "math")
+
+
+def test_one_compare_function_serves_bridging_and_sampling():
+    import bmc_data.bridging.bridge as bridge
+    import bmc_data.bridging.sampling as sampling
+    from bmc_data.pairs import answers
+
+    assert bridge.check_answer is answers.check_answer and sampling.check_answer is answers.check_answer

@@ -20,7 +20,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 MAX_LINES = 500
 GRAPH_BEGIN, GRAPH_END = "<!-- stage-graph:begin -->", "<!-- stage-graph:end -->"
-CROSS_CUTTING = {"errors", "redaction", "runner"}  # any stage may import them; left out of the picture
+CROSS_CUTTING = {"errors", "redaction", "runner", "outputs"}  # any stage may import them; left out of the picture
 LABELS = {"__main__": "python -m bmc_data", "publish": "python -m bmc_data.publish", "cli": "cli/",
           "report": "report/", "hub": "hub/", "selection": "selection/", "bridging": "bridging/",
           "providers": "providers/", "tokens": "tokens/", "pairs": "pairs/", "bmc_train": "bmc_train"}

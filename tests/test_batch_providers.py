@@ -337,3 +337,28 @@ def test_batch_ledger_never_stores_a_key_a_server_echoes(tmp_path):
     data = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert key.encode() not in data and key[4:20].encode() not in data
     assert "401: Incorrect API key provided" in store.history(["a"], api="openai", endpoint="http://127.0.0.1:1/v1")["a"].errors[-1]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_batch_and_online_providers_share_one_identity(api, server):
+    """The same model at the same endpoint answers alike online and in a batch: one cache key for both."""
+    from bmc_data.providers.anthropic_messages import AnthropicProvider
+    from bmc_data.providers.openai_chat import OpenAIProvider
+
+    batch = make(api, server)
+    online_class, base_url = (OpenAIProvider, server.openai_base_url) if api == "openai" else (AnthropicProvider, server.url)
+    online = online_class("editor", api_key="sk-test", base_url=base_url)
+    assert batch.identity() == online.identity() == {"provider": api, "model": "editor", "base_url": batch.base_url}
+
+
+def test_a_batch_never_created_is_no_attempt(server, tmp_path):
+    """A batch that never reached the provider leaves no request behind: no attempt counted, none in the table."""
+    provider = make("openai", server, cache_dir=tmp_path)
+    store = provider.store
+    kept = store.record_submission(api="openai", endpoint=provider.endpoint, model="editor", custom_ids=["a"])
+    store.store_results(kept.local_id, {}, {"a": "no result (batch expired)"})
+    record = store.record_submission(api="openai", endpoint=provider.endpoint, model="editor", custom_ids=["b", "c"])
+    store.forget_unsent(record.local_id)
+    assert set(store.history(["a", "b", "c"], api="openai", endpoint=provider.endpoint)) == {"a"}
+    assert store.custom_ids(record.local_id) == [] and store.get(record.local_id).request_count == 0
+    assert store.request_counts() == {kept.local_id: (0, 1)}

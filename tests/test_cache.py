@@ -19,6 +19,7 @@ from bmc_data.providers import (
     ProviderError,
     ProviderLimits,
 )
+from bmc_data.errors import InputError
 from bmc_data.providers.cache import CachedProvider, CallCache, cache_key
 from bmc_data.providers.openai_chat import OpenAIProvider
 
@@ -196,7 +197,7 @@ def test_schema_version_mismatch_is_a_clear_error(tmp_path):
     CallCache(path).close()
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version=99")
-    with pytest.raises(RuntimeError, match="schema version 99"):
+    with pytest.raises(InputError, match="schema version 99.*move it aside"):
         CallCache(path)
 
 

@@ -183,7 +183,8 @@ def test_orpo_plain_matches_textbook():
     avg_r = (pr * mr).sum(1) / mr.sum(1)
     p_c, p_r = avg_c.exp(), avg_r.exp()
     odds = torch.log(p_c / (1 - p_c)) - torch.log(p_r / (1 - p_r))
-    expected = -avg_c - lam * torch.log(torch.sigmoid(odds))
+    nll = -(pc * mc).sum() / mc.sum()  # token mean over the micro-batch's chosen tokens (official CrossEntropyLoss)
+    expected = nll - lam * torch.log(torch.sigmoid(odds))
     assert torch.allclose(out.losses, expected, atol=1e-10)
 
 
@@ -194,7 +195,7 @@ def test_orpo_bmc_weights_the_odds_ratio_only():
     avg_c = (pc * _lam(pc, dc, mc, delta)).sum(1) / mc.sum(1)
     avg_r = (pr * _lam(pr, dr, mr, delta)).sum(1) / mr.sum(1)
     log_odds = lambda a: a - torch.log1p(-torch.exp(a))  # noqa: E731
-    nll = -(pc * mc).sum(1) / mc.sum(1)
+    nll = -(pc * mc).sum() / mc.sum()
     expected = nll - lam * F.logsigmoid(log_odds(avg_c) - log_odds(avg_r))
     assert torch.allclose(out.losses, expected, atol=1e-10)
 
@@ -205,9 +206,11 @@ def test_figa_hand_computed():
     dc = torch.tensor([[True, False, True]])
     dr = torch.tensor([[False, True, False]])
     m = torch.ones(1, 3, dtype=torch.bool)
-    out = figa_loss(pc, pr, None, None, dc, dr, m, m, alpha=1.0, beta=0.5)
-    expected = (-1.0 * (math.log(0.5) + math.log(0.1)) + 0.5 * math.log(0.6)) / 3
+    out = figa_loss(pc, pr, None, None, dc, dr, m, m, alpha=1.0, beta=0.5)  # official BMC baseline: sums
+    expected = -1.0 * (math.log(0.5) + math.log(0.1)) + 0.5 * math.log(0.6)
     assert out.losses.item() == pytest.approx(expected)
+    per_token = figa_loss(pc, pr, None, None, dc, dr, m, m, alpha=1.0, beta=0.5, normalization="diff_tokens")
+    assert per_token.losses.item() == pytest.approx(expected / 3)  # FIGA's own code: over the 3 diff tokens
     # it raises the added tokens' probability and lowers the deleted one's
     pc.requires_grad_(True)
     pr.requires_grad_(True)
@@ -219,7 +222,8 @@ def test_figa_hand_computed():
 @pytest.mark.parametrize("name", ["ipo", "rdpo", "simpo", "orpo"])
 def test_bmc_variant_with_all_false_masks_is_the_plain_variant(name):
     pc, pr, rc, rr, _, _, mc, mr = _batch(9)
-    cfg = SimpleNamespace(beta=0.1, delta=2.0, ipo_tau=0.1, rdpo_alpha=0.05, simpo_gamma=1.0, orpo_lambda=0.1)
+    cfg = SimpleNamespace(beta=0.1, delta=2.0, ipo_tau=0.1, rdpo_alpha=0.05, simpo_gamma=1.0, orpo_lambda=0.1,
+                          label_smoothing=0.0)
     none = torch.zeros_like(mc)
     plain = compute_preference_loss(name, cfg, pc, pr, rc, rr, none, none, mc, mr)
     weighted = compute_preference_loss(f"{name}_bmc", cfg, pc, pr, rc, rr, none, none, mc, mr)

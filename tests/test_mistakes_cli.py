@@ -303,7 +303,7 @@ def test_make_pairs_sampling_is_reported_apart_and_a_systemic_failure_stops_it(t
     assert code == 2 and "--out" in err and "is a file, expected a folder" in err
 
 
-def test_publish_with_a_rejected_hub_token_exits_3_and_keeps_the_folder(tmp_path):
+def test_publish_with_a_rejected_hub_token_exits_3_before_any_call(tmp_path):
     from hub_server import HubServer
 
     source = _pairs(tmp_path / "pairs.jsonl", 2)
@@ -316,8 +316,9 @@ def test_publish_with_a_rejected_hub_token_exits_3_and_keeps_the_folder(tmp_path
             [sys.executable, "-m", "bmc_data.publish", "--repo", "org/pairs-bmc", "--source", str(source),
              "--provider", "openai", "--model", "editor", "--base-url", server.openai_base_url, "--out", str(out),
              "--quiet", "--no-stats"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert server.call_count == 0  # the token is checked before the first paid call
     assert proc.returncode == 3, proc.stderr
     assert "the Hub rejected the token (HTTP 401)" in _one_error_line(proc)
-    assert (out / "README.md").exists()  # the folder is written; a rerun after `hf auth login` pushes it
+    assert not out.exists()
     _assert_no_secret(proc, tmp_path, key=wrong)
     _assert_no_secret(proc, tmp_path)

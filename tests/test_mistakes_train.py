@@ -79,6 +79,18 @@ def test_dataset_and_model_path_mistakes(tmp_path, data, capsys, monkeypatch):
     wrong.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": ["not", "a", "string"]}) + "\n")
     code, line = _run(tmp_path, wrong, capsys=capsys)
     assert code == 2 and "row 0: field 'rejected'" in line
+    mixed = tmp_path / "mixed.jsonl"  # a cell whose type differs from the row above: Arrow cannot build the table
+    mixed.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n"
+                     + json.dumps({"prompt": "p", "chosen": "c", "rejected": ["not", "a", "string"]}) + "\n")
+    code, line = _run(tmp_path, mixed, capsys=capsys)
+    assert code == 2 and "row 1: field 'rejected'" in line
+
+
+def test_a_missing_split_is_named(tmp_path, data, capsys):
+    code, line = _run(tmp_path, data, "--dataset_train_split", "nope", capsys=capsys)
+    assert code == 2 and f"--dataset_name {data}: split 'nope' not in ['train']" in line
+    code, line = _run(tmp_path, data, "--eval_strategy", "steps", "--dataset_test_split", "held", capsys=capsys)
+    assert code == 2 and f"--dataset_name {data}: split 'held' not in ['train']" in line
 
 
 def test_identical_pairs_are_warned_about(tmp_path, capsys, caplog):
@@ -87,7 +99,9 @@ def test_identical_pairs_are_warned_about(tmp_path, capsys, caplog):
     caplog.set_level(logging.WARNING)
     code, _ = _run(tmp_path, same, capsys=capsys)
     assert code == 2  # stops at the missing model, after the data check
-    assert "1 of 1 row(s) have chosen == rejected" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if "chosen == rejected" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # the rows are checked once: one warning, not one per check
+    assert "1 of 1 row(s) have chosen == rejected" in warnings[0]
 
 
 def test_recomputing_masks_for_another_tokenizer_warns_naming_both(caplog):

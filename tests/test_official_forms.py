@@ -264,3 +264,26 @@ def test_trainer_queue_persists_across_steps_and_checkpoints(tmp_path):
     assert state["rng_state"] == at_4["rng_state"]
     assert state["gaps"][:12] == at_2["gaps"]
     assert state["gaps"][12:] == pytest.approx(at_4["gaps"][12:], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("from_eval", [True, False])
+def test_evaluation_batches_fill_the_queue_as_upstream_unless_turned_off(tmp_path, from_eval):
+    """The official `get_gamma_dq` extends the queue on every call, evaluation included (`gammapo_queue_from_eval`,
+    default True); False keeps evaluation from changing the training state."""
+    from datasets import Dataset
+
+    from bmc_train import BMCConfig, BMCTrainer
+    from bmc_train.testing import build_tiny_model, qa_bridged_rows, read_qa_rows
+
+    qa = read_qa_rows(SHARED_QA, limit=12)
+    model = build_tiny_model(tmp_path / "tiny", [r["problem"] + "\n" + r["solution"] for r in qa])
+    rows = Dataset.from_list(qa_bridged_rows(qa)[:6])
+    args = BMCConfig(output_dir=str(tmp_path / "out"), loss_type="gammapo_simpo", report_to="none",
+                     per_device_eval_batch_size=3, gradient_checkpointing=False, max_length=256, disable_tqdm=True,
+                     gammapo_queue_from_eval=from_eval)
+    trainer = BMCTrainer(str(model), args=args, train_dataset=rows, eval_dataset=rows)
+    before = list(trainer._gap_queue.gaps)
+    trainer.evaluate()
+    after = list(trainer._gap_queue.gaps)
+    assert after[:8] == before and len(after) == (8 + 6 if from_eval else 8)

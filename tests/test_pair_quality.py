@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from test_stats import word_tokenizer
 
 from bmc_data.selection.pair_quality import (
     DCRM,
@@ -28,13 +27,6 @@ from bmc_data.tokens.diff import levenshtein_distance
 from bmc_train.testing import build_tiny_model, read_qa_rows
 
 EPS = 0.01
-
-
-def word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]", "</s>"], show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="[UNK]")
 
 
 def pairs(rows: list[tuple[str, str, float, float]]) -> Dataset:

@@ -178,3 +178,73 @@ def test_push_and_rerun_is_resumable_and_a_no_op(env, tmp_path, llm):
         assert all(TOKEN.encode() not in blob and OPENAI_KEY.encode() not in blob for blob in files.values())
     _assert_no_secrets(first, out)
     _assert_no_secrets(second, out)
+
+
+def test_edit_distances_are_computed_once_for_the_card_figures_and_page(tmp_path, monkeypatch, llm):
+    """One pass over the rows serves the card's table, its figures and the review page (in-process, to count it)."""
+    from bmc_data.publish import main
+    from bmc_data.tokens import stats
+    from bmc_data.tokens.diff import levenshtein_distance
+
+    real, passes = stats.add_edit_distance_stats, []
+
+    def counted(dataset, *args, **kwargs):
+        passes.append(len(dataset))
+        return real(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(stats, "add_edit_distance_stats", counted)
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    monkeypatch.setenv("BMC_CACHE_DIR", str(tmp_path / "bmc"))
+    topics = ["tides", "Broadway musicals", "bread baking", "volcanoes", "chess openings", "honey bees"]
+    rows = [{"prompt": f"Tell me about {t}.", "chosen": f"{t.capitalize()} are a rich topic with a long history "
+             f"and many details worth knowing, number {i}.", "rejected": f"{t.capitalize()} exist."}
+            for i, t in enumerate(topics)]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok_dir = tmp_path / "tokenizer"
+    tiny_tokenizer().save_pretrained(str(tok_dir))
+    out = tmp_path / "out"
+    assert main(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor-model",
+                 "--base-url", llm.openai_base_url, "--tokenizer", str(tok_dir), "--test-size", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    assert passes == [len(rows)]
+
+    manifest = json.loads((out / "bmc_manifest.json").read_text())
+    bridged = manifest["status_counts"]["bridged"]
+    assert bridged == len(rows) - 1  # the Broadway row fails
+    card_table = (out / "README.md").read_text().split("## Edit distances", 1)[1].split("\n## ", 1)[0]
+    for metric in ("word_edit_distance", "word_norm_edit_distance", "token_edit_distance", "chosen_diff_fraction"):
+        assert f"| {metric} |" in card_table, card_table
+    assert f"| word_edit_distance | before | {bridged} |" in card_table  # counts the bridged rows only
+    assert sorted(Path(p).name for p in manifest["figures"]) == sorted(p.name for p in (out / "figures").iterdir())
+    assert {"word_edit_distance.png", "token_edit_distance.png", "diff_token_fraction.png"} <= {
+        Path(p).name for p in manifest["figures"]}
+    index, _ = read_chunks(out / "report_files")
+    assert index["eb"] == [levenshtein_distance(r["chosen"].split(), r["rejected"].split()) for r in rows]
+    assert all(a < b for a, b, s in zip(index["ea"], index["eb"], index["st"]) if index["statuses"][s] == "bridged")
+
+
+def test_review_file_drops_rows_and_the_card_says_so(env, tmp_path, llm):
+    source = ultrafeedback_sample(tmp_path / "uf.jsonl", n=6)
+    missing = run_cli(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor-model",
+                       "--base-url", llm.openai_base_url, "--out", str(tmp_path / "x"), "--review",
+                       str(tmp_path / "no-such.jsonl"), "--quiet"], env)
+    assert missing.returncode == 2 and "no-such.jsonl: no such decisions file" in missing.stderr
+    assert not llm.requests and not (tmp_path / "x").exists()  # checked before any paid call
+    decisions = tmp_path / "decisions.jsonl"
+    decisions.write_text('{"row": 0, "decision": "drop", "note": "off topic"}\n'
+                         '{"row": 1, "decision": "keep", "note": ""}\n'
+                         '{"row": 2, "decision": "flag", "note": "check the numbers"}\n')
+    out = tmp_path / "out"
+    proc = run_cli(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor-model",
+                    "--base-url", llm.openai_base_url, "--out", str(out), "--no-stats", "--review", str(decisions),
+                    "--quiet"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "review: 3 of 6 rows reviewed (1 keep, 1 drop, 1 flag); 1 dropped" in proc.stdout
+    manifest = json.loads((out / "bmc_manifest.json").read_text())
+    assert manifest["rows"] == 5 and manifest["review"] == {"rows": 6, "reviewed": 3, "keep": 1, "drop": 1, "flag": 1}
+    assert "Human review: 3 of 6 rows reviewed" in (out / "README.md").read_text()
+    rows = [r for config in ("default", "filtered", "failed") for r in
+            (datasets.load_dataset(str(out), config, split="train", cache_dir=str(tmp_path / "c"))
+             if (out / "data" / config).is_dir() else [])]
+    assert len(rows) == 5 and sorted(r["bmc_review_note"] for r in rows) == ["", "", "", "", "check the numbers"]

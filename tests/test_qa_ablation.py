@@ -156,3 +156,33 @@ def test_answer_edit_editor_goes_through_bridge_dataset(tmp_path):
     for row, pair in zip(out.select(range(2)), pairs):
         assert row["chosen"] == f"Let me think.\nThe answer is {pair['answer']}"
         assert row["rejected"] == pair["rejected"] and row["bmc_provider"] == "answer-edit"
+
+
+def test_rewards_are_policy_minus_reference_log_probs_times_beta(tmp_path, monkeypatch):
+    """r = β (log π_θ − log π_ref) per held-out pair, for every arm against the one SFT reference, which is read
+    from disk once however many arms and seeds are scored."""
+    from experiments.qa_ablation import AblationConfig
+    from experiments.qa_ablation.pipeline import SFT, Stages
+
+    config = AblationConfig(output_dir=str(tmp_path), data_dir=str(QA), beta=0.5, arms="DPO,DPO-BMC").resolve()
+    keys = {"question": ["ecqa/0", "ecqa/0", "qasc/1", "qasc/1"], "kind": ["original", "minimal"] * 2}
+    logps = {SFT: ([-10.0, -8.0, -12.0, -6.0], [-9.0, -9.0, -7.0, -7.0]),
+             "DPO": ([-9.0, -8.5, -11.0, -6.0], [-11.0, -9.5, -8.0, -7.5]),
+             "DPO-BMC": ([-10.0, -7.0, -12.5, -5.0], [-9.0, -12.0, -9.0, -7.0])}
+    for arm, (chosen, rejected) in logps.items():
+        folder = (tmp_path if arm == SFT else tmp_path / "seed-0") / "logps"
+        folder.mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_dict({**keys, "logp_chosen": chosen, "logp_rejected": rejected}).to_parquet(
+            str(folder / f"{arm}.parquet"))
+    reads = []
+    real = Stages.logps
+    monkeypatch.setattr(Stages, "logps", lambda self, arm: reads.append(arm) or real(self, arm))
+    stages = Stages(config, 0)
+    reference = Stages(config).logps(SFT).to_pandas()  # as run() reads it, once
+    for arm in config.arm_names:
+        rewards = stages.rewards(arm, reference)
+        assert list(rewards["question"]) == keys["question"] and list(rewards["kind"]) == keys["kind"]
+        for side, column in ((0, "reward_chosen"), (1, "reward_rejected")):
+            expected = [0.5 * (p - r) for p, r in zip(logps[arm][side], logps[SFT][side])]
+            assert list(rewards[column]) == pytest.approx(expected)
+    assert reads.count(SFT) == 1

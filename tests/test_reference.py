@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +22,7 @@ from bmc_data.tokens.ref_logps import (
 )
 from bmc_train import BMCConfig, BMCTrainer
 from bmc_train.testing import build_tiny_model, qa_bridged_rows, read_qa_rows
+from launch import accelerate_launch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_QA = REPO.parent / "shared" / "data" / "qa" / "ecqa-train.jsonl"
@@ -62,6 +60,8 @@ def _config(tmp_path, **kwargs) -> BMCConfig:
         precompute_ref_dtype="float32", precompute_ref_batch_size=5,
     )
     defaults.update(kwargs)
+    if not defaults.get("precompute_ref_log_probs"):
+        del defaults["precompute_ref_batch_size"]  # refused without a precompute pass (it would be ignored)
     return BMCConfig(**defaults)
 
 
@@ -221,13 +221,8 @@ def test_reference_free_loss_types_refuse_precompute(tmp_path, loss_type):
 def test_two_processes_compute_every_row_once_and_match_one_process(tmp_path, tiny_model, pairs):
     data = tmp_path / "pairs.parquet"
     pairs.to_parquet(str(data))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true"}
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "29613", str(REPO / "tests" / "ref_logps_ddp.py"),
-           str(tiny_model), str(data), str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = accelerate_launch(REPO / "tests" / "ref_logps_ddp.py", str(tiny_model), str(data), str(out))
     assert proc.returncode == 0, proc.stderr[-4000:]
     counts = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [c["world"] for c in counts] == [2, 2]
@@ -260,3 +255,30 @@ def test_weights_fingerprint_of_a_large_tensor_and_of_peft_wrapping():
     wrapped.base_model.model.layer.base_layer = plain.layer
     wrapped.base_model.model.layer.lora_A = torch.nn.Linear(2, 1)  # adapter: not part of the reference
     assert weights_fingerprint(wrapped) == weights_fingerprint(plain)
+
+
+def test_peft_reference_rule_is_one_copy_live_and_precompute(tmp_path, tiny_model, pairs):
+    """The rule `reference = adapter-disabled policy (or its `ref` adapter)` lives in
+    `bmc_train.reference.peft_reference_context`, used by the live pass and the precompute pass alike."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from bmc_train.reference import peft_reference_context
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    trainer = BMCTrainer(model=model, args=_config(tmp_path), train_dataset=pairs, peft_config=lora)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    live = trainer._reference_per_token_logps(kwargs, labels)
+    with torch.no_grad():
+        logits = base(**kwargs).logits[:, :-1].log_softmax(-1)
+    expected = logits.gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels[:, 1:] != -100)
+    assert torch.allclose(live, expected, atol=1e-5)  # the base model: the adapter is off
+    with torch.no_grad():
+        policy = trainer.model(**kwargs, labels=labels, fused_lm_head=True).log_probs
+    assert not torch.allclose(policy, live, atol=1e-4)  # ... and the policy is not (init_lora_weights=False)
+    with peft_reference_context(trainer), torch.no_grad():  # the same rule, the context the precompute uses
+        assert torch.allclose(trainer.model(**kwargs, labels=labels, fused_lm_head=True).log_probs, live, atol=1e-6)

@@ -408,10 +408,12 @@ def test_cli_three_steps(tmp_path, tiny_run, loss_type):
     model, data = tiny_run
     out = tmp_path / "run"
     beta = "2.0" if loss_type.startswith(("amapo", "repo")) else "0.1"
+    # gammapo_simpo reads its own β (a changed --beta would be refused as ignored)
+    beta_flag = "--gammapo_simpo_beta" if loss_type.startswith("gammapo_simpo") else "--beta"
     cmd = [
         sys.executable, "-m", "bmc_train", "--loss_type", loss_type, "--model_name_or_path", str(model),
         "--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size",
-        "4", "--learning_rate", "1e-3", "--beta", beta, "--delta", "2.0", "--logging_steps", "1", "--bf16", "false",
+        "4", "--learning_rate", "1e-3", beta_flag, beta, "--delta", "2.0", "--logging_steps", "1", "--bf16", "false",
         "--dtype", "float32", "--gradient_checkpointing", "false", "--max_length", "256", "--disable_tqdm", "true",
         "--report_to", "none", "--save_strategy", "no", "--warmup_steps", "0",
     ]

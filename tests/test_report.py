@@ -160,10 +160,11 @@ def test_rendering_is_deterministic(tmp_path, data):
     old = path.read_text().replace(re.search(r'bmc-report-date" content="([0-9-]+)"', path.read_text()).group(1),
                                    "2001-01-01")
     path.write_text(old)  # an older report of the same data keeps its date
-    render_report(data, path)
+    # (edited by hand here, so no longer the file bmc wrote: replacing it takes overwrite)
+    render_report(data, path, overwrite=True)
     assert 'bmc-report-date" content="2001-01-01"' in path.read_text()
     path.write_text(first["r.html"].decode())
-    render_report(data, path)
+    render_report(data, path, overwrite=True)
     assert {p.name: p.read_bytes() for p in [path, *sorted((tmp_path / "r_files").iterdir())]} == first
 
 
@@ -187,9 +188,44 @@ def test_cli_reads_a_save_bridged_folder_and_reports_bad_input_in_one_line(tmp_p
     from bmc_data.report.cli import main
 
     capsys.readouterr()
-    assert main([str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.html"), "--quiet"]) == 1
+    assert main([str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.html"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "nope.csv: no such file or folder" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["empty-parquet", "empty-jsonl", "blank-jsonl", "missing-folder", "bad-chunk-rows",
+                                  "not-a-data-file", "out-is-a-folder"])
+def test_report_cli_bad_input_is_one_line_exit_2(tmp_path, data, capsys, case):
+    from bmc_data.report.cli import main
+
+    out = ["--out", str(tmp_path / "x.html"), "--quiet"]
+    if case == "empty-parquet":
+        data.select([]).to_parquet(str(tmp_path / "e.parquet"))
+        argv, expected = [str(tmp_path / "e.parquet")], "e.parquet: the file has no rows"
+    elif case == "empty-jsonl":
+        (tmp_path / "e.jsonl").write_text("")
+        argv, expected = [str(tmp_path / "e.jsonl")], "e.jsonl: the file is empty"
+    elif case == "blank-jsonl":
+        (tmp_path / "e.jsonl").write_text("\n\n")
+        argv, expected = [str(tmp_path / "e.jsonl")], "e.jsonl: the file is empty"
+    elif case == "missing-folder":  # a relative folder that does not exist is not looked up on the Hub
+        argv, expected = [str(tmp_path / "no" / "such-folder")], "such-folder: no such file or folder"
+    elif case == "bad-chunk-rows":
+        data.to_parquet(str(tmp_path / "rows.parquet"))
+        argv, expected = [str(tmp_path / "rows.parquet"), "--chunk-rows", "0"], "--chunk-rows must be >= 1, got 0"
+    elif case == "out-is-a-folder":
+        data.to_parquet(str(tmp_path / "rows.parquet"))
+        (tmp_path / "x.html").mkdir()
+        argv, expected = [str(tmp_path / "rows.parquet")], "x.html is a folder; give the .html file to write"
+    else:
+        (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
+        argv, expected = [str(tmp_path / "rows.csv")], "rows.csv: expected a .parquet or .jsonl file"
+    capsys.readouterr()
+    assert main(argv + out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert expected in err and "Error" not in err and "Traceback" not in err
+    assert not (tmp_path / "x.html").is_file() and not (tmp_path / "x_files").exists()
 
 
 def test_weight_preview_gives_lambda_of_each_marked_token(tmp_path):
@@ -244,3 +280,33 @@ def test_card_links_the_report_only_when_there_is_one(data):
     assert "[report.html](report.html)" in with_link and "`report_files/`" in with_link
     validate_card(with_link)
     assert "report.html" not in render_dataset_card(data, repo_id=REPO).content
+
+
+def test_reason_group_treats_apostrophes_inside_a_quoted_value_as_part_of_it():
+    from bmc_data.pairs.schema import reason_group
+
+    reasons = [f"the editor judged '{v}' off topic" for v in ("it's ethics", "ok", "don't know, won't say")]
+    assert {reason_group(r) for r in reasons} == {"the editor judged '…' off topic"}
+    assert reason_group("no quotes, isn't it") == "no quotes, isn't it"
+    assert reason_group("reply has no line starting with 'REVISED:' (got 'Sure, here's')") == \
+        "reply has no line starting with '…' (got '…')"
+
+
+def test_offsets_come_from_the_same_tokenization_as_the_masks(tokenizer, data):
+    """`token_sides` is `tokenize_pairs_batched(return_offsets=True)`: the same ids with or without offsets, and
+    each token's span in the completion text is the text that token decodes to (whole characters)."""
+    from bmc_data.tokens.tokenization import tokenize_pairs_batched
+
+    prompts, chosens, rejecteds = (list(data[c]) for c in (schema.PROMPT, schema.CHOSEN, schema.REJECTED))
+    for ps in (prompts, [[{"role": "user", "content": p}] for p in prompts]):
+        plain = tokenize_pairs_batched(tokenizer, ps, chosens, rejecteds)
+        with_offsets = tokenize_pairs_batched(tokenizer, ps, chosens, rejecteds, return_offsets=True)
+        for row, ref in zip(with_offsets, plain):
+            assert {k: row[k] for k in ref} == ref
+            for side in ("chosen", "rejected"):
+                text, spans, ids = row[f"{side}_text"], row[f"{side}_offsets"], row[f"{side}_ids"]
+                assert len(spans) == len(ids)
+                for (s, e), t in zip(spans, ids):
+                    piece = tokenizer.decode([t])
+                    if "\ufffd" not in piece:  # not a byte-level piece of a multi-byte character
+                        assert piece.strip() == text[s:e].strip(), (piece, text[s:e])

@@ -126,7 +126,9 @@ def test_status_filter(rows):
 
 @pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))
 def test_every_loss_type_trains(tmp_path, tiny_model, rows, loss_type):
-    args = _config(tmp_path, loss_type=loss_type, max_steps=1, beta=2.0 if "simpo" in loss_type else 0.1)
+    # gammapo_simpo reads its own β (gammapo_simpo_beta); a changed `beta` would be refused as ignored
+    beta = {} if loss_type.startswith("gammapo_simpo") else {"beta": 2.0 if "simpo" in loss_type else 0.1}
+    args = _config(tmp_path, loss_type=loss_type, max_steps=1, **beta)
     ds = _bridged(rows, 4)
     for column in LOSS_TYPES[loss_type].batch_inputs.values():  # per-example inputs, e.g. MADPO's reward_margin
         ds = ds.add_column(column, [0.5, -1.0, 2.0, 8.0][: len(ds)])

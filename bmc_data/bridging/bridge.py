@@ -19,15 +19,31 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
-from bmc_data.errors import SystemicFailure, UsageError
+from bmc_data.errors import InputError, SystemicFailure, UsageError
 from bmc_data.pairs import schema as S
-from bmc_data.pairs.answers import check_answer, extract_answer
-from bmc_data.pairs.loading import Layout, LoadedPairs, OnInvalid, load_pairs
+from bmc_data.pairs.answers import check_answer, known_answer
+from bmc_data.pairs.loading import (
+    InvalidRowError,
+    Layout,
+    LoadedPairs,
+    OnInvalid,
+    check_known_answer,
+    load_pairs,
+    unencodable,
+)
+from bmc_data.pairs.options import check_count, parse_task
 from bmc_data.pairs.schema import PreferencePair, Status, Task
 from bmc_data.providers.accounting import usage_since
-from bmc_data.providers.base import ChatRequest, ChatResponse, Provider, ProviderError, ResponseSchema
+from bmc_data.providers.base import (
+    ChatRequest,
+    ChatResponse,
+    Provider,
+    ProviderError,
+    ResponseSchema,
+)
 from bmc_data.providers.throttle import estimate_tokens
-from bmc_data.redaction import redact, redact_obj
+from bmc_data.redaction import redact, redact_new, redact_obj
+from bmc_data.runner import check_writable_folder
 
 from .concurrency import map_concurrently, run_sync
 from .parsing import ParsedReply, ReplyFormatError, Verdict, parse_reply
@@ -68,6 +84,8 @@ class BridgeSummary:
     #: what the editor did (`bmc_data.tokens.stats.editor_statistics`): bridged share, median word edit
     #: distances y_w↔y_l and ỹ_w↔y_l, rows whose only change is the final-answer line
     editor: dict[str, Any] | None = None
+    #: QA/math: was ỹ_w checked against the known final answer? (False: the user turned the check off)
+    answer_check: bool = True
 
     @property
     def all_failed(self) -> bool:
@@ -112,6 +130,8 @@ class BridgeSummary:
             states = ", ".join(f"{n} {state}" for state, n in u["batches"].items()) or "none ended"
             lines.append(f"  batches: {states}; {u.get('batch_requests_submitted', 0)} request(s) submitted, "
                          f"{u.get('resubmitted', 0)} resubmitted; cost at {u.get('price_basis', 'batch')}")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
         if self.skipped_input_rows:
             lines.append(f"  {self.skipped_input_rows} invalid input row(s) skipped (listed in summary.json)")
             for row in self.skipped_rows[:3]:
@@ -231,7 +251,7 @@ class Bridger:
     def _gold_answer(self, pair: PreferencePair) -> str | None:
         if not self.task.has_ground_truth:
             return None
-        return pair.answer if pair.answer else extract_answer(pair.chosen)
+        return known_answer(pair)
 
 
 async def abridge_pairs(pairs: list[PreferencePair], bridger: Bridger, *, concurrency: int = 16,
@@ -249,6 +269,13 @@ async def abridge_pairs(pairs: list[PreferencePair], bridger: Bridger, *, concur
         await bridger.provider.aclose()
 
 
+def _user_text(pair: PreferencePair) -> str:
+    """Everything the user gave for this row, as written and JSON-escaped, to look secrets up in."""
+    raw = "\n".join(str(v) for v in (pair.chosen, pair.rejected, pair.answer,
+                                      *(m["content"] for m in pair.prompt_messages())))
+    return raw + json.dumps(raw, ensure_ascii=False)
+
+
 def _wrap_response(value: str, conversational: bool) -> Any:
     return [{"role": "assistant", "content": value}] if conversational else value
 
@@ -264,26 +291,59 @@ def results_to_dataset(pairs: LoadedPairs | list[PreferencePair], results: list[
     indices = getattr(pairs, "source_indices", None) or list(range(len(pair_list)))
     rows = []
     for pair, result, index in zip(pair_list, results, indices):
-        chosen = result.pseudo_chosen if result.status is Status.BRIDGED else pair.chosen
-        rows.append(redact_obj({  # nothing written from here on may carry a secret (a reason quoting a server, ...)
+        result = _writable(result)
+        chosen = pair.chosen
+        if result.status is Status.BRIDGED:  # the editor's text: a secret it added is masked, one the user wrote kept
+            chosen = redact_new(result.pseudo_chosen, given=_user_text(pair))
+        rows.append({  # the user's own fields as given: redaction never rewrites data
             S.PROMPT: pair.prompt_messages() if conv else pair.prompt,
             S.CHOSEN: _wrap_response(chosen, conv),
             S.REJECTED: _wrap_response(pair.rejected, conv),
             S.ORIGINAL_CHOSEN: _wrap_response(pair.chosen, conv),
             S.STATUS: result.status.value,
-            S.REASON: result.reason,
+            S.REASON: redact(result.reason),  # bmc's own words, which may quote a server
             S.PROMPT_VERSION: template.version_id,
-            S.PROVIDER: str(identity.get("provider", provider.name)),
-            S.MODEL: str(identity.get("model", provider.model)),
+            S.PROVIDER: redact(str(identity.get("provider", provider.name))),
+            S.MODEL: redact(str(identity.get("model", provider.model))),
             S.ID: pair.id if pair.id is not None else str(index),
             S.TASK: task.value,
             S.ANSWER: pair.answer,
             "bmc_source_index": index,
-        }))
+        })
     if not rows:  # from_list cannot build an empty table with columns
         features = datasets.Features({c: datasets.Value("string") for c in (*S.BRIDGED_COLUMNS, S.ID, S.TASK, S.ANSWER)})
         return datasets.Dataset.from_dict({c: [] for c in features}, features=features)
     return datasets.Dataset.from_list(rows)
+
+
+def _writable(result: RowResult) -> RowResult:
+    """A row whose reply cannot be written (a lone surrogate from the server) fails alone: the rows around it, paid
+    for too, are still written."""
+    where = unencodable([result.pseudo_chosen or "", result.reason])
+    if where is None:
+        return result
+    return RowResult(Status.FAILED, f"the editor's reply contains {where}: text that cannot be encoded as UTF-8",
+                     calls=result.calls)
+
+
+def _checked_pairs(pairs: LoadedPairs, task: Task, check_answers: bool, *, check_text: bool) -> LoadedPairs:
+    """Pairs given as objects pass the row checks `load_pairs` makes: a known answer, and (`check_text`, for pairs
+    that did not come from `load_pairs`) text that can be written."""
+    for position, pair in enumerate(pairs):
+        index = pairs.source_indices[position] if pairs.source_indices else position
+        where = unencodable(pair.model_dump()) if check_text else None
+        if where:
+            raise InvalidRowError(index, "row", f"contains {where}: text that cannot be encoded as UTF-8")
+        if check_answers:
+            check_known_answer(pair, index, task)
+    return pairs
+
+
+def _no_usable_row(pairs: LoadedPairs) -> InputError:
+    skipped = f"{len(pairs.skipped)} invalid row(s) skipped" if pairs.skipped else "the source has no rows"
+    first = f" (first: row {pairs.skipped[0].index} field {pairs.skipped[0].field!r}: {pairs.skipped[0].message})" \
+        if pairs.skipped else ""
+    return InputError(f"no usable row: {skipped}{first}; nothing to bridge")
 
 
 def _wrap_with_cache(provider: Provider, cache_dir: Path | None, template: Template) -> Provider:
@@ -358,7 +418,9 @@ def bridge_dataset(
             needs a provider that enforces a schema (`Provider.supports_response_schema`).
         cache_dir: where LLM calls are cached (default `$BMC_CACHE_DIR` or `~/.cache/bmc`); `False` disables.
         concurrency: rows in flight at once (the provider's own limits also apply).
-        check_answers: for QA/math, require ỹ_w to reach the known final answer.
+        check_answers: for QA/math, require ỹ_w to reach the known final answer; every row must then have one
+            (an `answer` or a chosen response that states it), else it is invalid. False turns the check off,
+            named in the summary.
         on_invalid: "raise" on the first bad input row, or "skip" and report it.
         summary_path: also write the run summary there as JSON.
         return_summary: return `(dataset, BridgeSummary)` instead of the dataset alone.
@@ -373,22 +435,24 @@ def bridge_dataset(
     (bridged / filtered / failed), bmc_reason, bmc_prompt_version, bmc_provider, bmc_model, id, task, answer,
     bmc_source_index.
     """
-    try:
-        task = Task(task)
-    except ValueError:
-        raise UsageError(f"task must be one of {[t.value for t in Task]}, got {task!r}") from None
-    for name, value in (("concurrency", concurrency), ("max_tokens", max_tokens), ("limit", limit),
-                        ("max_input_tokens", max_input_tokens)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UsageError(f"{name} must be a whole number >= 1{' or None' if name in ('limit', 'max_input_tokens') else ''}, "
-                             f"got {value!r}")
+    task = parse_task(task)
+    check_count("concurrency", concurrency)
+    check_count("max_tokens", max_tokens)
+    check_count("limit", limit, none_means="every row")
+    check_count("max_input_tokens", max_input_tokens, none_means="no budget")
+    check_answers = bool(check_answers and task.has_ground_truth)
     if isinstance(data, LoadedPairs):  # already loaded and checked (the CLIs do this before any model or call)
         pairs = data if limit is None else LoadedPairs(data.pairs[:limit], data.layout, data.skipped,
                                                        data.source_indices[:limit])
+        pairs = _checked_pairs(pairs, task, check_answers, check_text=False)
     elif isinstance(data, list) and data and all(isinstance(p, PreferencePair) for p in data):
-        pairs: LoadedPairs = LoadedPairs(list(data[:limit] if limit else data), "pairs", [], list(range(len(data))))
+        pairs = LoadedPairs(list(data[:limit] if limit else data), "pairs", [], list(range(len(data))))
+        pairs = _checked_pairs(pairs, task, check_answers, check_text=True)
     else:
-        pairs = load_pairs(data, task=task, layout=layout, split=split, limit=limit, on_invalid=on_invalid)
+        pairs = load_pairs(data, task=task, layout=layout, split=split, limit=limit, on_invalid=on_invalid,
+                           answer_check=check_answers)
+    if not pairs.pairs:
+        raise _no_usable_row(pairs)
     if not isinstance(template, Template):
         template = load_template(task, reply_format=reply_format) if template is None else load_template(path=template)
     if task not in template.tasks:
@@ -402,6 +466,8 @@ def bridge_dataset(
         from bmc_data.providers.cache import default_cache_dir
 
         cache_dir = default_cache_dir()
+    if cache_dir is not False:  # before any call: a cache that cannot be written loses every reply
+        check_writable_folder(cache_dir, f"cache_dir {cache_dir}")
     if hasattr(provider, "bind_store"):  # a batch provider: its ledger lives in the cache; rounds fill batches
         provider.bind_store(Path(cache_dir) if cache_dir is not False else None)
         concurrency = max(concurrency, provider.rows_in_flight)
@@ -411,7 +477,12 @@ def bridge_dataset(
     usage_before = cached.usage.as_dict()
     start = time.perf_counter()
     results = run_sync(abridge_pairs(list(pairs), bridger, concurrency=concurrency, progress=progress))
+    results = [_writable(r) for r in results]  # the summary counts what is written
     summary = _summary(cached, results, template, time.perf_counter() - start, pairs.skipped, usage_before)
+    if task.has_ground_truth and not check_answers:
+        summary.answer_check = False
+        summary.notes.append("answer check off (check_answers=False / --no-answer-check): ỹ_w was not checked "
+                             "against a known final answer")
     if summary.all_failed:
         logger.warning("every one of the %d pair(s) failed; the first reason: %s", summary.total,
                        redact(results[0].reason))

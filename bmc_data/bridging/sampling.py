@@ -11,9 +11,11 @@ import datasets
 
 from bmc_data.errors import InputError, SystemicFailure, UsageError
 from bmc_data.pairs.answers import check_answer, extract_answer
-from bmc_data.pairs.loading import read_rows
+from bmc_data.pairs.loading import answer_text, read_records, unencodable
+from bmc_data.pairs.options import check_count, parse_task
 from bmc_data.pairs.schema import Task
 from bmc_data.providers.base import ChatRequest, Provider, ProviderError
+from bmc_data.redaction import redact_new
 
 from .concurrency import map_concurrently, run_sync
 
@@ -27,12 +29,11 @@ def _problem_fields(row: dict[str, Any], index: int) -> tuple[str, str, str | No
     """(problem, solution, answer) from the QA layout (problem/solution/answer), GSM8K (question/answer
     with '#### X') or MAWPS (input/target)."""
     if "problem" in row and "solution" in row:
-        return row["problem"], row["solution"], (str(row["answer"]) if row.get("answer") is not None else extract_answer(row["solution"]))
+        return row["problem"], row["solution"], answer_text(row.get("answer")) or extract_answer(row["solution"])
     if "question" in row and "answer" in row:
         return row["question"], row["answer"], extract_answer(row["answer"])
     if "input" in row and "target" in row:
-        target = row["target"]
-        answer = str(int(target)) if isinstance(target, float) and target.is_integer() else str(target)
+        answer = answer_text(row["target"])
         return row["input"], f"The answer is {answer}", answer
     raise InputError(f"row {index}: expected problem/solution/answer, question/answer (GSM8K) or input/target "
                      f"(MAWPS) fields, got {sorted(row)}")
@@ -53,6 +54,7 @@ def make_pairs(
     split: str = "train",
     cache_dir: str | Path | None | bool = None,
     progress: bool = True,
+    answer_check: bool = True,
 ) -> datasets.Dataset:
     """Sample y_l from `model` for each problem and pair it with the ground-truth solution y_w.
 
@@ -60,23 +62,25 @@ def make_pairs(
     for the embedded SmolLM2. Returns a standard-layout dataset (prompt, chosen, rejected, answer, task, id)
     plus `rejected_correct` (does y_l reach the known answer?) ready for `bridge_dataset`. With keep="wrong",
     pairs whose y_l is already correct are left out (the count is logged), as in the paper's QA setup; rows
-    whose generation failed are always left out and logged.
+    whose generation failed are always left out and logged. A problem without a known final answer is an
+    `InputError` before any call unless `answer_check=False`.
     """
-    try:
-        task = Task(task)
-    except ValueError:
-        raise UsageError(f"task must be 'qa' or 'math', got {task!r}") from None
-    if not task.has_ground_truth:
-        raise UsageError("make_pairs builds QA/math pairs from ground truth; task must be 'qa' or 'math'")
+    task = parse_task(task, allowed=[t for t in Task if t.has_ground_truth],
+                      why="make_pairs builds QA/math pairs from ground truth; ")
     if keep not in ("all", "wrong"):
         raise UsageError(f"keep must be 'all' or 'wrong', got {keep!r}")
-    for name, value in (("limit", limit), ("concurrency", concurrency), ("max_tokens", max_tokens)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
-    table = read_rows(problems, split=split)
+    check_count("limit", limit, none_means="every problem")
+    check_count("concurrency", concurrency)
+    check_count("max_tokens", max_tokens)
+    table = read_records(problems, split=split)  # CSV cells as written, NaN as missing
     if limit is not None:
-        table = table.select(range(min(limit, len(table))))
+        table = table[:limit]
     records = [(i, *_problem_fields(row, i)) for i, row in enumerate(table)]
+    missing = next((i for i, _, _, gold in records if not gold), None)
+    if answer_check and missing is not None:  # found before the first paid call, not when bridging its pair
+        raise InputError(f"row {missing}: no known final answer (no 'answer', and the solution states none as "
+                         "'The answer is X', '#### X' or \\boxed{X}); add one, or pass answer_check=False "
+                         "(--no-answer-check) to sample and bridge without the ground-truth check")
     provider = _resolve_model(model)
     if cache_dir is not False:
         from bmc_data.providers.cache import (
@@ -94,7 +98,8 @@ def make_pairs(
         request = ChatRequest(messages=({"role": "user", "content": f"{problem}\n\n{instruction}"},),
                               max_tokens=max_tokens, temperature=temperature, seed=seed)
         try:
-            return (await provider.complete(request)).text.strip()
+            # y_l becomes the row's rejected response: a secret the model or server added is masked here
+            return redact_new((await provider.complete(request)).text.strip(), given="\n".join(map(str, record)))
         except SystemicFailure:
             raise  # stops the run (map_concurrently cancels the rest)
         except ProviderError as error:
@@ -110,7 +115,7 @@ def make_pairs(
     outputs = run_sync(answer_all())
     rows, failed, correct_dropped = [], 0, 0
     for (index, problem, solution, gold), output in zip(records, outputs):
-        if isinstance(output, ProviderError) or not output:
+        if isinstance(output, ProviderError) or not output or unencodable(output):  # unwritable text fails its row
             failed += 1
             continue
         correct = check_answer(output, gold, task)[0] if gold else False

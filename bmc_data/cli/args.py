@@ -6,17 +6,21 @@ import argparse
 import math
 
 from bmc_data.errors import UsageError
+from bmc_data.pairs.options import is_count
 from bmc_data.providers.base import STRUCTURED_OUTPUT_FIELDS, Provider
+from bmc_data.providers.remote import check_base_url
+from bmc_data.runner import check_writable_folder
 
 PROVIDERS = ["embedded", "openai", "anthropic", "transformers", "openai-batch", "anthropic-batch"]
 
 
 def positive_int(value: str) -> int:
+    """argparse's type for a count option (`pairs.options.is_count`)."""
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
+        number = None
+    if not is_count(number):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
 
@@ -65,12 +69,31 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
                        help=f"LLM call cache that makes reruns resume without repeating calls (default: {cache_default})")
 
 
+def add_answer_check_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-answer-check", action="store_true",
+                        help="QA/math: bridge rows without a known final answer, and do not check that the "
+                             "pseudo-winning response reaches it (named in the summary); by default a row with no "
+                             "answer is an invalid row")
+
+
 def check_folder_arg(value: str | None, flag: str) -> None:
-    """An output folder flag must not name an existing file (it would fail only after the paid calls)."""
+    """An output folder flag must name a folder bmc can write (found only after the paid calls otherwise)."""
     from pathlib import Path
 
     if value and Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
         raise UsageError(f"{flag} {value}: is a file, expected a folder")
+    if value:
+        check_writable_folder(value, f"{flag} {value}")
+
+
+def check_default_cache_folder() -> None:
+    """The cache folder used when --cache-dir is not given ($BMC_CACHE_DIR or ~/.cache/bmc) must be writable too."""
+    import os
+
+    from bmc_data.providers.cache import default_cache_dir
+
+    where = "from BMC_CACHE_DIR" if os.environ.get("BMC_CACHE_DIR") else "the default; set --cache-dir"
+    check_writable_folder(default_cache_dir(), f"the LLM call cache {default_cache_dir()} ({where})")
 
 
 REMOTE_PROVIDERS = ("openai", "anthropic", "openai-batch", "anthropic-batch")
@@ -88,8 +111,7 @@ def check_provider_args(args: argparse.Namespace) -> None:
     if urls and args.provider not in REMOTE_PROVIDERS:
         raise UsageError(f"--base-url is for the {', '.join(REMOTE_PROVIDERS)} providers, not {args.provider!r}")
     for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--base-url must start with http:// or https://, got {url!r}")
+        check_base_url(url, "--base-url")
     if len(urls) > 1 and args.provider != "openai":
         raise UsageError(f"several --base-url values make a pool of openai endpoints; --provider {args.provider} "
                          "takes one")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,6 @@ from bmc_data.providers.batch_store import (
     TERMINAL_STATES,
     BatchRecord,
     BatchStore,
-    request_counts,
 )
 
 
@@ -35,14 +35,19 @@ def add_parser(sub: Any, cache_default: str) -> None:
 
 def _provider(record: BatchRecord, store: BatchStore) -> Any:
     from bmc_data.providers import get_provider
+    from bmc_data.redaction import public_url
 
-    provider = get_provider(f"{record.api}-batch", record.model, base_url=record.endpoint, progress=False)
+    # the ledger keeps endpoints without credentials: those come back from the environment's URL, when it is the
+    # same endpoint (as keys come from the environment)
+    env_url = os.environ.get(f"{record.api.upper()}_BASE_URL")
+    base_url = env_url if env_url and public_url(env_url) == record.endpoint else record.endpoint
+    provider = get_provider(f"{record.api}-batch", record.model, base_url=base_url, progress=False)
     provider.store = store
     return provider
 
 
 def _table(records: list[BatchRecord], store: BatchStore) -> str:
-    counts = request_counts(store)
+    counts = store.request_counts()
     header = ("#", "api", "batch id", "state", "requests", "answered", "no reply", "submitted (UTC)", "endpoint")
     rows = [header]
     for r in records:

@@ -23,6 +23,8 @@ CONFIGS = ("default", "filtered", "failed")
 CONFIG_STATUS = {"default": schema.Status.BRIDGED.value, "filtered": schema.Status.FILTERED.value,
                  "failed": schema.Status.FAILED.value}
 DEFAULT_LICENSE = "other"
+#: the generated body sits between these; a push that finds someone else's README keeps the text around them
+BEGIN, END = "<!-- bmc:begin -->", "<!-- bmc:end -->"
 _SECRET_KEY = re.compile(r"key|token|secret|password|auth|credential", re.IGNORECASE)
 
 COLUMN_DOCS = {
@@ -199,6 +201,7 @@ def render_dataset_card(
     features: "datasets.Features | None" = None,
     report_path: str | None = None,
     editor_stats: Mapping[str, Any] | None = None,
+    review: Mapping[str, int] | None = None,
 ) -> DatasetCard:
     """Render the README.md card of a bridged dataset.
 
@@ -249,6 +252,12 @@ def render_dataset_card(
         status_lines.append(f"Review page: [{report_path}]({report_path}) shows every pair with its token-level diff, "
                             "filterable by status and reason (download the repo and open it in a browser; it reads "
                             f"`{report_path.rsplit('.', 1)[0]}_files/` beside it).\n")
+    if review:
+        status_lines.append(
+            f"Human review: {review.get('reviewed', 0):,} of {review.get('rows', 0):,} rows reviewed on the review page "
+            f"({review.get('keep', 0):,} keep, {review.get('flag', 0):,} flag, {review.get('drop', 0):,} drop); the "
+            f"{review.get('drop', 0):,} dropped rows are not published, the others carry `bmc_review_decision` and "
+            "`bmc_review_note`.\n")
     sections.append("\n".join(status_lines))
 
     editor = dict(editor_stats) if editor_stats is not None else _editor_stats(parts)
@@ -326,7 +335,9 @@ def render_dataset_card(
         f"The other configs: `load_dataset(\"{repo_id}\", \"filtered\")`, `load_dataset(\"{repo_id}\", \"failed\")`.\n"
     )
 
-    content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(sections)
+    # The body sits between markers, so a README someone wrote on the Hub keeps its own text around it on a push
+    # (bmc_data.hub.card_merge).
+    content = f"---\n{card_data.to_yaml()}\n---\n\n{BEGIN}\n" + "\n".join(sections) + f"\n{END}\n"
     from bmc_data.redaction import (
         redact,  # a card is public: no secret, whatever a reason or a base URL quoted
     )

@@ -4,11 +4,15 @@ Folder layout (what `save_bridged` writes and `push_bridged` uploads):
 
     README.md                                   dataset card; its YAML declares the configs below
     bmc_manifest.json                           machine-readable provenance: counts, template, provider, tokenizer
+    bmc_files.json                              the files bmc wrote, with hashes (`bmc_data.outputs`)
     data/default/train-00000-of-00001.parquet   bridged pairs (what a trainer uses)
     data/default/test-00000-of-00001.parquet    (with a test split)
     data/filtered/train-00000-of-00001.parquet  pairs the editor judged already fine
     data/failed/train-00000-of-00001.parquet    pairs without a usable pseudo-winner
     figures/*.png                               edit-distance plots shown in the card
+
+A rerun replaces and removes only what an earlier run wrote (and only while unchanged); a file bmc did not write
+under these paths is refused unless `overwrite=True` (`bmc_data.outputs` holds that rule).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import json
 import logging
 import math
 import platform
-import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from bmc_data.outputs import OutputFolder
 from bmc_data.pairs import schema
 
 from .card import (
@@ -45,6 +50,9 @@ from .facts import (
 logger = logging.getLogger(__name__)
 
 MANIFEST = "bmc_manifest.json"
+WRITER = "save_bridged"
+#: the paths save_bridged writes; any file there that bmc did not write is in the way
+SCOPE = ("README.md", MANIFEST, "data/", "figures/")
 DEFAULT_MAX_SHARD_SIZE = 500 * 1024 * 1024  # bytes of in-memory Arrow data per parquet shard (like push_to_hub)
 
 
@@ -85,37 +93,38 @@ def partition_by_status(splits: Mapping[str, datasets.Dataset]) -> dict[str, dic
     return parts
 
 
-def _write_shards(ds: datasets.Dataset, folder: Path, split: str, max_shard_size: int) -> list[Path]:
+def _write_shards(ds: datasets.Dataset, out: OutputFolder, config: str, split: str, max_shard_size: int) -> list[str]:
     nbytes = ds.data.nbytes if len(ds) else 0
     num_shards = max(1, min(len(ds), math.ceil(nbytes / max_shard_size))) if len(ds) else 1
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(num_shards):
         shard = ds.shard(num_shards, index, contiguous=True) if num_shards > 1 else ds
-        path = folder / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
-        shard.to_parquet(str(path))
-        paths.append(path)
+        rel = f"data/{config}/{split}-{index:05d}-of-{num_shards:05d}.parquet"
+        shard.to_parquet(str(out.path(rel)))
+        paths.append(rel)
     return paths
 
 
 def _compute_stats(rows: datasets.Dataset, figures: Path, tokenizer: Any) -> tuple[Any, list[Path]]:
-    """Edit-distance table and plots from bmc_data.tokens.stats; (None, []) when it is unavailable or fails."""
-    try:
-        from bmc_data.tokens.stats import (
-            add_edit_distance_stats,
-            plot_edit_distances,
-            summarize_edit_distances,
-        )
-    except ImportError:
-        logger.info("bmc_data.tokens.stats is not available: the card will have no edit-distance statistics")
-        return None, []
+    """Edit-distance table and plots of `rows` (`card_edit_distances`); (None, []) when there are none."""
+    from bmc_data.tokens.stats import add_edit_distance_stats
+
     if not len(rows):
         return None, []
-    with_stats = add_edit_distance_stats(rows, tokenizer=tokenizer)
+    return card_edit_distances(add_edit_distance_stats(rows, tokenizer=tokenizer), figures)
+
+
+def card_edit_distances(with_stats: datasets.Dataset, figures: Path) -> tuple[Any, list[Path]]:
+    """The card's edit-distance table and its figures (written into `figures`) from rows that already carry
+    `add_edit_distance_stats`' columns (all statuses or only the bridged: both summarise the bridged rows);
+    (None, []) when no row is bridged. What `save_bridged` takes as `stats_table` / `plot_paths`."""
+    from bmc_data.tokens.stats import plot_edit_distances, summarize_edit_distances
+
     table = summarize_edit_distances(with_stats)
+    if not table.attrs["n_bridged"]:
+        return None, []
     figures.mkdir(parents=True, exist_ok=True)
-    plots = [Path(p) for p in plot_edit_distances(with_stats, figures)]
-    return table, plots
+    return table, [Path(p) for p in plot_edit_distances(with_stats, figures)]
 
 
 def _versions() -> dict[str, str]:
@@ -151,14 +160,18 @@ def save_bridged(
     stats: bool = True,
     extra_manifest: Mapping[str, Any] | None = None,
     report_path: str | None = None,
+    overwrite: bool = False,
+    review: Mapping[str, int] | None = None,
 ) -> Path:
     """Write a bridged dataset as a Hub-ready folder (parquet shards, README.md card, figures, manifest).
 
     Args:
         dataset: the output of `bridge_dataset` (all statuses; masks optional), or a `DatasetDict` whose splits
             are kept as they are.
-        out_dir: the folder to write; files this function manages (data/, figures/, README.md, manifest) are
-            replaced, anything else there is left alone (e.g. a bridge cache).
+        out_dir: the folder to write. Files an earlier save wrote there (listed in bmc_files.json, unchanged) are
+            replaced or removed; anything else is never deleted. A file bmc did not write at README.md,
+            bmc_manifest.json or under data/ or figures/ is an `OutputConflict` (exit 2), before anything is written.
+        overwrite: replace such files where this save writes the same path instead (others are left in place).
         repo_id: the Hub id the card's snippets name (default: the folder name).
         source: where the pairs came from, for the card (e.g. "HuggingFaceH4/ultrafeedback_binarized:train_prefs").
         template: the prompt template(s) used; default: the bundled ones named in `bmc_prompt_version`.
@@ -170,6 +183,7 @@ def save_bridged(
         stats_tokenizer: tokenizer for token-level edit distances (default: whatever `bmc_data.tokens.stats` uses).
         stats: compute edit-distance statistics and plots at all (False: a card without them, faster).
         report_path: folder-relative review page (`bmc_data.report.render_report`) the card links to.
+        review: counts of a human review applied with `bmc_data.apply_review` (`Review.counts()`), for the card.
 
     Returns:
         `out_dir` as a Path.
@@ -195,32 +209,40 @@ def save_bridged(
     # Given plots may already live in out/figures, which is about to be replaced: read them first.
     given_plots = [(Path(p).name, Path(p).read_bytes()) for p in plot_paths or ()] if stats else []
 
-    # Replace what we manage, keep the rest of the folder.
-    out.mkdir(parents=True, exist_ok=True)
-    for managed in ("data", "figures"):
-        shutil.rmtree(out / managed, ignore_errors=True)
-    files: dict[str, dict[str, list[str]]] = {}
-    for config, config_splits in parts.items():
-        for split, rows in config_splits.items():
-            paths = _write_shards(rows, out / "data" / config, split, max_shard_size)
-            files.setdefault(config, {})[split] = [p.relative_to(out).as_posix() for p in paths]
+    # plots the caller drew straight into out/figures are handed over, not in the way
+    handed = [f"figures/{Path(p).name}" for p in plot_paths or ()
+              if Path(p).resolve() == (out / "figures" / Path(p).name).resolve()]
+    with OutputFolder(out, WRITER, SCOPE, overwrite=overwrite, handed=handed) as folder:
+        files: dict[str, dict[str, list[str]]] = {}
+        for config, config_splits in parts.items():
+            for split, rows in config_splits.items():
+                files.setdefault(config, {})[split] = _write_shards(rows, folder, config, split, max_shard_size)
 
-    figures = out / "figures"
-    plots: list[Path] = []
-    if not stats:
-        stats_table = None
-    elif plot_paths is None and stats_table is None:
-        bridged_rows = datasets.concatenate_datasets(list(parts["default"].values()))
-        stats_table, plots = _compute_stats(bridged_rows, figures, stats_tokenizer)
-    else:
-        figures.mkdir(parents=True, exist_ok=True)
+        if not stats:
+            stats_table = None
+        elif plot_paths is None and stats_table is None:
+            bridged_rows = datasets.concatenate_datasets(list(parts["default"].values()))
+            with tempfile.TemporaryDirectory() as scratch:  # drawn aside, then written like every other file
+                stats_table, drawn = _compute_stats(bridged_rows, Path(scratch), stats_tokenizer)
+                given_plots = [(p.name, p.read_bytes()) for p in drawn]
+        plot_rel = []
         for name, blob in given_plots:
-            (figures / name).write_bytes(blob)
-            plots.append(figures / name)
-    plot_rel = [p.relative_to(out).as_posix() for p in plots]
-    if figures.is_dir() and not any(figures.iterdir()):
-        figures.rmdir()
+            folder.write_bytes(f"figures/{name}", blob)
+            plot_rel.append(f"figures/{name}")
+        _write_card_and_manifest(
+            folder, everything, parts, files, plot_rel, stats_table, repo_id=repo_id, source=source,
+            template=template, provider_info=provider_info, license=license, pretty_name=pretty_name,
+            test_size=test_size, seed=seed, extra_manifest=extra_manifest, report_path=report_path, review=review)
+    logger.info("saved %d row(s) to %s", len(everything), out)
+    return out
 
+
+def _write_card_and_manifest(folder: OutputFolder, everything: datasets.Dataset, parts: Any, files: Any,
+                             plot_rel: list[str], stats_table: Any, *, repo_id: str, source: str | None,
+                             template: Any, provider_info: Mapping[str, Any] | None, license: str,
+                             pretty_name: str | None, test_size: Any, seed: int,
+                             extra_manifest: Mapping[str, Any] | None, report_path: str | None,
+                             review: Mapping[str, int] | None = None) -> None:
     templates = template if template is not None else (find_templates(everything) or None)
     provider = {**provider_identity(everything), **safe_provider_info(provider_info)}
     tokenizer_info = tokenizer_identity(everything)
@@ -230,8 +252,9 @@ def save_bridged(
         parts, repo_id=repo_id, template=templates, provider_info=provider, tokenizer_info=tokenizer_info,
         stats_table=stats_table, plot_paths=plot_rel, status_counts=counts, reasons=reasons, source=source,
         license=license, pretty_name=pretty_name, features=everything.features, report_path=report_path,
+        review=review,
     )
-    card.save(out / "README.md")
+    card.save(folder.path("README.md"))
 
     template_list = templates if isinstance(templates, (list, tuple)) else ([templates] if templates else [])
     manifest = {
@@ -259,8 +282,6 @@ def save_bridged(
     }
     from bmc_data.redaction import redact
 
-    (out / MANIFEST).write_text(redact(json.dumps(manifest, indent=2, ensure_ascii=False, default=str)) + "\n")
-    logger.info("saved %d row(s) to %s", len(everything), out)
-    return out
+    folder.write_text(MANIFEST, redact(json.dumps(manifest, indent=2, ensure_ascii=False, default=str)) + "\n")
 
 

@@ -1,21 +1,36 @@
 """Final-answer extraction and comparison for QA and math (the ground-truth check of the Bridging Phase).
 
 Recognised forms, last occurrence wins: `\\boxed{X}`, `#### X` (GSM8K) and `The answer is X` (the QA data and
-our prompts). Math answers compare numerically; QA answers compare after normalisation.
+our prompts). Math answers compare by value with Hugging Face's `math-verify` (SymPy underneath): `1/2`,
+`\\frac{1}{2}`, `\\dfrac12` and `0.5` are one answer, so are `1e3` and `1000`, `50\\%` and `0.5`; units and
+currency signs are dropped. QA answers compare as text after normalisation. `answers_match` is the one
+comparison every stage uses.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import re
 import string
+import threading
 from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from .schema import Task
 
+if TYPE_CHECKING:
+    from .schema import PreferencePair
+
 _ANSWER_IS = re.compile(r"the (?:final )?answer is[:\s]*", flags=re.I)
 _HASHES = re.compile(r"####\s*")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+#: 1e3, 1.5E-3: LaTeX parsers read these as 1·e³; rewritten as 1\times10^{3}
+_SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+#: a number followed by words only: "72 dollars", "5 cm" (the words are units)
+_TRAILING_WORDS = re.compile(r"(.*?[\d}])\s*((?:[A-Za-z]+\.?\s*)+)")
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+#: longer answers are compared as text: a final answer is short, and SymPy can take unbounded time on big input
+_MAX_MATH_CHARS = 200
 
 
 def _boxed(text: str) -> str | None:
@@ -90,24 +105,63 @@ def normalize_answer(answer: str) -> str:
     return " ".join(answer.split())
 
 
-def _as_number(answer: str) -> float | None:
-    numbers = _NUMBER.findall(answer.replace("$", ""))
-    if len(numbers) != 1:
+def _math_text(answer: str) -> str | None:
+    """The answer as a LaTeX expression math-verify can parse, or None when it is words, not mathematics."""
+    text = answer.strip().replace("\u2212", "-").strip("$").strip()
+    text = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r" \1", text)
+    units = _TRAILING_WORDS.fullmatch(text)
+    if units and not re.search(r"[A-Za-z]", _LATEX_COMMAND.sub("", units.group(1))):
+        text = units.group(1)
+    text = _SCIENTIFIC.sub(r"\1\\times10^{\2}", text)
+    # words (two letters in a row outside a LaTeX command) are not mathematics: "blue" is not b·l·u·e
+    if not text or len(text) > _MAX_MATH_CHARS or re.search(r"[A-Za-z]{2}", _LATEX_COMMAND.sub("", text)):
         return None
-    try:
-        return float(numbers[0].replace(",", ""))
-    except ValueError:
+    return text
+
+
+def _math_verify() -> Any:
+    import math_verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" warning, off the main thread
+    return math_verify
+
+
+def _timeout() -> int | None:
+    """math-verify's timeouts use SIGALRM, which only the main thread may set; elsewhere `_MAX_MATH_CHARS` bounds it."""
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+@lru_cache(maxsize=4096)
+def _parsed(text: str) -> tuple:
+    parsed = _math_verify().parse(f"${text}$", parsing_timeout=_timeout())
+    return tuple(parsed)
+
+
+def _same_value(predicted: str, gold: str) -> bool | None:
+    """True/False when both answers parse as mathematics, None when either does not."""
+    a, b = _math_text(predicted), _math_text(gold)
+    if a is None or b is None:
         return None
+    parsed_pred, parsed_gold = _parsed(a), _parsed(b)
+    if not parsed_pred or not parsed_gold:
+        return None
+    return bool(_math_verify().verify(list(parsed_gold), list(parsed_pred), timeout_seconds=_timeout()))
 
 
 def answers_match(predicted: str | None, gold: str, task: Task | str = Task.QA) -> bool:
+    """Does `predicted` state the same final answer as `gold`? Math: by value; QA (and words): as normalised text."""
     if predicted is None:
         return False
     if Task(task) is Task.MATH:
-        a, b = _as_number(predicted), _as_number(gold)
-        if a is not None and b is not None:
-            return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
+        same = _same_value(predicted, gold)
+        if same is not None:
+            return same
     return normalize_answer(predicted) == normalize_answer(gold)
+
+
+def known_answer(pair: PreferencePair) -> str | None:
+    """The final answer ỹ_w must reach: the row's `answer`, else the one its chosen response states."""
+    return pair.answer if pair.answer else extract_answer(pair.chosen)
 
 
 def check_answer(response: str, gold: str, task: Task | str) -> tuple[bool, str]:

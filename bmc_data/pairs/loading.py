@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import datasets
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
 from bmc_data.errors import InputError, MissingFileError, UsageError, first_line
 
+from .answers import known_answer
+from .options import check_count, parse_task
 from .schema import PreferencePair, Task
 
 logger = logging.getLogger(__name__)
@@ -192,16 +197,52 @@ def _json_lines(path: Path, text: str) -> list[Any]:
     return rows
 
 
-def _python_rows(source: Any, *, split: str) -> list[dict[str, Any]]:
-    """Rows as plain dicts. In-memory lists, DataFrames and JSON files skip Arrow, so a mistyped cell reaches our
-    row-level validation (with its row index) instead of failing the whole Arrow conversion."""
+def _read_csv_rows(path: Path) -> pd.DataFrame:
+    """A CSV file as text, cell for cell: `6` stays "6" (not 6 or "6.0" in a column with an empty cell), `true` stays
+    "true", and only an empty cell is missing (pandas' default would also turn "NA", "null" or "nan" into NaN)."""
+    _check_file(path)
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text (bad byte at offset {error.start}); save it as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as error:
+        raise InputError(f"{path}: cannot read it as csv: {first_line(error)}") from None
+
+
+def _missing(value: Any) -> bool:
+    """NaN, pandas' NA/NaT and None: a missing cell, never the text "nan"."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _python_value(value: Any) -> Any:
+    """A DataFrame cell as a plain Python value: None when missing, numpy scalars and arrays (a parquet list
+    column, e.g. chat messages) as numbers and lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if _missing(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _python_value(v) for k, v in record.items()} for record in frame.to_dict("records")]
+
+
+def read_records(source: Any, *, split: str = "train") -> list[dict[str, Any]]:
+    """Rows as plain dicts. In-memory lists, DataFrames, CSV and JSON files skip Arrow, so a mistyped cell reaches
+    our row-level validation (with its row index) instead of failing the whole Arrow conversion, and a CSV cell is
+    the text the user wrote."""
+    path = Path(source).expanduser() if isinstance(source, (str, Path)) else None
     if isinstance(source, pd.DataFrame):
-        records: list[Any] = source.to_dict("records")
+        records: list[Any] = _frame_records(source)
     elif isinstance(source, (list, tuple)):
         records = list(source)
-    elif isinstance(source, (str, Path)) and Path(source).expanduser().is_file() and \
-            Path(source).suffix.lower() in (".jsonl", ".json"):
-        records = _read_json_rows(Path(source).expanduser())  # its own "the file is empty" and UTF-8 checks
+    elif path is not None and path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
+        records = _read_json_rows(path)  # its own "the file is empty" and UTF-8 checks
+    elif path is not None and path.is_file() and path.suffix.lower() == ".csv":
+        records = _frame_records(_read_csv_rows(path))
     else:
         return read_rows(source, split=split).to_list()
     rows = []
@@ -246,7 +287,62 @@ def _last_assistant(messages: list[dict[str, str]], index: int, name: str) -> tu
     return messages[:-1], messages[-1]["content"]
 
 
+#: UTF-16 surrogate halves: a Python string may hold them (a bad decode, a JSON "\\ud800" escape), UTF-8 cannot
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unencodable(value: Any) -> str | None:
+    """Where `value` (a string, or lists and mappings of them) holds text that cannot be written as UTF-8, in words;
+    None when all of it can."""
+    if isinstance(value, str):
+        if value.isascii():  # the common case, checked in C without a regex scan
+            return None
+        found = _SURROGATE.search(value)
+        return None if found is None else f"the lone surrogate U+{ord(found.group()):04X} at character {found.start()}"
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return next((where for where in map(unencodable, value) if where), None)
+    return None
+
+
+def _check_encodable(row: Mapping[str, Any], index: int) -> None:
+    for name, value in row.items():
+        where = unencodable(value)
+        if where:
+            raise InvalidRowError(index, str(name), f"contains {where}: text that cannot be encoded as UTF-8")
+
+
+def answer_text(value: Any) -> str | None:
+    """A ground-truth answer cell as text: a float column's 6.0 is the "6" the user wrote, a missing cell is None."""
+    if _missing(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def _same_context(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
+    return [(m["role"], m["content"]) for m in a] == [(m["role"], m["content"]) for m in b]
+
+
+def _prompt_mismatch(index: int, name: str, other: str) -> InvalidRowError:
+    """Chosen and rejected must answer one prompt; a pair across two conversations is no preference."""
+    return InvalidRowError(index, name, f"the conversation's prompt (the messages before its last assistant reply) "
+                           f"differs from {other}: chosen and rejected must answer the same prompt")
+
+
+def _check_same_prompt(context: list[dict[str, str]], prompt: list[dict[str, str]], index: int, name: str,
+                       other: str) -> None:
+    """A conversation that repeats its prompt (a non-empty `context`) must repeat `prompt`."""
+    if context and not _same_context(context, prompt):
+        raise _prompt_mismatch(index, name, other)
+
+
 def _text(value: Any, index: int, name: str) -> str:
+    if value is None:
+        raise InvalidRowError(index, name, "expected a non-empty string, got nothing")
     if not isinstance(value, str):
         raise InvalidRowError(index, name, f"expected a string, got {type(value).__name__}")
     if not value.strip():
@@ -259,6 +355,7 @@ def _gsm8k_answer(solution: str) -> str | None:
 
 
 def row_to_pair(row: Mapping[str, Any], index: int, layout: str, *, task: Task | None, rejected_column: str | None) -> PreferencePair:
+    _check_encodable(row, index)
     meta = {k: v for k, v in row.items() if k.startswith("score_") or k in ("source", "dataset", "prompt_id")}
     ident = row.get("id", row.get("prompt_id", row.get("idx")))
     ident = None if ident is None else str(ident)
@@ -268,17 +365,23 @@ def row_to_pair(row: Mapping[str, Any], index: int, layout: str, *, task: Task |
     elif layout == "conversational":
         chosen_msgs = _messages(row.get("chosen"), index, "chosen")
         rejected_msgs = _messages(row.get("rejected"), index, "rejected")
+        chosen_context, chosen = _last_assistant(chosen_msgs, index, "chosen")
+        rejected_context, rejected = _last_assistant(rejected_msgs, index, "rejected")
         if row.get("prompt") is not None:
             prompt = _messages(row["prompt"], index, "prompt")
-            chosen, rejected = _last_assistant(chosen_msgs, index, "chosen")[1], _last_assistant(rejected_msgs, index, "rejected")[1]
+            _check_same_prompt(chosen_context, prompt, index, "chosen", "the 'prompt' field")
+            _check_same_prompt(rejected_context, prompt, index, "rejected", "the 'prompt' field")
         else:  # implicit prompt: the shared conversation before the last assistant turn
-            prompt, chosen = _last_assistant(chosen_msgs, index, "chosen")
-            rejected = _last_assistant(rejected_msgs, index, "rejected")[1]
+            prompt = chosen_context
+            if not _same_context(rejected_context, chosen_context):
+                raise _prompt_mismatch(index, "rejected", "chosen's")
         chosen, rejected = _text(chosen, index, "chosen"), _text(rejected, index, "rejected")
     elif layout == "ultrafeedback":
         prompt_text = _text(row.get("prompt"), index, "prompt")
         context, chosen = _last_assistant(_messages(row.get("chosen"), index, "chosen"), index, "chosen")
-        _, rejected = _last_assistant(_messages(row.get("rejected"), index, "rejected"), index, "rejected")
+        rejected_context, rejected = _last_assistant(_messages(row.get("rejected"), index, "rejected"), index,
+                                                     "rejected")
+        _check_same_prompt(rejected_context, context, index, "rejected", "chosen's")
         prompt = context if len(context) > 1 else [{"role": "user", "content": prompt_text}]
         chosen, rejected = _text(chosen, index, "chosen"), _text(rejected, index, "rejected")
     elif layout == "qa":
@@ -286,20 +389,29 @@ def row_to_pair(row: Mapping[str, Any], index: int, layout: str, *, task: Task |
         prompt = _text(row.get(problem_key), index, problem_key)
         solution_key = "solution" if "solution" in row else "answer"
         chosen = _text(row.get(solution_key), index, solution_key)
-        answer = row.get("answer") if solution_key == "solution" else _gsm8k_answer(chosen)
+        answer = answer_text(row.get("answer")) if solution_key == "solution" else _gsm8k_answer(chosen)
         column = rejected_column or next((c for c in _MODEL_OUTPUT_COLUMNS if c in row), None)
         if column is None:
             raise InvalidRowError(index, "rejected", "QA/math rows need a model answer (y_l) column "
                                   f"(one of {list(_MODEL_OUTPUT_COLUMNS)}); build one with bmc_data.make_pairs")
         rejected = _text(row.get(column), index, column)
         task = task or (Task.MATH if solution_key == "answer" else Task.QA)
-        return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, id=ident, task=task,
-                              answer=None if answer is None else str(answer), metadata=meta)
+        return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, id=ident, task=task, answer=answer,
+                              metadata=meta)
     else:
         raise ValueError(f"unknown layout {layout!r}")
-    answer = row.get("answer")
     return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, id=ident, task=task,
-                          answer=None if answer is None else str(answer), metadata=meta)
+                          answer=answer_text(row.get("answer")), metadata=meta)
+
+
+def check_known_answer(pair: PreferencePair, index: int, task: Task | None = None) -> None:
+    """QA/math rows need the final answer ỹ_w is checked against (unless the user turned the check off)."""
+    task = task or pair.task
+    if task is not None and task.has_ground_truth and known_answer(pair) is None:
+        raise InvalidRowError(index, "answer", "no known final answer: the row has no 'answer' and its chosen "
+                              "response states none ('The answer is X', '#### X' or \\boxed{X}); add an answer "
+                              "column, or bridge without the ground-truth check (answer_check=False, "
+                              "--no-answer-check)")
 
 
 def _detectable(row: Mapping[str, Any]) -> bool:
@@ -319,23 +431,22 @@ def load_pairs(
     limit: int | None = None,
     rejected_column: str | None = None,
     on_invalid: OnInvalid = "raise",
+    answer_check: bool = True,
 ) -> LoadedPairs:
     """Load and validate preference pairs, in input order.
 
     With ``on_invalid="raise"`` (default) the first bad row raises `InvalidRowError` naming the row index,
-    the field and what was expected; with ``"skip"`` such rows are reported in `LoadedPairs.skipped`.
+    the field and what was expected; with ``"skip"`` such rows are reported in `LoadedPairs.skipped`. QA/math
+    rows without a known final answer are invalid unless ``answer_check=False`` (bridging then skips the
+    ground-truth check).
     """
     if on_invalid not in ("raise", "skip"):
         raise UsageError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UsageError(f"limit must be a whole number >= 1 (or None for every row), got {limit!r}")
+    check_count("limit", limit, none_means="every row")
     if layout not in ("auto", "standard", "conversational", "ultrafeedback", "qa"):
         raise UsageError(f"layout must be one of auto, standard, conversational, ultrafeedback, qa; got {layout!r}")
-    try:
-        task = Task(task) if task is not None else None
-    except ValueError:
-        raise UsageError(f"task must be one of {[t.value for t in Task]}, got {task!r}") from None
-    rows = _python_rows(source, split=split)
+    task = parse_task(task) if task is not None else None
+    rows = read_records(source, split=split)
     if limit is not None:
         rows = rows[:limit]
     if not rows:
@@ -349,6 +460,8 @@ def load_pairs(
     for index, row in enumerate(rows):
         try:
             pair = row_to_pair(row, index, resolved, task=task, rejected_column=rejected_column)
+            if answer_check:
+                check_known_answer(pair, index)
         except InvalidRowError as err:
             if on_invalid == "raise":
                 raise

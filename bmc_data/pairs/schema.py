@@ -112,10 +112,14 @@ class PreferencePair(BaseModel):
         return "\n\n".join(f"[{m.role}]\n{m.content}" for m in self.prompt)
 
 
+_QUOTED = re.compile(r"(?<!\w)'(?:[^']|'(?=\w))*'(?!\w)")
+
+
 def reason_group(reason: str) -> str:
     """A `bmc_reason` with its row-specific quoted values (answers, server messages) elided, so that the same
-    cause counts once in summaries and dataset cards."""
-    return re.sub(r"'[^']*'", "'…'", reason)
+    cause counts once in summaries and dataset cards. A quoted value starts and ends at a word boundary and may hold
+    apostrophes inside words (`'it's ethics'` is one value, not `'it'` + a fragment)."""
+    return _QUOTED.sub("'…'", reason)
 
 
 def response_text(value: Any) -> str:

@@ -16,7 +16,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError, ResponseSchema, Usage
+from .base import (
+    ChatRequest,
+    ChatResponse,
+    Pricing,
+    Provider,
+    ProviderError,
+    ResponseSchema,
+    Usage,
+)
 from .limits import ProviderLimits
 
 PROVIDER_NAMES = ("openai", "anthropic", "transformers", "embedded", "openai-batch", "anthropic-batch")

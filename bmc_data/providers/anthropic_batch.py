@@ -49,9 +49,6 @@ class AnthropicBatchProvider(BatchingMixin, AnthropicProvider):
                             max_requests_per_batch=max_requests_per_batch, max_bytes_per_batch=max_bytes_per_batch,
                             max_attempts=max_attempts, batch_discount=batch_discount, progress=progress)
 
-    def identity(self) -> dict[str, Any]:
-        return {"provider": "anthropic", "model": self.model, "base_url": self.base_url}
-
     def _batch_params(self, request: ChatRequest) -> dict[str, Any]:
         params = self._params(request)
         params.update(params.pop("extra_body", None) or {})  # a batch entry is plain JSON: no SDK extras

@@ -79,7 +79,8 @@ class AnthropicProvider(RemoteProvider):
                  send_sampling_params: bool = False):
         super().__init__(model, limits=limits, pricing=pricing)
         self.send_sampling_params = send_sampling_params
-        self.base_url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL).rstrip("/")
+        url_source = "base_url=" if base_url else "ANTHROPIC_BASE_URL" if os.environ.get("ANTHROPIC_BASE_URL") else "the default URL"
+        self._use_base_url(base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL, url_source)
         self.key_source = "api_key=" if api_key else "ANTHROPIC_API_KEY"
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not api_key:
@@ -108,13 +109,8 @@ class AnthropicProvider(RemoteProvider):
 
     async def _attempt(self, request: ChatRequest) -> ChatResponse:
         params = self._params(request)
-        try:
+        with self._sdk_errors():
             message = await self._client().messages.create(**params)
-        except Exception as error:
-            translated = self._translate_sdk_error(error)
-            if translated is None:
-                raise
-            raise translated from error
         return self._parse(message)
 
     def _parse(self, message: Any) -> ChatResponse:

@@ -14,8 +14,11 @@ Nothing here holds credentials: endpoints are stored without keys, and keys come
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,23 +108,29 @@ class BatchStore:
         return cls(Path(cache_dir).expanduser() / "calls.sqlite")
 
     # --- writing ------------------------------------------------------------------------------------
-    def record_submission(self, *, api: str, endpoint: str, model: str, custom_ids: list[str]) -> BatchRecord:
-        """Commit a new batch (state `preparing`) with its requests, before anything is sent."""
-        token = f"bmc-{uuid.uuid4().hex}"
-        now = time.time()
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """All or nothing: the statements inside are committed together, or rolled back on any error."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                cursor = self._conn.execute(
-                    "INSERT INTO batches (api, endpoint, model, token, state, request_count, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (api, endpoint, model, token, PREPARING, len(custom_ids), now, now))
-                local_id = int(cursor.lastrowid)
-                self._conn.executemany("INSERT INTO batch_requests (custom_id, local_id) VALUES (?, ?)",
-                                       ((cid, local_id) for cid in custom_ids))
+                yield self._conn
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+
+    def record_submission(self, *, api: str, endpoint: str, model: str, custom_ids: list[str]) -> BatchRecord:
+        """Commit a new batch (state `preparing`) with its requests, before anything is sent."""
+        token = f"bmc-{uuid.uuid4().hex}"
+        now = time.time()
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO batches (api, endpoint, model, token, state, request_count, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (api, endpoint, model, token, PREPARING, len(custom_ids), now, now))
+            local_id = int(cursor.lastrowid)
+            conn.executemany("INSERT INTO batch_requests (custom_id, local_id) VALUES (?, ?)",
+                             ((cid, local_id) for cid in custom_ids))
         return self.get(local_id)  # type: ignore[return-value]
 
     def update(self, local_id: int, **fields: Any) -> None:
@@ -136,20 +145,22 @@ class BatchStore:
     def store_results(self, local_id: int, responses: dict[str, ChatResponse], errors: dict[str, str], *,
                       detail: str = "") -> None:
         """Store a finished batch's replies and per-request errors and mark it collected, in one transaction."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("UPDATE batch_requests SET response = ? WHERE custom_id = ? AND local_id = ?",
-                                       ((redact(response_to_json(r)), cid, local_id) for cid, r in responses.items()))
-                self._conn.executemany("UPDATE batch_requests SET error = ? WHERE custom_id = ? AND local_id = ?",
-                                       ((redact(e), cid, local_id) for cid, e in errors.items()))
-                # what a server sends back may echo the key (docs/errors.md): the ledger is scrubbed like the cache
-                self._conn.execute("UPDATE batches SET state = ?, detail = ?, updated_at = ? WHERE local_id = ?",
-                                   (COLLECTED, redact(detail), time.time(), local_id))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            conn.executemany("UPDATE batch_requests SET response = ? WHERE custom_id = ? AND local_id = ?",
+                             ((redact(response_to_json(r)), cid, local_id) for cid, r in responses.items()))
+            conn.executemany("UPDATE batch_requests SET error = ? WHERE custom_id = ? AND local_id = ?",
+                             ((redact(e), cid, local_id) for cid, e in errors.items()))
+            # what a server sends back may echo the key (docs/errors.md): the ledger is scrubbed like the cache
+            conn.execute("UPDATE batches SET state = ?, detail = ?, updated_at = ? WHERE local_id = ?",
+                         (COLLECTED, redact(detail), time.time(), local_id))
+
+    def forget_unsent(self, local_id: int) -> None:
+        """A batch that never reached the provider is no attempt: close it (`never created`) and forget its
+        requests, so they are submitted again as if for the first time."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM batch_requests WHERE local_id = ?", (local_id,))
+            conn.execute("UPDATE batches SET state = ?, detail = ?, request_count = 0, updated_at = ? "
+                         "WHERE local_id = ?", (COLLECTED, "never created", time.time(), local_id))
 
     # --- reading ------------------------------------------------------------------------------------
     def get(self, local_id: int) -> BatchRecord | None:
@@ -197,15 +208,14 @@ class BatchStore:
         return {cid: RequestHistory(response_from_json(e["response"]) if e["response"] else None, e["open"],
                                     tuple(e["errors"])) for cid, e in out.items()}
 
+    def request_counts(self) -> dict[int, tuple[int, int]]:
+        """local_id -> (requests with a reply, requests that came back without one) over the whole ledger."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT local_id, SUM(response IS NOT NULL), SUM(response IS NULL AND error IS NOT NULL) "
+                "FROM batch_requests GROUP BY local_id").fetchall()
+        return {local_id: (int(ok or 0), int(bad or 0)) for local_id, ok, bad in rows}
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-def request_counts(store: BatchStore) -> dict[int, tuple[int, int]]:
-    """local_id -> (requests with a reply, requests that came back without one) over the whole ledger."""
-    with store._lock:
-        rows = store._conn.execute(
-            "SELECT local_id, SUM(response IS NOT NULL), SUM(response IS NULL AND error IS NOT NULL) "
-            "FROM batch_requests GROUP BY local_id").fetchall()
-    return {local_id: (int(ok or 0), int(bad or 0)) for local_id, ok, bad in rows}

@@ -65,7 +65,7 @@ class BatchingMixin(abc.ABC):
     """Turns a RemoteProvider into a batch provider; subclasses speak one batch API.
 
     Subclasses set `api` (ledger name) and implement `_batch_line`, `_submit`, `_find_by_token`, `_poll`,
-    `_collect` and `_cancel`. They inherit `_client()`, `_translate_sdk_error`, `limits` and `_parse` from
+    `_collect` and `_cancel`. They inherit `_client()`, `_sdk_errors`, `limits` and `_parse` from
     their online provider class.
     """
 
@@ -114,6 +114,10 @@ class BatchingMixin(abc.ABC):
     def endpoint(self) -> str:
         return self.base_url  # type: ignore[attr-defined]
 
+    def identity(self) -> dict[str, Any]:
+        # the same model at the same endpoint answers alike online and in a batch: one call cache for both
+        return {**super().identity(), "provider": self.api}  # type: ignore[misc]
+
     # --- what a subclass implements -----------------------------------------------------------------
     @abc.abstractmethod
     def _batch_line(self, custom_id: str, request: ChatRequest) -> bytes:
@@ -142,13 +146,8 @@ class BatchingMixin(abc.ABC):
     # --- SDK calls with our error translation and retries -----------------------------------------------
     async def _api(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         async def attempt() -> Any:
-            try:
+            with self._sdk_errors():  # type: ignore[attr-defined]
                 return await fn(*args, **kwargs)
-            except Exception as error:
-                translated = self._translate_sdk_error(error)  # type: ignore[attr-defined]
-                if translated is None:
-                    raise
-                raise translated from error
 
         return await call_with_retries(attempt, limits=self.limits, usage=self.usage,  # type: ignore[attr-defined]
                                        describe=self.describe)  # type: ignore[attr-defined]
@@ -287,8 +286,7 @@ class BatchingMixin(abc.ABC):
         try:
             batch_id = await self._submit(record, [line for _, line in shard])
         except SystemicFailure:  # a rejected key, a refused connection: nothing was created, and the run stops
-            self.store.store_results(record.local_id, {}, {}, detail="never created")
-            self._discard_attempt(record.local_id)
+            self.store.forget_unsent(record.local_id)
             raise
         except ProviderError as error:
             # nothing was created: the attempt counts (so a server that refuses every upload ends the run)
@@ -310,8 +308,7 @@ class BatchingMixin(abc.ABC):
                 found = await self._find_by_token(record)
                 if found is None:
                     logger.info("%s: batch %d was never created; submitting its requests now", self.describe, local_id)  # type: ignore[attr-defined]
-                    self.store.store_results(local_id, {}, {}, detail="never created")
-                    self._discard_attempt(local_id)
+                    self.store.forget_unsent(local_id)
                     del state.open[local_id]
                     state.new.extend(cid for cid in self.store.custom_ids(local_id) if cid in state.waiters)
                     continue
@@ -337,13 +334,6 @@ class BatchingMixin(abc.ABC):
                 await self._finish(state, record, remote)
                 del state.open[local_id]
         state.bar.set_postfix({"batches": dict(states)} if states else {}, refresh=True)
-
-    def _discard_attempt(self, local_id: int) -> None:
-        """A batch that never reached the provider is no attempt: forget its requests."""
-        assert self.store is not None
-        with self.store._lock:
-            self.store._conn.execute("DELETE FROM batch_requests WHERE local_id = ?", (local_id,))
-            self.store._conn.execute("UPDATE batches SET request_count = 0 WHERE local_id = ?", (local_id,))
 
     async def _finish(self, state: _Round, record: BatchRecord, remote: Any) -> None:
         assert self.store is not None

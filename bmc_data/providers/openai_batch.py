@@ -59,10 +59,6 @@ class OpenAIBatchProvider(BatchingMixin, OpenAIProvider):
                             max_requests_per_batch=max_requests_per_batch, max_bytes_per_batch=max_bytes_per_batch,
                             max_attempts=max_attempts, batch_discount=batch_discount, progress=progress)
 
-    def identity(self) -> dict[str, Any]:
-        # the same model at the same endpoint answers alike online and in a batch: one call cache for both
-        return {"provider": "openai", "model": self.model, "base_url": self.base_url}
-
     def _batch_line(self, custom_id: str, request: ChatRequest) -> bytes:
         return dumps_line({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
                            "body": self._params(request)})

@@ -12,7 +12,14 @@ import openai
 from bmc_data.errors import CredentialError
 from bmc_data.redaction import check_api_key
 
-from .base import STRUCTURED_OUTPUT_FIELDS, ChatRequest, ChatResponse, Pricing, ProviderError, ResponseSchema
+from .base import (
+    STRUCTURED_OUTPUT_FIELDS,
+    ChatRequest,
+    ChatResponse,
+    Pricing,
+    ProviderError,
+    ResponseSchema,
+)
 from .limits import ProviderLimits
 from .remote import RemoteProvider
 from .retry import malformed_error
@@ -69,7 +76,8 @@ class OpenAIProvider(RemoteProvider):
                  limits: ProviderLimits | None = None, pricing: Pricing | None = None,
                  token_limit_param: str | None = None, structured_output: str = "response_format"):
         super().__init__(model, limits=limits, pricing=pricing)
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+        url_source = "base_url=" if base_url else "OPENAI_BASE_URL" if os.environ.get("OPENAI_BASE_URL") else "the default URL"
+        self._use_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL, url_source)
         self.key_source = "api_key=" if api_key else "OPENAI_API_KEY"
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
@@ -114,15 +122,10 @@ class OpenAIProvider(RemoteProvider):
         # a call, most of the SDK's overhead): re-walking our plain JSON body against the typed-dict schema
         # and building a `ChatCompletion` model we read three fields of. Headers, auth, timeouts and the
         # error types (APIStatusError, APIConnectionError, ...) are the SDK's own, as before.
-        try:
+        with self._sdk_errors():
             response = await self._client().post("/chat/completions", body=self._params(request),
                                                   cast_to=httpx2.Response, options=_POST_OPTIONS)
             body = response.json()
-        except Exception as error:
-            translated = self._translate_sdk_error(error)
-            if translated is None:
-                raise
-            raise translated from error
         return self._parse(body)
 
     def _parse(self, body: Any) -> ChatResponse:

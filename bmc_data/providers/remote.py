@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import dataclasses
+import contextlib
 import weakref
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
-from bmc_data.errors import SystemicFailure
-from bmc_data.redaction import redact
+from bmc_data.errors import SystemicFailure, UsageError
+from bmc_data.redaction import SplitUrl, public_url, redact, split_url
 
 from .base import ChatRequest, ChatResponse, Pricing, Provider, ProviderError
 from .limits import ProviderLimits
@@ -27,6 +29,28 @@ from .transport import http_transport_options
 _timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 
+def check_base_url(url: str, source: str) -> str:
+    """`url` if a client can connect to it (http or https, a host, a port in 1-65535), else a `UsageError` naming
+    `source` (the flag, argument or variable it came from). Checked before any call: a bad port used to end in
+    hundreds of lines of tracebacks, a missing host in a minute of retries."""
+    parts = urlsplit(url.strip())
+    shown = public_url(url)  # credentials in the URL (userinfo, ?api_key=) are never shown
+    if parts.scheme not in ("http", "https") or not url.strip().lower().startswith(("http://", "https://")):
+        raise UsageError(f"{source} must start with http:// or https://, got {redact(shown)!r}")
+    if not parts.hostname:
+        raise UsageError(f"{source} {redact(shown)!r} has no host (expected e.g. http://127.0.0.1:8000/v1)")
+    try:
+        port = parts.port
+    except ValueError:
+        raw = parts.netloc.rsplit("@", 1)[-1].rsplit("]", 1)[-1].rpartition(":")[2]
+        if raw.isdigit():
+            raise UsageError(f"{source} {redact(shown)!r}: port {raw} is out of range (1-65535)") from None
+        raise UsageError(f"{source} {redact(shown)!r}: the port {raw!r} is not a number") from None
+    if port == 0:
+        raise UsageError(f"{source} {redact(shown)!r}: port 0 is out of range (1-65535)")
+    return url
+
+
 class RemoteProvider(Provider):
     """A provider behind an HTTP API: every call goes through the limits, the retries and usage accounting.
 
@@ -35,8 +59,9 @@ class RemoteProvider(Provider):
     every call in flight or still to come raises it at once, until the run's `aclose()`.
     """
 
-    #: set by subclasses before the first call
+    #: set by subclasses before the first call (`_use_base_url`): the URL without its credentials
     base_url: str = ""
+    _url: SplitUrl | None = None
     #: where the API key came from, for error messages ("OPENAI_API_KEY", "api_key="); never the key itself
     key_source: str = "the API key"
 
@@ -61,12 +86,23 @@ class RemoteProvider(Provider):
     sdk_client_class: Any = None
     sdk_base_error: type[Exception] = Exception
 
+    def _use_base_url(self, url: str, source: str) -> None:
+        """Connect to `url`; its credentials (userinfo, `?api_key=`...) are registered as secrets and left out of
+        `base_url`, which is what summaries, errors, the cache key and the batch ledger see."""
+        check_base_url(url, source)  # shows the URL without its credentials
+        self._url = split_url(url.rstrip("/"), source)
+        self.base_url = self._url.public
+
     def _new_client(self) -> Any:
         """A new SDK client for the running event loop (no SDK retries: ours apply)."""
         sdk = self.sdk
         timeout = sdk.Timeout(self.limits.timeout_s, connect=min(10.0, self.limits.timeout_s))
+        url = self._url or SplitUrl(self.base_url, self.base_url)
         return self.sdk_client_class(
-            api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
+            api_key=self._api_key, base_url=url.connect, max_retries=0, timeout=timeout,
+            # query parameters (a key in `?api_key=`) go on every request; in the base URL the SDK would
+            # append its paths after them
+            default_query=url.query or None,
             # our own httpx client: the SDK's default one closes itself from __del__ on whatever loop
             # runs then, which fails noisily once its own loop is gone (asyncio.run per dataset)
             http_client=sdk.DefaultAsyncHttpxClient(timeout=timeout, **http_transport_options(
@@ -109,6 +145,17 @@ class RemoteProvider(Provider):
         if isinstance(error, self.sdk_base_error):
             return ProviderError(f"{self.describe}: {type(error).__name__}: {self._safe(error)}")
         return None
+
+    @contextlib.contextmanager
+    def _sdk_errors(self) -> Iterator[None]:
+        """Around an SDK call: its exception raised as ours (`_translate_sdk_error`), anything else as it is."""
+        try:
+            yield
+        except Exception as error:
+            translated = self._translate_sdk_error(error)
+            if translated is None:
+                raise
+            raise translated from error
 
     async def aclose(self) -> None:
         """Close this event loop's client (its connections cannot outlive the loop); the run is over, so a
@@ -167,9 +214,6 @@ class RemoteProvider(Provider):
             raise
         breaker.success()
         self._gate.settle_tokens(estimate, response.input_tokens + response.output_tokens)
-        # a reply that quotes a secret (some servers echo the request) is scrubbed before anyone stores it
-        text = redact(response.text)
-        if text != response.text:
-            response = dataclasses.replace(response, text=text)
+        # the reply as the server sent it: the cache seals secrets, and rows mask those the user did not write
         self.record(response)
         return response

@@ -7,8 +7,17 @@ import html
 
 import numpy as np
 
+# the hatch of the "before" bars, defined once per page (an id may appear only once in a document)
+HATCH_DEFS = ('<svg class="defs" width="0" height="0" aria-hidden="true" focusable="false"><defs>'
+              '<pattern id="hatch" width="4" height="4" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+              '<rect width="4" height="4" class="hb"/><line x1="0" y1="0" x2="0" y2="4" class="hl"/></pattern>'
+              '</defs></svg>')
 
-def histogram_svg(before: np.ndarray, after: np.ndarray, *, title: str, xlabel: str, unit: bool) -> str:
+
+def histogram_svg(before: np.ndarray, after: np.ndarray, *, title: str, xlabel: str, unit: bool,
+                  keys: tuple[str, str] | None = None) -> str:
+    """Paired before/after histogram. With `keys` (the page's index fields of the two values), each bar is a
+    button of the page: clicking it filters the list to the rows in that bin."""
     W, H, L, R, T, B = 460, 240, 48, 12, 44, 40
     values = np.concatenate([before, after]) if len(before) else np.zeros(1)
     hi = 1.0 if unit else float(max(1.0, np.quantile(values, 0.99)))
@@ -23,19 +32,22 @@ def histogram_svg(before: np.ndarray, after: np.ndarray, *, title: str, xlabel: 
     def y(v: float) -> float:
         return T + ph - ph * v / top
 
-    parts = [f'<svg class="hist" viewBox="0 0 {W} {H}" role="img" aria-label="{html.escape(title)}">',
+    # bars that are buttons cannot sit inside an image: a clickable chart is a group
+    parts = [f'<svg class="hist" viewBox="0 0 {W} {H}" role="{"group" if keys else "img"}" '
+             f'aria-label="{html.escape(title)}">',
              f'<title>{html.escape(title)}</title>',
-             '<defs><pattern id="hatch" width="4" height="4" patternUnits="userSpaceOnUse" '
-             'patternTransform="rotate(45)"><rect width="4" height="4" class="hb"/>'
-             '<line x1="0" y1="0" x2="0" y2="4" class="hl"/></pattern></defs>',
              f'<text x="{L}" y="16" class="ct">{html.escape(title)}</text>']
     for k in range(bins):
         x = L + k * bw
-        for v, cls, dx in ((hb[k], "before", 0.0), (ha[k], "after", bw / 2)):
+        for j, (v, cls, dx) in enumerate(((hb[k], "before", 0.0), (ha[k], "after", bw / 2))):
             if v:
-                parts.append(f'<rect class="{cls}" x="{x + dx:.1f}" y="{y(v):.1f}" width="{bw / 2 - 0.5:.1f}" '
+                # the last bin also holds everything clipped into it (values above p99)
+                hi_attr = "" if k == bins - 1 else f"{edges[k + 1]:.6g}"
+                data = (f' data-key="{keys[j]}" data-lo="{edges[k]:.6g}" data-hi="{hi_attr}"' if keys else "")
+                parts.append(f'<rect class="{cls}"{data} x="{x + dx:.1f}" y="{y(v):.1f}" width="{bw / 2 - 0.5:.1f}" '
                              f'height="{T + ph - y(v):.1f}"><title>{cls}: {int(v)} pairs in '
-                             f'[{edges[k]:.3g}, {edges[k + 1]:.3g})</title></rect>')
+                             f'[{edges[k]:.3g}, {edges[k + 1]:.3g})' + (' (click to show them)' if keys else '')
+                             + '</title></rect>')
     parts.append(f'<line class="ax" x1="{L}" y1="{T + ph}" x2="{L + pw}" y2="{T + ph}"/>')
     parts.append(f'<line class="ax" x1="{L}" y1="{T}" x2="{L}" y2="{T + ph}"/>')
     for frac in (0, 0.5, 1):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+from pathlib import Path
 
 import datasets
+
+from bmc_data.errors import InputError, UsageError, first_line
+from bmc_data.runner import run_cli, setup_logging
 
 from .page import DEFAULT_CHUNK_ROWS, ReportConfig, render_report
 from .source import load_report_source
@@ -26,7 +29,8 @@ row index and the rows in chunks (`<script>` files that call a global registrati
 `file://`). `bmc_data.render_report(dataset, path)` is the Python face; `python -m bmc_data.publish` writes the
 report into the dataset folder. What is highlighted is decided in `bmc_data.report.records`.
 
-Exit codes: 0 ok, 2 usage error, 1 failure (one `error: ...` line).
+Exit codes (docs/errors.md): 0 ok, 2 a bad option or input (one `error: ...` line naming it), 1 a bug.
+`--debug` (or BMC_DEBUG=1) shows the traceback.
 """
 
 
@@ -47,35 +51,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--delta", type=float, default=2.0, help="δ of the λ preview (default: %(default)s)")
     parser.add_argument("--weight-rows", type=int, default=32,
                         help="rows whose λ the preview computes (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files bmc did not write (or that changed since) at the page's path or in its "
+                             "<stem>_files/ folder; without it they are refused (exit 2). Nothing else is touched")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    parser.add_argument("--debug", action="store_true", help="the full traceback of an error (also: BMC_DEBUG=1)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if args.chunk_rows < 1 or args.weight_rows < 1 or args.delta < 0:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: --chunk-rows and --weight-rows must be >= 1 and --delta >= 0", file=sys.stderr)
-        return 2
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)  # argparse's own usage errors exit 2
+    setup_logging(quiet=args.quiet)
+    if args.chunk_rows < 1:
+        raise UsageError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+    if args.weight_rows < 1:
+        raise UsageError(f"--weight-rows must be >= 1, got {args.weight_rows}")
+    if args.delta < 0:
+        raise UsageError(f"--delta must be >= 0, got {args.delta}")
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give the .html file to write (e.g. {args.out}/report.html)")
     if args.quiet:
         datasets.disable_progress_bars()
-    try:
-        dataset, prov = load_report_source(args.source)
-        tokenizer = None
-        if args.tokenizer:
-            from transformers import AutoTokenizer
+    dataset, prov = load_report_source(args.source)
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
 
+        try:
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        config = ReportConfig(chunk_rows=args.chunk_rows, title=args.title, model=args.model, delta=args.delta,
-                              weight_rows=args.weight_rows, provenance=prov)
-        out = render_report(dataset, args.out, tokenizer=tokenizer, config=config, progress=not args.quiet)
-    except Exception as err:  # one clear line; --quiet off and logging at DEBUG shows the traceback
-        logger.debug("report failed", exc_info=True)
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        except (OSError, ValueError) as error:
+            raise InputError(f"--tokenizer {args.tokenizer}: cannot load a tokenizer from it: "
+                             f"{first_line(error)}") from None
+    config = ReportConfig(chunk_rows=args.chunk_rows, title=args.title, model=args.model, delta=args.delta,
+                          weight_rows=args.weight_rows, provenance=prov)
+    out = render_report(dataset, args.out, tokenizer=tokenizer, config=config, progress=not args.quiet,
+                        overwrite=args.overwrite)
     print(f"wrote {out} and {out.with_name(out.stem + '_files')}/ ({len(dataset):,} rows); open it in a browser")
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bmc_data.report ...`: the exit code; every failure is one line on stderr (`--debug`: traceback)."""
+    return run_cli(_main, argv)

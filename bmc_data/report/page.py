@@ -14,7 +14,6 @@ import html
 import json
 import logging
 import re
-import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,9 +24,12 @@ from typing import Any
 import datasets
 import numpy as np
 
+from bmc_data.errors import InputError
+from bmc_data.outputs import OutputFolder
 from bmc_data.pairs import schema
+from bmc_data.pairs.review import review_fingerprint
 
-from .charts import histogram_svg, splits_svg
+from .charts import HATCH_DEFS, histogram_svg, splits_svg
 from .records import build_records, chosen_share, column_list, prompt_text
 from .source import mask_tokenizer
 
@@ -57,7 +59,7 @@ class ReportConfig:
 def _js(name: str, *args: Any) -> str:
     """A script file that calls the global `name(*args)`: how data reach the page under file:// (no fetch)."""
     # ensure_ascii=False keeps the files small; U+2028/2029 are valid in JS string literals since ES2019
-    body = ",".join(json.dumps(a, ensure_ascii=False, separators=(",", ":")) for a in args)
+    body = ",".join(json.dumps(a, ensure_ascii=False, separators=(",", ":"), default=str) for a in args)
     return f"{name}({body});\n"
 
 
@@ -71,8 +73,30 @@ def _inline_json(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
 
 
+def facet_columns(dataset: datasets.Dataset, names: Sequence[str], most: int = 40) -> list[list[Any]]:
+    """[name, values, code per row] of the extra text columns with a few distinct values (task, source, ...):
+    the page's filters on extra columns."""
+    out = []
+    for name in names:
+        feature = dataset.features[name]
+        if not isinstance(feature, datasets.Value) or feature.dtype not in ("string", "large_string"):
+            continue
+        column = column_list(dataset, name)
+        values = sorted({v for v in column if v is not None})
+        if 1 < len(values) <= most:
+            code = {v: k for k, v in enumerate(values)}
+            out.append([name, values, [code.get(v, -1) for v in column]])
+    return out
+
+
 def _dl(items: Sequence[tuple[str, str]]) -> str:
     return "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items if v)
+
+
+def report_scope(path: str | Path) -> tuple[str, tuple[str, ...]]:
+    """(writer, scope) of the review page at `path`, relative to its folder: the page and its `<stem>_files/`."""
+    out = Path(path)
+    return f"report:{out.name}", (out.name, f"{out.stem}_files/")
 
 
 def render_report(
@@ -83,12 +107,16 @@ def render_report(
     config: ReportConfig | None = None,
     source: str | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write the review page of a bridged dataset to `path` (an .html file) and its data to `<stem>_files/`.
 
     Args:
         dataset: a bridged dataset (all statuses), or a DatasetDict whose splits are shown together.
-        path: the HTML file to write. `<stem>_files/` beside it is replaced.
+        path: the HTML file to write; its data go to `<stem>_files/` beside it. What an earlier report wrote there
+            (listed in the folder's bmc_files.json, unchanged) is replaced or removed; a file bmc did not write at
+            the page's path or in `<stem>_files/` is an `OutputConflict` (exit 2) before anything is written.
+        overwrite: replace such files where the report writes the same path instead (others are left in place).
         tokenizer: the tokenizer the diff masks were built with (default: loaded from `bmc_mask_tokenizer`);
             without a fitting one the page shows word-level diffs and says so.
         config: page options (`ReportConfig`); `config.model` adds the λ preview.
@@ -101,8 +129,17 @@ def render_report(
         dataset = datasets.concatenate_datasets(list(dataset.values()))
     missing = [c for c in schema.BRIDGED_COLUMNS if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"render_report: the dataset is missing column(s) {missing}; a bridged dataset has "
+        raise InputError(f"render_report: the dataset is missing column(s) {missing}; a bridged dataset has "
                          f"{list(schema.BRIDGED_COLUMNS)} (it has {dataset.column_names})")
+    out = Path(path)
+    writer, scope = report_scope(out)
+    with OutputFolder(out.parent, writer, scope, overwrite=overwrite) as folder:
+        _render(dataset, out, folder, tokenizer=tokenizer, config=config, source=source, progress=progress)
+    return out
+
+
+def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, tokenizer: Any, config: ReportConfig,
+            source: str | None, progress: bool) -> None:
     from bmc_data.hub.facts import (
         provider_identity,
         status_counts,
@@ -117,9 +154,11 @@ def render_report(
         add_edit_distance_stats,
     )
 
-    out = Path(path)
     files_dir = out.with_name(out.stem + "_files")
     tokenizer, diff_note = mask_tokenizer(dataset, tokenizer)
+    shown = {*schema.BRIDGED_COLUMNS, schema.ID, schema.ANSWER, *schema.MASK_COLUMNS[:2]}
+    extra_columns = [c for c in dataset.column_names if c not in shown]  # copied as they are, for copy-as-JSON
+    fingerprint = review_fingerprint(dataset)
     if WORD_DISTANCE_BEFORE not in dataset.column_names or WORD_DISTANCE_AFTER not in dataset.column_names:
         dataset = add_edit_distance_stats(dataset)
 
@@ -142,14 +181,13 @@ def render_report(
                                                rows=config.weight_rows)
 
     # rows -> chunk files (streamed: a 61k-row dataset never sits in memory as records)
-    shutil.rmtree(files_dir, ignore_errors=True)
-    files_dir.mkdir(parents=True)
     digest = hashlib.sha256()
     share = np.full(n, -1, dtype=np.int32)
     kinds = np.zeros(n, dtype=np.int8)
     snippets: list[str] = []
     columns = [c for c in (*schema.BRIDGED_COLUMNS, schema.ID, schema.ANSWER, *schema.MASK_COLUMNS[:2])
-               if c in dataset.column_names]
+               if c in dataset.column_names] + extra_columns
+    units = np.zeros((n, 3), dtype=np.int32)  # chosen length, rejected length, edit distance (tokens or words)
     n_chunks = max(1, -(-n // config.chunk_rows))
     chunk_bytes: list[int] = []
     iterator = range(n_chunks)
@@ -161,9 +199,10 @@ def render_report(
     for k in iterator:
         lo, hi = k * config.chunk_rows, min(n, (k + 1) * config.chunk_rows)
         batch = table[lo:hi] if n else {c: [] for c in columns}
-        records = build_records(batch, tokenizer)
+        records = build_records(batch, tokenizer, extra_columns)
         for j, rec in enumerate(records):
             i = lo + j
+            units[i] = (rec["cd"]["n"], rec["rd"]["n"], rec["td"])
             s = chosen_share(rec["cd"])
             share[i] = -1 if s is None else round(1000 * s)
             kinds[i] = 1 if rec["k"] == "token" else 0
@@ -173,7 +212,7 @@ def render_report(
         text = _js("BMC_ROWS", k, records)
         blob = text.encode("utf-8")
         digest.update(blob)
-        (files_dir / f"rows-{k:05d}.js").write_bytes(blob)
+        folder.write_bytes(f"{files_dir.name}/rows-{k:05d}.js", blob)
         chunk_bytes.append(len(blob))
 
     index = {
@@ -183,10 +222,12 @@ def render_report(
         "gr": [group_index.get((g, s), -1) if g else -1 for s, g in zip(statuses, groups)],
         "eb": [int(v) for v in ed_before], "ea": [int(v) for v in ed_after],
         "sh": share.tolist(), "kd": kinds.tolist(), "sn": snippets,
+        "nc": units[:, 0].tolist(), "nl": units[:, 1].tolist(), "td": units[:, 2].tolist(),
+        "ex": facet_columns(dataset, extra_columns),
     }
     index_blob = _js("BMC_INDEX", index).encode("utf-8")
     digest.update(index_blob)
-    (files_dir / "index.js").write_bytes(index_blob)
+    folder.write_bytes(f"{files_dir.name}/index.js", index_blob)
 
     # header data
     counts = status_counts(dataset)
@@ -202,8 +243,10 @@ def render_report(
     norm_a = np.asarray(column_list(dataset, WORD_NORM_AFTER), dtype=float)[bridged] if n else np.zeros(0)
     figures = ""
     if bridged.any():
-        figures = (histogram_svg(ed_before[bridged], ed_after[bridged], title="Word edit distance, bridged pairs",
-                                  xlabel="Levenshtein distance in words (clipped at p99)", unit=False)
+        figures = (HATCH_DEFS
+                   + histogram_svg(ed_before[bridged], ed_after[bridged], title="Word edit distance, bridged pairs",
+                                   xlabel="Levenshtein distance in words (clipped at p99)", unit=False,
+                                   keys=("eb", "ea"))
                    + histogram_svg(norm_b, norm_a, title="Normalised word edit distance, bridged pairs",
                                     xlabel="distance / longer response", unit=True)
                    + splits_svg(ed_before[bridged], ed_after[bridged]))
@@ -229,7 +272,8 @@ def render_report(
         f"<h3>Why rows are {html.escape(status)}</h3><ol class='reasons'>" + "".join(
             f"<li><span class='rc'>{c:,}</span> {html.escape(r)}</li>" for r, c in items) + "</ol>"
         for status, items in reasons.items()) or "<p class='muted'>No filtered or failed rows.</p>"
-    page_meta = {"diffNote": diff_note, "files": files_dir.name, "delta": config.delta if weights else None}
+    page_meta = {"diffNote": diff_note, "files": files_dir.name, "delta": config.delta if weights else None,
+                 "fp": fingerprint, "ids": schema.ID in dataset.column_names}
     body_hash = digest.hexdigest()[:16]
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     if out.is_file():  # same content as the report already there: keep its date, so a re-push is a no-op
@@ -245,11 +289,10 @@ def render_report(
         "@TITLE@": html.escape(title), "@DIGEST@": body_hash, "@DATE@": date, "@CSS@": _asset("report.css"),
         "@JS@": _asset("report.js"), "@META@": _dl(meta_rows), "@COUNTS@": count_html, "@REASONS@": reason_html,
         "@FIGURES@": figures, "@DIFFNOTE@": html.escape(diff_note), "@CONFIG@": _inline_json(page_meta),
-        "@FILES@": html.escape(files_dir.name), "@N@": f"{n:,}",
+        "@FILES@": html.escape(files_dir.name), "@N@": f"{n:,}", "@FP@": fingerprint,
     }
     page = re.sub("|".join(re.escape(k) for k in replacements), lambda m: replacements[m.group(0)], page)
-    out.write_text(page, encoding="utf-8")
+    folder.write_text(out.name, page)
     logger.info("wrote %s (%d rows, %d chunk(s), %.1f MB of row data)", out, n, n_chunks, sum(chunk_bytes) / 1e6)
-    return out
 
 

@@ -13,15 +13,17 @@ The page only renders; every decision about what is highlighted is made in Pytho
   the words the alignment does not match are highlighted.
 
 A side is stored as `{"t": text, "m": [gap, length, gap, length, ...], "n": units}`: the text shown, the marked
-spans as (distance from the end of the previous span, length) pairs in characters, and the number of tokens
-(or words) of the side. Tokens that share characters with an earlier token (a multi-byte character split across
+spans as (distance from the end of the previous span, length) pairs in UTF-16 code units (what JavaScript's
+string indices count: a character beyond U+FFFF, an emoji, is two), and the number of tokens (or words) of the
+side. Tokens that share characters with an earlier token (a multi-byte character split across
 byte-level tokens) get a span of length 0 at that place, so that they still count.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import compress
 from typing import Any
 
@@ -29,7 +31,7 @@ import datasets
 
 from bmc_data.pairs import schema
 from bmc_data.pairs.schema import response_text
-from bmc_data.tokens.diff import token_diff_masks
+from bmc_data.tokens.diff import levenshtein_distance, token_diff_masks
 
 __all__ = ["build_records", "decode_spans", "encode_spans", "token_sides", "word_diff_sides"]
 
@@ -37,12 +39,27 @@ _WORD = re.compile(r"\S+")
 
 
 # --- span encoding ------------------------------------------------------------------------------------------
-def encode_spans(spans: Iterable[tuple[int, int]]) -> list[int]:
+def utf16_offsets(text: str) -> Callable[[int], int] | None:
+    """Code-point offset -> UTF-16 offset in `text` (what JavaScript's string indices count), or None when the
+    two agree (no character beyond U+FFFF: each of those is two UTF-16 units, a surrogate pair)."""
+    if text.isascii():
+        return None
+    astral = [i for i, ch in enumerate(text) if ord(ch) > 0xFFFF]
+    if not astral:
+        return None
+    return lambda offset: offset + bisect_left(astral, offset)
+
+
+def encode_spans(spans: Iterable[tuple[int, int]], text: str | None = None) -> list[int]:
     """(start, end) character spans in increasing order -> flat [gap, length, ...] relative to the previous end.
 
-    Overlapping spans are clipped to start at the previous end (a length-0 span keeps the token counted)."""
+    Overlapping spans are clipped to start at the previous end (a length-0 span keeps the token counted). With
+    `text`, the spans are code-point offsets into it and come out in UTF-16 units, as the page slices strings."""
     out: list[int] = []
     end = 0
+    to16 = utf16_offsets(text) if text is not None else None
+    if to16 is not None:
+        spans = ((to16(s), to16(e)) for s, e in spans)
     for s, e in spans:
         s = max(s, end)
         e = max(e, s)
@@ -70,118 +87,32 @@ def word_diff_sides(chosen: str, rejected: str) -> tuple[dict[str, Any], dict[st
     c_text = [chosen[s:e] for s, e in c_words]
     r_text = [rejected[s:e] for s, e in r_words]
     c_mark, r_mark = token_diff_masks(c_text, r_text)  # the mask alignment, over words instead of token ids
-    return ({"t": chosen, "m": encode_spans(compress(c_words, c_mark)), "n": len(c_words)},
-            {"t": rejected, "m": encode_spans(compress(r_words, r_mark)), "n": len(r_words)})
+    return ({"t": chosen, "m": encode_spans(compress(c_words, c_mark), chosen), "n": len(c_words)},
+            {"t": rejected, "m": encode_spans(compress(r_words, r_mark), rejected), "n": len(r_words)})
 
 
 # --- token level --------------------------------------------------------------------------------------------
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _completion(text: str, ids: list[int], offsets: list[tuple[int, int]], start: int) -> "Side":
-    """The completion tokens (from `start`); their offsets stay in `text` and `first` says where the shown part
-    starts (shifted only for the few marked tokens, in `masked_side`)."""
-    ids, offsets = ids[start:], offsets[start:]
-    first = next((s for s, e in offsets if e > s), len(text))
-    return text[first:], ids, offsets, first
-
-
-def _fast_ok(tokenizer: Any) -> bool:
-    from bmc_data.tokens.tokenization import _batch_encoder, _stock_chat_template
-
-    return _batch_encoder(tokenizer) is not None and _stock_chat_template(tokenizer)
-
-
-def _encode(tokenizer: Any, texts: list[str], add_special_tokens: bool,
-            offsets: bool = True) -> tuple[list[list[int]], list]:
-    enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=offsets,
-                    return_attention_mask=False)
-    return enc["input_ids"], enc["offset_mapping"] if offsets else []
-
-
-def _pieces(tokenizer: Any, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
-    """Text and offsets from per-token decoding (tokenizers without offsets): exact token boundaries, text as
-    the tokenizer decodes each token."""
-    text, offsets = "", []
-    for token in ids:
-        piece = tokenizer.decode([token])
-        offsets.append((len(text), len(text) + len(piece)))
-        text += piece
-    return text, offsets
-
-
-# completion text, token ids, per-token (start, end) in the full text, where the completion text starts in it
-Side = tuple[str, list[int], list[tuple[int, int]], int]
+# the completion as the trainer sees it, its token ids, each token's (start, end) in that text
+Side = tuple[str, list[int], list[tuple[int, int]]]
 
 
 def token_sides(tokenizer: Any, prompts: Sequence[Any], chosens: Sequence[Any],
                 rejecteds: Sequence[Any]) -> list[tuple[Side, Side]]:
-    """Per row, the chosen and rejected completion tokens as DPOTrainer sees them, with character offsets.
+    """Per row, the chosen and rejected completion tokens as DPOTrainer sees them, with character spans.
 
-    The token ids equal `bmc_data.tokens.tokenization.tokenize_pair`'s `chosen_ids` / `rejected_ids` (the tests check
-    this row by row); the text is the completion as the trainer sees it (EOS or chat-template markup included).
-    """
-    from bmc_data.tokens.tokenization import (
-        _as_messages,
-        _text_tokenizer,
-        tokenize_pair,
-    )
+    `bmc_data.tokens.tokenization.tokenize_pairs_batched(..., return_offsets=True)` does the work, so the ids
+    are the trainer's by construction (the tests check them against `tokenize_pair` row by row)."""
+    from bmc_data.tokens.tokenization import tokenize_pairs_batched
 
-    n = len(prompts)
-    out: list[tuple[Side, Side] | None] = [None] * n
-    fast = _fast_ok(tokenizer)
-    eos = _text_tokenizer(tokenizer).eos_token
-    plain = [i for i in range(n) if fast and eos is not None and isinstance(prompts[i], str)
-             and isinstance(chosens[i], str) and isinstance(rejecteds[i], str)]
-    chat = [i for i in range(n) if fast and isinstance(prompts[i], list) and prompts[i]
-            and isinstance(chosens[i], (str, list)) and isinstance(rejecteds[i], (str, list))]
-
-    def finish(i: int, p_ids: list[int], texts: tuple[str, str], ids: tuple[list[int], list[int]],
-               offs: tuple[list, list]) -> None:
-        start = min(_common_prefix(p_ids, ids[0]), _common_prefix(p_ids, ids[1]))
-        out[i] = (_completion(texts[0], ids[0], offs[0], start), _completion(texts[1], ids[1], offs[1], start))
-
-    if plain:
-        ps = [prompts[i] for i in plain]
-        cs = [ps[k] + (c if c.endswith(eos) else c + eos) for k, c in enumerate(chosens[i] for i in plain)]
-        rs = [ps[k] + (r if r.endswith(eos) else r + eos) for k, r in enumerate(rejecteds[i] for i in plain)]
-        p_ids, _ = _encode(tokenizer, ps, True, offsets=False)
-        c_ids, c_offs = _encode(tokenizer, cs, True)
-        r_ids, r_offs = _encode(tokenizer, rs, True)
-        for k, i in enumerate(plain):
-            finish(i, p_ids[k], (cs[k], rs[k]), (c_ids[k], r_ids[k]), (c_offs[k], r_offs[k]))
-    if chat:
-        render = tokenizer.apply_chat_template
-        ps = [prompts[i] for i in chat]
-        p_text = render(ps, tokenize=False, add_generation_prompt=True, tools=None)
-        c_text = render([ps[k] + _as_messages(chosens[i], "chosen") for k, i in enumerate(chat)],
-                        tokenize=False, tools=None)
-        r_text = render([ps[k] + _as_messages(rejecteds[i], "rejected") for k, i in enumerate(chat)],
-                        tokenize=False, tools=None)
-        p_ids, _ = _encode(tokenizer, p_text, False, offsets=False)
-        c_ids, c_offs = _encode(tokenizer, c_text, False)
-        r_ids, r_offs = _encode(tokenizer, r_text, False)
-        for k, i in enumerate(chat):
-            finish(i, p_ids[k], (c_text[k], r_text[k]), (c_ids[k], r_ids[k]), (c_offs[k], r_offs[k]))
-    for i in range(n):
-        if out[i] is None:  # slow tokenizers, processors: TRL's own helpers, text from per-token decoding
-            ids = tokenize_pair(tokenizer, prompts[i], chosens[i], rejecteds[i])
-            c_text, c_offs = _pieces(tokenizer, ids["chosen_ids"])
-            r_text, r_offs = _pieces(tokenizer, ids["rejected_ids"])
-            out[i] = ((c_text, ids["chosen_ids"], c_offs, 0), (r_text, ids["rejected_ids"], r_offs, 0))
-    return out  # type: ignore[return-value]
+    rows = tokenize_pairs_batched(tokenizer, prompts, chosens, rejecteds, return_offsets=True)
+    return [((r["chosen_text"], r["chosen_ids"], r["chosen_offsets"]),
+             (r["rejected_text"], r["rejected_ids"], r["rejected_offsets"])) for r in rows]
 
 
 def masked_side(side: Side, mask: Sequence[bool]) -> dict[str, Any]:
     """A side record whose spans are exactly the tokens where `mask` is True (caller checked the lengths)."""
-    text, _, offsets, first = side
-    spans = ((max(s - first, 0), max(e - first, 0)) for s, e in compress(offsets, mask))
-    return {"t": text, "m": encode_spans(spans), "n": len(offsets)}
+    text, _, offsets = side
+    return {"t": text, "m": encode_spans(compress(offsets, mask), text), "n": len(offsets)}
 
 
 def chosen_share(side: dict[str, Any]) -> float | None:
@@ -194,7 +125,9 @@ def texts_of(value: Any) -> str:
 
 
 # --- rows -> records ----------------------------------------------------------------------------------------
-def build_records(batch: Mapping[str, list[Any]], tokenizer: Any) -> list[dict[str, Any]]:
+def build_records(batch: Mapping[str, list[Any]], tokenizer: Any,
+                  extra_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One record per row of `batch`; `extra_columns` are copied as they are (key "x"), for copy-as-JSON."""
     n = len(batch[schema.PROMPT])
     sides = token_sides(tokenizer, batch[schema.PROMPT], batch[schema.CHOSEN], batch[schema.REJECTED]) \
         if tokenizer is not None else [None] * n
@@ -210,6 +143,15 @@ def build_records(batch: Mapping[str, list[Any]], tokenizer: Any) -> list[dict[s
         }
         if original != chosen:
             rec["o"] = original
+            # the third view, ỹ_w against y_w: did the edit keep y_w's fix? (words: the masks are against y_l)
+            ow_chosen, ow_original = word_diff_sides(chosen, original)
+            rec["ow"] = {"c": ow_chosen["m"], "o": ow_original["m"]}
+        for column, key in ((schema.CHOSEN, "cr"), (schema.REJECTED, "lr"), (schema.ORIGINAL_CHOSEN, "or")):
+            if not isinstance(batch[column][i], str) and batch[column][i] is not None:  # chat messages, kept as such
+                rec[key] = batch[column][i]
+        extra = {c: batch[c][i] for c in extra_columns}
+        if extra:
+            rec["x"] = extra
         for column, key in ((schema.ID, "id"), (schema.PROMPT_VERSION, "v"), (schema.PROVIDER, "pv"),
                             (schema.MODEL, "mo"), (schema.REASON, "why"), (schema.ANSWER, "a")):
             value = batch.get(column, [None] * n)[i]
@@ -226,9 +168,11 @@ def build_records(batch: Mapping[str, list[Any]], tokenizer: Any) -> list[dict[s
                         f"{len(c_side[1])}/{len(r_side[1])} chosen/rejected tokens")
             else:
                 rec["cd"], rec["rd"], rec["k"] = masked_side(c_side, c_mask), masked_side(r_side, r_mask), "token"
+                rec["td"] = levenshtein_distance(c_side[1], r_side[1])
         if "k" not in rec:
             rec["cd"], rec["rd"] = word_diff_sides(chosen, rejected)
             rec["k"] = "word"
+            rec["td"] = levenshtein_distance(chosen.split(), rejected.split())
             if note:
                 rec["kn"] = f"word-level: {note}"
         for key, text in (("cd", chosen), ("rd", rejected)):  # the text is usually the response itself

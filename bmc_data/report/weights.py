@@ -12,6 +12,7 @@ from typing import Any
 
 import datasets
 
+from bmc_data.errors import InputError, first_line
 from bmc_data.pairs import schema
 from bmc_data.tokens.tokenization import tokenize_pair, tokenizer_name
 
@@ -45,7 +46,10 @@ def preview_weights(dataset: datasets.Dataset, model_path: str, tokenizer: Any, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--model {model_path}: cannot load a causal LM from it: {first_line(error)}") from None
     model.eval()
     vocab = model.get_input_embeddings().num_embeddings
     statuses = dataset[schema.STATUS]
@@ -61,7 +65,7 @@ def preview_weights(dataset: datasets.Dataset, model_path: str, tokenizer: Any, 
         if c_mask is None or len(c_mask) != len(ids["chosen_ids"]) or len(r_mask) != len(ids["rejected_ids"]):
             continue
         if max(ids["prompt_ids"] + ids["chosen_ids"] + ids["rejected_ids"]) >= vocab:
-            raise ValueError(f"--model {model_path}: its vocabulary ({vocab}) does not cover the ids of the mask "
+            raise InputError(f"--model {model_path}: its vocabulary ({vocab}) does not cover the ids of the mask "
                              f"tokenizer {tokenizer_name(tokenizer)}; the policy must use that tokenizer")
         weights = {}
         for key, completion, mask in (("c", ids["chosen_ids"], c_mask), ("r", ids["rejected_ids"], r_mask)):

@@ -110,17 +110,48 @@ def tokenize_pair(
     return _split(prompt_ids, prompt_chosen_ids, prompt_rejected_ids)
 
 
-def _split(prompt_ids: list[int], prompt_chosen_ids: list[int], prompt_rejected_ids: list[int]) -> dict[str, list[int]]:
+def _split(prompt_ids: list[int], prompt_chosen_ids: list[int], prompt_rejected_ids: list[int]) -> dict[str, Any]:
     # TRL's rule: the completion starts after the prompt tokens that both prompt+completions share
     prompt_len = min(
         common_prefix_length(prompt_ids, prompt_chosen_ids),
         common_prefix_length(prompt_ids, prompt_rejected_ids),
     )
-    return {
+    out: dict[str, Any] = {
         "prompt_ids": list(prompt_ids[:prompt_len]),
         "chosen_ids": list(prompt_chosen_ids[prompt_len:]),
         "rejected_ids": list(prompt_rejected_ids[prompt_len:]),
     }
+    for side, full in (("chosen", prompt_chosen_ids), ("rejected", prompt_rejected_ids)):
+        if isinstance(full, _Encoded):
+            out[f"{side}_text"], out[f"{side}_offsets"] = _completion_text(full, prompt_len)
+    return out
+
+
+class _Encoded(list):
+    """Token ids that also carry their character offsets and the text they came from (`return_offsets`)."""
+
+    def __init__(self, ids: list[int], offsets: list[tuple[int, int]], text: str) -> None:
+        super().__init__(ids)
+        self.offsets, self.text = offsets, text
+
+
+def _completion_text(full: _Encoded, start: int) -> tuple[str, list[tuple[int, int]]]:
+    """The completion (tokens from `start`) of an encoded prompt+completion: its text from the first character of
+    its first non-empty token, and each token's span in that text (byte-level pieces of one character share it)."""
+    offsets = full.offsets[start:]
+    first = next((s for s, e in offsets if e > s), len(full.text))
+    return full.text[first:], [(max(s - first, 0), max(e - first, 0)) for s, e in offsets]
+
+
+def _pieces(tokenizer: Any, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Text and spans from per-token decoding (tokenizers without offsets): exact token boundaries, text as the
+    tokenizer decodes each token."""
+    text, offsets = "", []
+    for token in ids:
+        piece = tokenizer.decode([token])
+        offsets.append((len(text), len(text) + len(piece)))
+        text += piece
+    return text, offsets
 
 
 def _batch_encoder(tokenizer: Any) -> Callable[[list[str], bool], list[list[int]]] | None:
@@ -167,7 +198,8 @@ def tokenize_pairs_batched(
     *,
     tools: Sequence[list | str | None] | None = None,
     chat_template_kwargs: Sequence[dict[str, Any] | None] | None = None,
-) -> list[dict[str, list[int]]]:
+    return_offsets: bool = False,
+) -> list[dict[str, Any]]:
     """`tokenize_pair` for many rows at once: the same ids, computed with one Rust call per kind of text.
 
     Plain-text rows: EOS is appended as TRL does, and prompts, prompt+chosen and prompt+rejected are encoded in
@@ -184,6 +216,11 @@ def tokenize_pairs_batched(
         rejecteds: One rejected completion per row.
         tools: Optional per-row `tools` values.
         chat_template_kwargs: Optional per-row `chat_template_kwargs` values.
+        return_offsets: Also return, per side, the completion as the trainer sees it (`chosen_text`,
+            `rejected_text`: EOS or chat markup included) and each completion token's (start, end) character span
+            in it (`chosen_offsets`, `rejected_offsets`; byte-level pieces of one multi-byte character all span that
+            character). Rows the Rust
+            path cannot reproduce take their text from per-token decoding.
 
     Returns:
         One `{"prompt_ids", "chosen_ids", "rejected_ids"}` dict per row, equal to `tokenize_pair`'s.
@@ -193,6 +230,12 @@ def tokenize_pairs_batched(
         raise ValueError(f"got {n} prompts, {len(chosens)} chosen and {len(rejecteds)} rejected completions")
     encode = _batch_encoder(tokenizer)
     chat_ok = encode is not None and _stock_chat_template(tokenizer)
+    if encode is not None and return_offsets:
+        def encode(texts: list[str], add_special_tokens: bool) -> list[Any]:
+            enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+                            return_attention_mask=False)
+            return [_Encoded(ids, offs, text) for ids, offs, text in zip(enc["input_ids"], enc["offset_mapping"], texts)]
+
     eos_token = _text_tokenizer(tokenizer).eos_token if encode is not None else None
 
     text_rows: list[int] = []
@@ -230,6 +273,9 @@ def tokenize_pairs_batched(
             tools=tools[i] if tools is not None else None,
             chat_template_kwargs=chat_template_kwargs[i] if chat_template_kwargs is not None else None,
         )
+        if return_offsets:  # no offsets without the Rust path: the text is the tokens decoded one by one
+            for side in ("chosen", "rejected"):
+                results[i][f"{side}_text"], results[i][f"{side}_offsets"] = _pieces(tokenizer, results[i][f"{side}_ids"])
 
     if text_rows:
         text_prompts = [prompts[i] for i in text_rows]

@@ -49,10 +49,10 @@ from .xpo import (
 
 __all__ = [
     "LOSS_TYPES",
+    "REWARD_MARGIN",
     "LossTypeSpec",
     "PairLogps",
     "PreferenceLossOutput",
-    "REWARD_MARGIN",
     "amapo_loss",
     "amapo_margins",
     "bmc_dpo_loss",

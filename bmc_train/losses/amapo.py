@@ -4,9 +4,8 @@ adaptive margin on SimPO's reference-free margin (docs/related-objectives.md).""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .batch import PairLogps, PreferenceLossOutput, objective
+from .batch import PairLogps, PreferenceLossOutput, objective, smoothed_logistic
 
 _AMAPO_MAX_EXPONENT = 80.0  # exp(80) ≈ 5.5e34 < float32/bf16 max: keeps the margin finite, far past any real batch
 
@@ -36,17 +35,18 @@ def amapo_margins(margins: torch.Tensor, *, beta: float) -> torch.Tensor:
 
 
 @objective
-def amapo_loss(batch: PairLogps, *, beta: float, delta: float | None) -> PreferenceLossOutput:
+def amapo_loss(batch: PairLogps, *, beta: float, delta: float | None, label_smoothing: float = 0.0
+               ) -> PreferenceLossOutput:
     """AMaPO(-BMC), reference-free:  L_i = −log σ( β m_i − γ_i ),
 
     m_i = Σλ_w log π_θ(ỹ_w)/|y_w| − Σλ_l log π_θ(y_l)/|y_l| (SimPO's length-normalised margin, the official code's
     `length_norm: true`) and γ_i = `amapo_margins(m, β)` from this batch's detached statistics (a constant for the
     gradient, as in the official code, which all-gathers the margins across GPUs; here the statistics are those of
     the per-device batch). β is AMaPO's only hyperparameter (official recipes 2.0–3.0). With no pair below the batch
-    mean it is SimPO with γ = 0. Rewards are β Σλ log π_θ / |y|.
+    mean it is SimPO with γ = 0. Rewards are β Σλ log π_θ / |y|. `label_smoothing` as the official `amapo_loss`.
     """
     chosen = batch.mean_logps("chosen", delta)
     rejected = batch.mean_logps("rejected", delta)
     margins = chosen - rejected
-    losses = -F.logsigmoid(beta * margins - amapo_margins(margins, beta=beta))
+    losses = smoothed_logistic(beta * margins - amapo_margins(margins, beta=beta), label_smoothing)
     return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())

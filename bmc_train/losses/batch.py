@@ -23,11 +23,16 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
+import torch.nn.functional as F
 
 Side = Literal["chosen", "rejected"]
+# Whose probabilities give the λ of the reference term: the policy's (eq. 4, one λ per token) or π_ref's own (the
+# official BMC code weights its reference pass with λ from the reference model).
+ReferenceWeights = Literal["policy", "reference"]
+REFERENCE_WEIGHTS: tuple[str, ...] = get_args(ReferenceWeights)
 
 
 class PreferenceLossOutput(NamedTuple):
@@ -110,6 +115,17 @@ def weighted_sum(logps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.where(weights != 0, logps * weights, torch.zeros_like(logps)).sum(dim=-1)
 
 
+def smoothed_logistic(logits: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """−(1 − ε) log σ(z) − ε log σ(−z): the logistic loss with the conservative-DPO label smoothing ε of the official
+    BMC / SimPO / AMaPO code (ε = 0 is the plain −log σ(z))."""
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    losses = -F.logsigmoid(logits)
+    if label_smoothing:
+        losses = (1 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-logits)
+    return losses
+
+
 def token_count(loss_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """|y|: the unweighted number of completion tokens (at least 1)."""
     return mask_or_all(loss_mask, like).sum(dim=-1).clamp(min=1).to(like.dtype)
@@ -130,6 +146,11 @@ class PairLogps:
     rejected_diff_mask: torch.Tensor | None = None
     chosen_loss_mask: torch.Tensor | None = None
     rejected_loss_mask: torch.Tensor | None = None
+    reference_weights: ReferenceWeights = "policy"
+
+    def __post_init__(self):
+        if self.reference_weights not in REFERENCE_WEIGHTS:
+            raise ValueError(f"reference_weights must be one of {REFERENCE_WEIGHTS}, got {self.reference_weights!r}")
 
     @classmethod
     def of(cls, *tensors: torch.Tensor | None) -> PairLogps:
@@ -163,9 +184,14 @@ class PairLogps:
         return token_count(loss, policy)
 
     def logratio_sum(self, side: Side, delta: float | None) -> torch.Tensor:
-        """Σ_t λ_t (log π_θ − log π_ref) of one side, λ from the policy (eq. 4)."""
-        policy, ref, _, _ = self._side(side)
-        return weighted_sum(policy - ref, self.weights(side, delta))
+        """Σ_t λ_t (log π_θ − log π_ref) of one side, λ from the policy (eq. 4); with `reference_weights="reference"`
+        Σ_t λ_t log π_θ − Σ_t λ^ref_t log π_ref, λ^ref from π_ref's own probabilities (the official BMC code)."""
+        policy, ref, diff, loss = self._side(side)
+        weights = self.weights(side, delta)
+        if self.reference_weights == "policy" or delta is None:
+            return weighted_sum(policy - ref, weights)
+        ref_weights = bmc_token_weights(ref, diff, mask_or_all(loss, ref), delta=delta)
+        return weighted_sum(policy, weights) - weighted_sum(ref, ref_weights)
 
     def logratio_sums(self, delta: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(Σλ_wΔ_w, Σλ_lΔ_l): the weighted log-ratio sums of both sides, the reward core of every reference-based

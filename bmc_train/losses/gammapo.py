@@ -16,9 +16,11 @@ import torch.nn.functional as F
 
 from .batch import PairLogps, PreferenceLossOutput, objective
 
+OFFICIAL_EPS = 1e-10  # `self.eps` of the official solver: log(B (p + ε)) in the KL gradient
+
 
 def gammapo_target_margins(
-    reward_gaps: torch.Tensor, *, gamma0: float, tau: float, num_steps: int = 20
+    reward_gaps: torch.Tensor, *, gamma0: float, tau: float, num_steps: int = 20, eps: float = OFFICIAL_EPS
 ) -> torch.Tensor:
     """γ-PO's instance-wise target margins for one batch (Sun et al., 2025, "Robust Preference Optimization via
     Dynamic Target Margins"), a constant w.r.t. the model (computed under no_grad from detached gaps):
@@ -29,7 +31,9 @@ def gammapo_target_margins(
     smaller, and τ pulls them back to the constant γ0 (τ → ∞: every γ_i = γ0; B = 1: γ = γ0). Solved as the official
     code's in-batch solver does: `num_steps` evaluations of the gradient γ0 σ(γ_i − r_i) + τ(1 + log(B p_i)) with
     exponentiated-gradient (mirror-descent) updates of step min(0.5/τ, 1) from the uniform p, returning the γ of the
-    last evaluation (i.e. after `num_steps − 1` updates). The updates are done in log space, so no ε is needed.
+    last evaluation (i.e. after `num_steps − 1` updates). The KL gradient is τ(1 + log(B (p_i + ε))) with the official
+    ε = 1e-10 (`eps=0` drops it); the updates are done in log space (log(p + ε) = logaddexp(log p, log ε)), so they
+    cannot overflow.
     """
     if tau <= 0:
         raise ValueError(f"γ-PO's KL strength tau must be > 0, got {tau}")
@@ -45,7 +49,8 @@ def gammapo_target_margins(
         gamma = gamma0 * n * log_p.exp()
         for _ in range(num_steps):
             gamma = gamma0 * n * log_p.exp()
-            grad = tau * (1.0 + math.log(n) + log_p) + gamma0 * torch.sigmoid(gamma - gaps)
+            log_p_eps = torch.logaddexp(log_p, torch.full_like(log_p, math.log(eps))) if eps > 0 else log_p
+            grad = tau * (1.0 + math.log(n) + log_p_eps) + gamma0 * torch.sigmoid(gamma - gaps)
             log_p = log_p - lr * grad
             log_p = log_p - torch.logsumexp(log_p, dim=0)
     return gamma.reshape(reward_gaps.shape).to(reward_gaps.dtype)

@@ -4,6 +4,8 @@ inputs it declares."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +62,12 @@ class LossTypeSpec:
     margin_queue: bool = False
 
     def kwargs_from(self, config: Any) -> dict[str, Any]:
-        kwargs = {kw: getattr(config, attr) for kw, attr in self.params.items()}
+        """The objective's keyword arguments from `config`; an attribute the config lacks is left to the objective's
+        own default when it has one (e.g. `label_smoothing` for a config written before it existed)."""
+        optional = {name for name, p in inspect.signature(self.fn).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        kwargs = {kw: getattr(config, attr) for kw, attr in self.params.items()
+                  if hasattr(config, attr) or kw not in optional}
         kwargs.update(self.constants)
         return kwargs
 
@@ -100,21 +107,24 @@ def _register_pair(name: str, fn: Callable[..., PreferenceLossOutput], params: d
     )
 
 
-_register_pair("dpo", bmc_dpo_loss, {"beta": "beta"}, reference_free=False, source="DPO (Rafailov et al., 2023)")
+_SMOOTHING = {"label_smoothing": "label_smoothing"}  # the objectives whose authors define label smoothing
+_register_pair("dpo", bmc_dpo_loss, {"beta": "beta", **_SMOOTHING}, reference_free=False,
+               source="DPO (Rafailov et al., 2023)")
 register_loss_type(
-    LossTypeSpec("bmc", bmc_dpo_loss, {"beta": "beta", "delta": "delta"}, token_weighted=True, uses_diff_mask=True,
-                 source="DPO-BMC, eq. 4 (Jiang et al., 2025)")
+    LossTypeSpec("bmc", bmc_dpo_loss, {"beta": "beta", "delta": "delta", **_SMOOTHING}, token_weighted=True,
+                 uses_diff_mask=True, source="DPO-BMC, eq. 4 (Jiang et al., 2025)")
 )
 _register_pair("ipo", bmc_ipo_loss, {"tau": "ipo_tau", "beta": "beta"}, reference_free=False,
                source="IPO (Azar et al., 2024)")
-_register_pair("rdpo", bmc_rdpo_loss, {"beta": "beta", "alpha": "rdpo_alpha"}, reference_free=False,
+_register_pair("rdpo", bmc_rdpo_loss, {"beta": "beta", "alpha": "rdpo_alpha", **_SMOOTHING}, reference_free=False,
                source="R-DPO (Park et al., 2024)")
-_register_pair("simpo", bmc_simpo_loss, {"beta": "beta", "gamma": "simpo_gamma"}, reference_free=True,
+_register_pair("simpo", bmc_simpo_loss, {"beta": "beta", "gamma": "simpo_gamma", **_SMOOTHING}, reference_free=True,
                source="SimPO (Meng et al., 2024)")
 _register_pair("orpo", bmc_orpo_loss, {"lam": "orpo_lambda", "beta": "beta"}, reference_free=True,
                source="ORPO (Hong et al., 2024)")
 register_loss_type(
-    LossTypeSpec("figa", figa_loss, {"alpha": "figa_alpha", "beta": "figa_beta"}, reference_free=True,
+    LossTypeSpec("figa", figa_loss, {"alpha": "figa_alpha", "beta": "figa_beta", "normalization": "figa_normalization",
+                                     "reward_scale": "beta"}, reference_free=True,
                  uses_diff_mask=True, source="FIGA (Guo et al., 2024)")
 )
 
@@ -129,7 +139,8 @@ _register_pair("gammapo", gammapo_loss,
 _register_pair("gammapo_simpo", gammapo_simpo_loss,
                {"beta": "gammapo_simpo_beta", "gamma_beta_ratio": "gammapo_gamma_beta_ratio", "tau": "gammapo_tau"},
                reference_free=True, margin_queue=True, source="γ-SimPO with the gap queue (Sun et al., 2025)")
-_register_pair("amapo", amapo_loss, {"beta": "beta"}, reference_free=True, source="AMaPO (Deng et al., 2025)")
+_register_pair("amapo", amapo_loss, {"beta": "beta", **_SMOOTHING}, reference_free=True,
+               source="AMaPO (Deng et al., 2025)")
 _register_pair("repo", repo_loss, {"gamma": "repo_gamma", "beta": "beta"}, reference_free=True,
                source="RePO (Wu et al., 2025)")
 _register_pair("madpo", madpo_loss,
@@ -151,7 +162,8 @@ def compute_preference_loss(
     chosen/rejected, diff masks chosen/rejected, loss masks chosen/rejected); either may be followed by
     `batch_inputs`, which maps dataset column -> `[B]` tensor for the objectives that declare
     `LossTypeSpec.batch_inputs` (MADPO's `reward_margin`); other columns are ignored. `queued_gaps` goes to the
-    objectives with `margin_queue` (none: they solve in-batch).
+    objectives with `margin_queue` (none: they solve in-batch). A config with `bmc_reference_weights` sets the batch's
+    `PairLogps.reference_weights` (whose probabilities weight the reference term).
     """
     args = list(batch_and_inputs)
     if args and isinstance(args[0], PairLogps):
@@ -173,4 +185,7 @@ def compute_preference_loss(
         extras[kwarg] = batch_inputs[column]
     if spec.margin_queue:
         extras["queued_gaps"] = queued_gaps
+    reference_weights = getattr(config, "bmc_reference_weights", batch.reference_weights)
+    if reference_weights != batch.reference_weights:
+        batch = dataclasses.replace(batch, reference_weights=reference_weights)
     return spec.call(batch, **extras, **spec.kwargs_from(config))

@@ -11,20 +11,23 @@ from .batch import (
     PreferenceLossOutput,
     mask_or_all,
     objective,
+    smoothed_logistic,
     token_count,
     weighted_sum,
 )
 
 
 @objective
-def bmc_dpo_loss(batch: PairLogps, *, beta: float, delta: float | None) -> PreferenceLossOutput:
+def bmc_dpo_loss(batch: PairLogps, *, beta: float, delta: float | None, label_smoothing: float = 0.0
+                 ) -> PreferenceLossOutput:
     """DPO-BMC (eq. 4): `−log σ(β Σλ_w (log π_θ − log π_ref)(ỹ_w) − β Σλ_l (log π_θ − log π_ref)(y_l))`.
 
-    With `delta=None` (or all-false diff masks) this is exactly DPO (Rafailov et al., 2023).
+    With `delta=None` (or all-false diff masks) this is exactly DPO (Rafailov et al., 2023). `label_smoothing` ε > 0
+    is the official code's conservative form (`smoothed_logistic`).
     """
     batch.require_reference("DPO")
     chosen, rejected = batch.logratio_sums(delta)
-    losses = -F.logsigmoid(beta * (chosen - rejected))
+    losses = smoothed_logistic(beta * (chosen - rejected), label_smoothing)
     return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
 
 
@@ -45,38 +48,49 @@ def bmc_ipo_loss(batch: PairLogps, *, tau: float, delta: float | None, beta: flo
 
 
 @objective
-def bmc_rdpo_loss(batch: PairLogps, *, beta: float, alpha: float, delta: float | None) -> PreferenceLossOutput:
+def bmc_rdpo_loss(batch: PairLogps, *, beta: float, alpha: float | None, delta: float | None,
+                  label_smoothing: float = 0.0) -> PreferenceLossOutput:
     """R-DPO(-BMC) (Park et al., 2024): `−log σ(β Σλ_wΔ_w − β Σλ_lΔ_l − (α|y_w| − α|y_l|))`.
 
-    |y| is the unweighted completion length (the regulariser is about length, not about emphasis).
+    |y| is the unweighted completion length (the regulariser is about length, not about emphasis). `alpha=None` is
+    α = β, the official BMC code's `β·(logits − (|y_w| − |y_l|))`. `label_smoothing` as in `bmc_dpo_loss`.
     """
     batch.require_reference("R-DPO")
+    alpha = beta if alpha is None else alpha
     chosen, rejected = batch.logratio_sums(delta)
     length_term = alpha * (token_count(batch.chosen_loss_mask, chosen) - token_count(batch.rejected_loss_mask, rejected))
-    losses = -F.logsigmoid(beta * (chosen - rejected) - length_term)
+    losses = smoothed_logistic(beta * (chosen - rejected) - length_term, label_smoothing)
     return PreferenceLossOutput(losses, beta * chosen.detach(), beta * rejected.detach())
 
 
 @objective
-def bmc_simpo_loss(batch: PairLogps, *, beta: float, gamma: float, delta: float | None) -> PreferenceLossOutput:
+def bmc_simpo_loss(batch: PairLogps, *, beta: float, gamma: float, delta: float | None, label_smoothing: float = 0.0
+                   ) -> PreferenceLossOutput:
     """SimPO(-BMC) (Meng et al., 2024), reference-free: `−log σ(β/|y_w| Σλ_w log π_θ(ỹ_w) − β/|y_l| Σλ_l log π_θ(y_l) − γ)`.
 
     The reference log-probs are ignored (pass `None`). The rewards are the length-normalised `β/|y| Σλ log π_θ`.
+    `label_smoothing` as the official SimPO code (princeton-nlp/SimPO, `simpo_loss`, `sigmoid`).
     """
     chosen = beta * batch.mean_logps("chosen", delta)
     rejected = beta * batch.mean_logps("rejected", delta)
-    losses = -F.logsigmoid(chosen - rejected - gamma)
+    losses = smoothed_logistic(chosen - rejected - gamma, label_smoothing)
     return PreferenceLossOutput(losses, chosen.detach(), rejected.detach())
 
 
 @objective
-def bmc_orpo_loss(batch: PairLogps, *, lam: float, delta: float | None, beta: float = 1.0) -> PreferenceLossOutput:
-    """ORPO(-BMC) (Hong et al., 2024), reference-free: `−log p(y_w) − λ log σ(log odds(y_w) − log odds(y_l))`.
+def bmc_orpo_loss(batch: PairLogps, *, lam: float | None, delta: float | None, beta: float = 1.0
+                  ) -> PreferenceLossOutput:
+    """ORPO(-BMC) (Hong et al., 2024), reference-free, as the official BMC code computes it:
 
-    `log p(y) = Σλ_t log π_θ(y_t) / |y|` (weighted sum over the unweighted length, as the official BMC code does for
-    ORPO; with `delta=None` it is ORPO's mean token log-prob), `log odds(y) = log p − log(1 − p)`. The NLL term is
-    the plain (unweighted) mean token NLL of the chosen response, the SFT part of ORPO. Rewards are `β log p(y)`.
+        L_i = NLL + λ · (−log σ(log odds(y_w,i) − log odds(y_l,i)))
+
+    `log p(y) = Σλ_t log π_θ(y_t) / |y|` (weighted sum over the unweighted length; with `delta=None` ORPO's mean token
+    log-prob), `log odds(y) = log p − log(1 − p)`. NLL is the plain (unweighted) token mean of −log π_θ over *all*
+    chosen completion tokens of the micro-batch (the official `nn.CrossEntropyLoss()` over the chosen rows), the same
+    number for every pair, so the batch mean is NLL + λ·mean(odds term). `lam=None` is λ = β (the official
+    `policy_nll_loss + self.beta * odds_ratio_loss`). Rewards are `β log p(y)`.
     """
+    lam = beta if lam is None else lam
     chosen_avg = batch.mean_logps("chosen", delta)
     rejected_avg = batch.mean_logps("rejected", delta)
 
@@ -87,25 +101,32 @@ def bmc_orpo_loss(batch: PairLogps, *, lam: float, delta: float | None, beta: fl
 
     ratio = F.logsigmoid(log_odds(chosen_avg) - log_odds(rejected_avg))
     pc = batch.policy_chosen
-    nll = -weighted_sum(pc, mask_or_all(batch.chosen_loss_mask, pc).to(pc.dtype))
-    nll = nll / token_count(batch.chosen_loss_mask, pc)
+    mask = mask_or_all(batch.chosen_loss_mask, pc)
+    nll = -weighted_sum(pc, mask.to(pc.dtype)).sum() / mask.sum().clamp(min=1).to(pc.dtype)
     losses = nll - lam * ratio
     return PreferenceLossOutput(losses, beta * chosen_avg.detach(), beta * rejected_avg.detach())
 
 
+FIGA_NORMALIZATIONS = ("sum", "diff_tokens")
+
+
 @objective
-def figa_loss(batch: PairLogps, *, alpha: float, beta: float) -> PreferenceLossOutput:
+def figa_loss(batch: PairLogps, *, alpha: float, beta: float, normalization: str = "sum", reward_scale: float = 1.0
+              ) -> PreferenceLossOutput:
     """FIGA (Guo et al., 2024), the token-level SFT baseline of the BMC paper (Table 7):
 
-        L = [ −α Σ_{t ∈ diff(ỹ_w|y_l)} log π_θ(ỹ_w,t)  +  β Σ_{t ∈ diff(y_l|ỹ_w)} log π_θ(y_l,t) ] / N
+        L = −α Σ_{t ∈ diff(ỹ_w|y_l)} log π_θ(ỹ_w,t)  +  β Σ_{t ∈ diff(y_l|ỹ_w)} log π_θ(y_l,t)      ("sum")
 
     i.e. a weighted cross-entropy that rewards the tokens the reviser added or substituted (weight α) and penalises
-    the tokens it deleted or substituted (weight −β); tokens both responses share get weight 0 (FIGA's γ = 0). N is
-    the number of weighted tokens of the pair, as FIGA's code normalises by the count of non-zero weights. Reference
-    free; no λ (FIGA's weights are constants). FIGA's code optionally drops bad tokens whose NLL lies outside
-    [0.6, 1.0]; that heuristic is not in the BMC paper's formula and is not applied here. Rewards are the mean
-    log-probs of the diff tokens of each side.
+    the tokens it deleted or substituted (weight −β); tokens both responses share get weight 0 (FIGA's γ = 0).
+    `normalization="sum"` is the official BMC baseline (`−Σ log π_w + 0.5 Σ log π_l` over diff tokens);
+    `"diff_tokens"` divides by N, the number of diff tokens of the pair, as FIGA's own code normalises by the count
+    of non-zero weights. Reference free; no λ (FIGA's weights are constants). FIGA's code optionally drops bad tokens
+    whose NLL lies outside [0.6, 1.0]; that heuristic is not in the BMC paper's formula and is not applied here.
+    Rewards are `reward_scale` × the mean log-probs of the diff tokens of each side.
     """
+    if normalization not in FIGA_NORMALIZATIONS:
+        raise ValueError(f"figa normalization must be one of {FIGA_NORMALIZATIONS}, got {normalization!r}")
     pc, pr = batch.policy_chosen, batch.policy_rejected
     c_diff = mask_or_all(batch.chosen_diff_mask, pc) & mask_or_all(batch.chosen_loss_mask, pc)
     r_diff = mask_or_all(batch.rejected_diff_mask, pr) & mask_or_all(batch.rejected_loss_mask, pr)
@@ -116,8 +137,9 @@ def figa_loss(batch: PairLogps, *, alpha: float, beta: float) -> PreferenceLossO
     c_sum = weighted_sum(pc, c_diff.to(pc.dtype))
     r_sum = weighted_sum(pr, r_diff.to(pr.dtype))
     c_n, r_n = c_diff.sum(dim=-1), r_diff.sum(dim=-1)
-    n = (c_n + r_n).clamp(min=1).to(pc.dtype)
-    losses = (-alpha * c_sum + beta * r_sum) / n
-    chosen_rewards = (c_sum / c_n.clamp(min=1)).detach()
-    rejected_rewards = (r_sum / r_n.clamp(min=1)).detach()
+    losses = -alpha * c_sum + beta * r_sum
+    if normalization == "diff_tokens":
+        losses = losses / (c_n + r_n).clamp(min=1).to(pc.dtype)
+    chosen_rewards = reward_scale * (c_sum / c_n.clamp(min=1)).detach()
+    rejected_rewards = reward_scale * (r_sum / r_n.clamp(min=1)).detach()
     return PreferenceLossOutput(losses, chosen_rewards, rejected_rewards)

@@ -25,7 +25,7 @@ def run(config: AblationConfig) -> pd.DataFrame:
     shared = Stages(config)
     shared.check_inputs()
     sft_answers = shared.answers(SFT).to_pandas().assign(seed=None)
-    shared.logps(SFT)  # the reference log-probs of the held-out pairs, once for every seed
+    reference = shared.logps(SFT).to_pandas()  # the held-out pairs' reference log-probs, once for every seed
     answers, rewards, seeds_info = [sft_answers], [], {}
     train_info: dict[str, dict] = {}
     for seed in config.seeds:  # one seed after the other: a run stopped early still has whole seeds
@@ -39,7 +39,7 @@ def run(config: AblationConfig) -> pd.DataFrame:
             train_info[arm]["seconds"].append(info["seconds"])
         for arm in config.arm_names:
             answers.append(stages.answers(arm).to_pandas().assign(seed=seed))
-            rewards.append(stages.rewards(arm).assign(arm=arm, seed=seed))
+            rewards.append(stages.rewards(arm, reference).assign(arm=arm, seed=seed))
         summary_file = stages.root / "bridge_summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         seeds_info[str(seed)] = {

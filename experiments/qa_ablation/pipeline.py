@@ -332,10 +332,11 @@ class Stages:
         self._timed(f"logps/{arm}", started)
         return result
 
-    def rewards(self, arm: str) -> pd.DataFrame:
+    def rewards(self, arm: str, reference: pd.DataFrame) -> pd.DataFrame:
         """r(x, y) = β log π_θ(y|x)/π_ref(y|x) of y_w and y_l on the held-out pairs: the plain sequence-level DPO
-        reward for every arm, so arms trained with different objectives are measured with one ruler."""
-        policy, reference = self.logps(arm).to_pandas(), self.logps(SFT).to_pandas()
+        reward for every arm, so arms trained with different objectives are measured with one ruler.
+        `reference`: the SFT model's `logps(SFT).to_pandas()`, read once for every arm and seed."""
+        policy = self.logps(arm).to_pandas()
         beta = self.config.beta
         if not policy[["question", "kind"]].equals(reference[["question", "kind"]]):
             raise SystemExit(f"{self.root / 'logps'}: held-out pairs differ from the reference's; delete that folder")

@@ -1,0 +1,63 @@
+"""A README on the Hub that bmc did not write is kept: the generated card is merged into it, never put in its place.
+
+The generated body goes between `<!-- bmc:begin -->` and `<!-- bmc:end -->`: it replaces what is between the
+markers when the README has them, else it is appended after the README's own text. In the YAML header the keys that
+describe the data bmc pushes (`configs`, `dataset_info`, `size_categories`) are the generated ones, so `datasets`
+reads the right files; every other key the README has (license, tags, a description, ...) is kept, and the ones it
+lacks are added.
+"""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from .card import BEGIN, END
+
+__all__ = ["BMC_KEYS", "merge_card"]
+
+#: YAML keys the generated card decides even in a merged README: they must describe the files bmc pushed
+BMC_KEYS = ("configs", "dataset_info", "size_categories")
+
+
+_HEADER = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)?---[ \t]*(\r?\n|\Z)", re.DOTALL)
+
+
+def _split(text: str) -> tuple[dict, str]:
+    """(YAML header, body), keys in the README's order; a header that does not parse stays in the body, untouched."""
+    match = _HEADER.match(text)
+    if not match:
+        return {}, text
+    try:
+        meta = yaml.safe_load(match.group(1) or "") or {}
+    except yaml.YAMLError:
+        return {}, text
+    if not isinstance(meta, dict):
+        return {}, text
+    return meta, text[match.end():]
+
+
+def _section(body: str) -> str:
+    """The marked section of a body, markers included (the whole body, marked, when it has none)."""
+    start, end = body.find(BEGIN), body.find(END)
+    if start != -1 and end > start:
+        return body[start:end + len(END)]
+    return f"{BEGIN}\n{body.strip()}\n{END}"
+
+
+def merge_card(existing: str, generated: str) -> str:
+    """The README to push when the one on the Hub (`existing`) is not bmc's own: see the module docstring."""
+    meta, body = _split(existing)
+    generated_meta, generated_body = _split(generated)
+    for key, value in generated_meta.items():
+        if key in BMC_KEYS or key not in meta:
+            meta[key] = value
+    section = _section(generated_body)
+    start, end = body.find(BEGIN), body.find(END)
+    if start != -1 and end > start:
+        body = body[:start] + section + body[end + len(END):]
+    else:
+        body = body.rstrip() + ("\n\n" if body.strip() else "") + section + "\n"
+    header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip()
+    return f"---\n{header}\n---\n\n{body.lstrip()}"
