@@ -132,8 +132,16 @@ def test_edit_rules_and_reasons():
     assert apply_segment_edits("A  b.\nC.", [("A b.", "X.")]) == "X.\nC."  # whitespace runs collapsed: a fallback
     with pytest.raises(EditError, match=r"edit 1: 'Ye' is not a sentence or line of the response"):
         apply_segment_edits(text, [("Ye", "x")])
-    with pytest.raises(EditError, match=r"edit 2: 'No.' was already edited \(it occurs 1 time\(s\) in the response\)"):
-        apply_segment_edits(text, [("No.", "x"), ("No.", "y")])
+    assert apply_segment_edits(text, [("Maybe.", "Maybe.")]) == text  # a replacement equal to its segment: no-op
+
+
+def test_repeated_edits_of_a_segment_collapse_and_the_last_word_wins():
+    text = "Yes. No. Yes. Maybe."
+    assert apply_segment_edits(text, [("No.", "x"), ("No.", "x")]) == "Yes. x Yes. Maybe."  # identical: dropped
+    assert apply_segment_edits(text, [("No.", "x"), ("No.", "y")]) == "Yes. y Yes. Maybe."  # another: the last wins
+    # a text occurring twice: two edits take both occurrences; a third overrides the latest of them
+    assert apply_segment_edits(text, [("Yes.", "A."), ("Yes.", "B."), ("Yes.", "C.")]) == "A. No. C. Maybe."
+    assert apply_segment_edits(text, [("Yes.", "A."), ("No.", ""), ("Yes.", "B."), ("Yes.", "")]) == "A. Maybe."
 
 
 def test_with_final_answer_sets_the_answer_statement():
@@ -200,8 +208,8 @@ def test_a_reply_the_schema_allows_parses_to_the_edits_it_names(text, data):
 def test_structured_templates_are_versioned_and_selected_by_reply_format():
     from bmc_data.bridging.templates import load_template
 
-    for task, version in (("instruction", "instruction-structured-v1"), ("qa", "qa-math-structured-v1"),
-                          ("math", "qa-math-structured-v1")):
+    for task, version in (("instruction", "instruction-structured-v2"), ("qa", "qa-math-structured-v2"),
+                          ("math", "qa-math-structured-v2")):
         template = load_template(task, reply_format="structured")
         assert template.version == version and template.reply_format == "structured"
         assert template.requires_verdict is (task != "instruction")

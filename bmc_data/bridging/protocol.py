@@ -21,11 +21,15 @@ whitespace; blank lines make no segment; the whitespace between segments always 
 Rules of `apply_segment_edits`: edits may come in any order; an edit names a segment by its exact text (or, as
 a fallback, the same text with whitespace runs collapsed); when several segments have that text, the k-th edit
 naming it takes the k-th of them in y_l's order. An empty replacement deletes the segment and the whitespace
-after it (before it, for the last segment). Reasons an edit is refused (`EditError`, shown to the model in the
-repair turn, then the row's reason):
+after it (before it, for the last segment). Duplicates: an edit naming a segment whose every occurrence is
+already edited is a repeat, not a new edit (small models often write the same edit twice): an identical repeat
+is dropped; a repeat with another replacement overrides the latest edit of that text (the last word wins, as
+when a person corrects themselves). A replacement equal to its segment is a no-op and changes nothing. The
+schema cannot forbid either (JSON Schema has no "unique by key" or "not equal to" that every backend accepts),
+so they are resolved here. The reason an edit is refused (`EditError`, shown to the model in the repair turn,
+then the row's reason):
 
 * "edit K: 'TEXT' is not a sentence or line of the response"
-* "edit K: 'TEXT' was already edited (it occurs N time(s) in the response)"
 
 Schema features, chosen so that every backend accepts them: `type` (object, array, string), `properties`,
 `required` listing every property, `additionalProperties: false`, `items` and `enum`. Nothing else: no
@@ -138,15 +142,15 @@ def apply_segment_edits(rejected: str, edits: list[tuple[str, str]]) -> str:
         exact.setdefault(seg.text, []).append(index)
         loose.setdefault(_collapsed(seg.text), []).append(index)
     chosen: dict[int, str] = {}
+    order: dict[int, int] = {}  # segment index -> number of the edit that set it last
     for number, (text, replacement) in enumerate(edits, 1):
         indices = exact.get(text) or loose.get(_collapsed(text))
         if not indices:
             raise EditError(f"edit {number}: {_quote(text)} is not a sentence or line of the response")
         free = [i for i in indices if i not in chosen]
-        if not free:
-            raise EditError(f"edit {number}: {_quote(text)} was already edited (it occurs {len(indices)} time(s) "
-                            "in the response)")
-        chosen[free[0]] = replacement
+        # a repeat (every occurrence already edited) overrides the latest edit of that text; identical: no change
+        target = free[0] if free else max(indices, key=order.__getitem__)
+        chosen[target], order[target] = replacement, number
     out: list[str] = []
     cursor = 0
     for index in sorted(chosen):
