@@ -107,6 +107,31 @@ def test_grammar_refuses_a_raw_newline_in_a_string_and_text_that_is_not_a_segmen
     assert _allowed(embedded, grammar, final, "bed") and not _allowed(embedded, grammar, final, "syn")
 
 
+def test_embedded_replies_are_bounded_to_six_edits_of_240_characters(embedded):
+    """The embedded editor's grammar bounds (a 135M model's replies otherwise loop past the context)."""
+    grammar, _ = schema_to_gbnf(reply_schema(Y_L, requires_verdict=True, answer="bedroom"), embedded.grammar_limits)
+    assert "char{0,240}" in grammar and "){0,5}" in grammar  # one edit, then at most five more
+    assert embedded.identity()["grammar_limits"] == "240/6"
+
+
+def test_repeat_penalty_breaks_the_greedy_loop_of_a_free_text_answer(embedded, monkeypatch):
+    """ECQA train row 1 (the demo's data): greedy SmolLM2 loops "The answer is the answer is ..." to the cap;
+    with the embedded default penalty (1.1 over 64 tokens) it ends by itself, and the identity says so."""
+    from bmc_data.bridging.sampling import ANSWER_INSTRUCTION
+    from bmc_data.providers.embedded import FREE_TEXT_REPEAT_PENALTY
+
+    problem = ("If you want to set a romantic atmosphere you might light a candle where?\nOptions:\ndimly lit room\n"
+               "synagogue\nbedroom\nbirthday cake\nroses")
+    request = ChatRequest(messages=({"role": "user", "content": f"{problem}\n\n{ANSWER_INSTRUCTION}"},), max_tokens=48)
+    assert embedded.repeat_penalty == FREE_TEXT_REPEAT_PENALTY == 1.1
+    assert embedded.identity()["repeat_penalty"] == "1.1/64"
+    penalized = asyncio.run(embedded.complete(request))
+    monkeypatch.setattr(embedded, "repeat_penalty", 1.0)
+    plain = asyncio.run(embedded.complete(request))
+    assert plain.finish_reason == "length" and plain.text.lower().count("the answer is") > 5
+    assert penalized.finish_reason == "stop" and penalized.output_tokens < 24
+
+
 @pytest.mark.slow  # the real model decodes ~100 constrained tokens: seconds on a quiet CPU
 def test_structured_requests_always_parse_and_state_the_reference_answer(embedded):
     """Two constrained requests and one free one decoded as one batch: the constrained replies end by themselves
