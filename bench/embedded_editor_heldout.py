@@ -6,8 +6,9 @@
 For each source: `make_pairs` samples y_l from the same model (greedy; problems it answers correctly are left out,
 as in the paper's QA setup), `bridge_dataset` bridges the pairs with reply format "structured". Reports per source:
 the bridged share, the answer-correct share (rows whose ỹ_w states the reference answer), real minimal edits
-(ỹ_w ≠ y_l and closer to y_l than y_w is), median word edit distances y_w↔y_l and ỹ_w↔y_l over the bridged rows,
-the share of bridged rows whose only change is the final-answer line, and wall time per row. Results are written
+(ỹ_w ≠ y_l and closer to y_l than y_w is) and how many of them change more than the final-answer line, median
+word edit distances y_w↔y_l and ỹ_w↔y_l over the bridged rows, the share of bridged rows whose only change is
+the final-answer line, and wall time per row. Results are written
 after each source to bench/results/embedded_editor_heldout.json; calls are cached (`--cache-dir`), so a rerun
 resumes where a stopped one ended.
 """
@@ -36,7 +37,7 @@ def main() -> None:
     from bmc_data import bridge_dataset, make_pairs
     from bmc_data.pairs.answers import check_answer
     from bmc_data.providers.embedded import EmbeddedProvider
-    from bmc_data.tokens.stats import add_edit_distance_stats, editor_statistics
+    from bmc_data.tokens.stats import add_edit_distance_stats, editor_statistics, only_final_answer_changed
     from bmc_demo.__main__ import real_minimal_edit
 
     provider = EmbeddedProvider()
@@ -60,6 +61,9 @@ def main() -> None:
             "pairs_with_wrong_y_l": len(pairs), "answer_tokens": answer_tokens,
             "statuses": {s: sum(r["bmc_status"] == s for r in rows) for s in ("bridged", "filtered", "failed")},
             "answer_correct": correct, "real_minimal_edits": sum(real_minimal_edit(r) for r in rows),
+            # of those, the ones that change more than the final-answer line (which the schema fixes anyway)
+            "real_minimal_edits_beyond_final_answer": sum(
+                real_minimal_edit(r) and not only_final_answer_changed(r["rejected"], r["chosen"]) for r in rows),
             "editor": editor_statistics(bridged),
             "reasons": sorted({r["bmc_reason"][:120] for r in rows if r["bmc_reason"]})[:10],
             "examples": [{k: r[k] for k in ("rejected", "chosen", "original_chosen", "bmc_status")} for r in rows[:3]],
