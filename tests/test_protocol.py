@@ -54,7 +54,11 @@ def test_the_schema_names_the_segments_and_fixes_the_answer():
     assert segment_enum == ["Step 1: 2+2=5.", "So we add 3.", "Then e.g. this stays whole!", "Next one?", "Yes.",
                             "The answer is 8."]  # each text once, in order
     assert schema["properties"]["final_answer"] == {"type": "string", "enum": ["7"]}
-    assert schema["properties"]["verdict"]["enum"] == ["GOOD", "REVISE"]
+    assert schema["properties"]["verdict"]["enum"] == ["REVISE"]  # y_l says 8, not 7: "GOOD" would be refused
+    assert reply_schema(SOLUTION, requires_verdict=True, answer="8")["properties"]["verdict"]["enum"] == ["GOOD", "REVISE"]
+    assert reply_schema(SOLUTION, requires_verdict=True)["properties"]["verdict"]["enum"] == ["GOOD", "REVISE"]
+    assert reply_schema(SOLUTION, requires_verdict=True, answer="8.0", task="math")["properties"]["verdict"]["enum"] \
+        == ["GOOD", "REVISE"]  # math answers compare by value
     instruction = reply_schema("Hi there. Bye.", requires_verdict=False)
     assert list(instruction["properties"]) == ["edits"]
     with pytest.raises(ValueError, match="no text an edit could name"):

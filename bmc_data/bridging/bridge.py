@@ -186,7 +186,7 @@ class Bridger:
         from .protocol import SCHEMA_NAME, reply_schema
 
         return ResponseSchema(SCHEMA_NAME, reply_schema(pair.rejected, requires_verdict=self.template.requires_verdict,
-                                                        answer=self._schema_answer(pair)))
+                                                        answer=self._schema_answer(pair), task=self.task))
 
     def _parse(self, text: str, pair: PreferencePair) -> ParsedReply:
         if self.template.reply_format == "edits":  # a list of replacements, applied to y_l here

@@ -97,13 +97,17 @@ def segment(text: str) -> list[Segment]:
     return segments
 
 
-def reply_schema(rejected: str, *, requires_verdict: bool, answer: str | None = None) -> dict[str, Any]:
+def reply_schema(rejected: str, *, requires_verdict: bool, answer: str | None = None,
+                 task: Task | str = Task.QA) -> dict[str, Any]:
     """The JSON Schema of the editor's reply for a pair whose rejected response is `rejected`.
 
     Args:
         rejected: y_l; its segments are the only texts an edit may name.
-        requires_verdict: QA/math templates: a `verdict` ("GOOD" or "REVISE") comes first.
+        requires_verdict: QA/math templates: a `verdict` ("GOOD" or "REVISE") comes first. When y_l does not
+            state `answer`, only "REVISE" is offered: the bridge refuses "GOOD" for a wrong y_l anyway (the row
+            would fail), and small models answered "GOOD" on all 20 wrong GSM8K y_l of a held-out run.
         answer: the reference final answer: `final_answer` must be exactly it (None: no such field).
+        task: how answers compare ("math": by value).
 
     Raises ValueError when `rejected` has no text to anchor an edit to.
     """
@@ -118,7 +122,8 @@ def reply_schema(rejected: str, *, requires_verdict: bool, answer: str | None = 
     }
     properties: dict[str, Any] = {}
     if requires_verdict:
-        properties["verdict"] = {"type": "string", "enum": list(VERDICTS)}
+        wrong = answer is not None and not check_answer(rejected, answer, task)[0]
+        properties["verdict"] = {"type": "string", "enum": ["REVISE"] if wrong else list(VERDICTS)}
     properties["edits"] = {"type": "array", "items": edit}
     if answer is not None:
         properties["final_answer"] = {"type": "string", "enum": [answer]}
