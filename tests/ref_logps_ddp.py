@@ -45,3 +45,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # leave the process group before exit: a gloo thread still running at interpreter exit aborts the rank
+    # ("terminate called without an active exception", exit -6) after the work is done
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -231,8 +231,9 @@ def test_requests_per_minute_paces_calls(server):
     elapsed = time.monotonic() - start
     assert 0.45 <= elapsed < 3 and server.call_count == 15
     arrivals = sorted(r.received_at for r in server.requests)
-    # the 5 beyond the burst of 10 are paced at 0.1 s: all 15 cannot arrive within 0.3 s
-    assert arrivals[-1] - arrivals[0] >= 0.3
+    # the 5 beyond the burst of 10 are paced at 0.1 s: the last cannot be sent before 0.5 s after the start (the
+    # spread between first and last arrival is no measure: on a loaded machine the burst itself arrives late)
+    assert arrivals[-1] - start >= 0.45
 
 
 def test_token_bucket_reserves_in_order_and_settles():
