@@ -72,3 +72,36 @@ def test_one_compare_function_serves_bridging_and_sampling():
     from bmc_data.pairs import answers
 
     assert bridge.check_answer is answers.check_answer and sampling.check_answer is answers.check_answer
+
+
+# A held-out GSM8K ỹ_w of the embedded editor (bench/results/embedded_editor_heldout.json, before the fix): the
+# editor changed one answer line and left the others; the old check read only `#### 18` and passed it.
+_CONFLICTING_GSM8K = ("Janet’s ducks lay 16 eggs per day, so she lays 3 * 16 = 48 duck eggs daily.\n"
+                      "The answer is 3 * 48 = 176 dollars.\n#### 18\nThe answer is 176")
+
+
+@pytest.mark.parametrize("text,gold,task", [
+    (_CONFLICTING_GSM8K, "18", "math"),
+    ("The answer is 150 * $80,000 = $960,000\n\nSo, the answer is 70000", "70000", "math"),
+    ("The answer is 3. Wait, no. The answer is 5", "5", "math"),
+    ("\\boxed{4} was wrong; the result is \\boxed{5}", "5", "math"),
+    ("The answer is the room with a candle. The answer is 2. The answer is bedroom", "bedroom", "qa"),
+])
+def test_a_response_stating_another_final_answer_anywhere_fails(text, gold, task):
+    assert extract_answer(text) == gold or answers_match(extract_answer(text), gold, task)  # the last one is right
+    ok, why = check_answer(text, gold, task)
+    assert not ok and why.startswith("states conflicting final answers"), why
+
+
+@pytest.mark.parametrize("text,gold,task,stated", [
+    ("Work.\nThe answer is 18.\n#### 18", "18", "math", ["18", "18"]),
+    ("So the answer is 72 dollars.\n#### 72", "72", "math", ["72 dollars", "72"]),
+    ("The answer is \\boxed{\\frac{1}{2}}", "0.5", "math", ["\\frac{1}{2}"]),
+    ("The answer is: The answer is:\nThe answer is stress.", "stress", "qa", ["stress"]),
+    ("Candles are lit in a bedroom.\nThe answer is bedroom", "bedroom", "qa", ["bedroom"]),
+])
+def test_repeating_the_same_final_answer_is_fine(text, gold, task, stated):
+    from bmc_data.pairs.answers import stated_answers
+
+    assert stated_answers(text) == stated
+    assert check_answer(text, gold, task) == (True, "")

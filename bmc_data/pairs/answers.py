@@ -33,46 +33,63 @@ _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _MAX_MATH_CHARS = 200
 
 
-def _boxed(text: str) -> str | None:
-    """Contents of the last \\boxed{...}, with nested braces balanced."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed{") - 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None
+def _boxed_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the contents of every \\boxed{...}, with nested braces balanced."""
+    spans, start = [], text.find("\\boxed{")
+    while start >= 0:
+        depth, i = 0, start + len("\\boxed{") - 1
+        for j in range(i, len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    spans.append((i + 1, j))
+                    break
+        start = text.find("\\boxed{", start + 1)
+    return spans
 
 
 def final_answer_span(text: str) -> tuple[int, int] | None:
     """(start, end) of the final answer stated in `text` (what `extract_answer` returns), or None."""
     if not text:
         return None
-    boxed = _boxed(text)
-    if boxed is not None:
-        begin = text.rfind("\\boxed{") + len("\\boxed{")
-        return _strip_span(text, begin, begin + len(boxed), str.isspace)
+    boxed = _boxed_spans(text)
+    if boxed:
+        return _strip_span(text, *boxed[-1], str.isspace)
     for pattern in (_HASHES, _ANSWER_IS):
-        last = None
-        for last in pattern.finditer(text):
-            pass
-        if last is not None:
-            begin, _ = _strip_span(text, last.end(), len(text), str.isspace)
-            line_break = _LINE_BREAK.search(text, begin)
-            span = (begin, line_break.start() if line_break else len(text))
-            # the line without surrounding space, a trailing period and `*` emphasis
-            span = _strip_span(text, *span, str.isspace)
-            span = _strip_span(text, *span, ".".__eq__, left=False)
-            span = _strip_span(text, *span, str.isspace)
-            span = _strip_span(text, *span, "*".__eq__)
-            span = _strip_span(text, *span, str.isspace)
-            return span if span[1] > span[0] else None
+        matches = list(pattern.finditer(text))
+        if matches:
+            return _statement_span(text, matches[-1].end(), len(text))
     return None
+
+
+def _statement_span(text: str, begin: int, limit: int) -> tuple[int, int] | None:
+    """The answer a statement starting at `begin` gives: up to `limit` or its line's end, without surrounding
+    space, a trailing period and `*` emphasis."""
+    begin, _ = _strip_span(text, begin, limit, str.isspace)
+    line_break = _LINE_BREAK.search(text, begin, limit)
+    span = (begin, line_break.start() if line_break else limit)
+    span = _strip_span(text, *span, str.isspace)
+    span = _strip_span(text, *span, ".".__eq__, left=False)
+    span = _strip_span(text, *span, str.isspace)
+    span = _strip_span(text, *span, "*".__eq__)
+    span = _strip_span(text, *span, str.isspace)
+    return span if span[1] > span[0] else None
+
+
+def stated_answers(text: str) -> list[str]:
+    """Every final answer `text` states, in order of appearance: each \\boxed{X}, each `#### X` and each `The answer
+    is X` (up to the next such statement or the end of its line). A statement that only wraps a \\boxed{X} counts
+    once, as the box."""
+    spans = [_strip_span(text, *span, str.isspace) for span in _boxed_spans(text)]
+    statements = sorted((m for pattern in (_HASHES, _ANSWER_IS) for m in pattern.finditer(text)), key=lambda m: m.start())
+    for number, match in enumerate(statements):
+        limit = statements[number + 1].start() if number + 1 < len(statements) else len(text)
+        span = _statement_span(text, match.end(), limit)
+        if span is not None and "\\boxed{" not in text[span[0]:span[1]]:
+            spans.append(span)
+    return [text[a:b] for a, b in sorted(spans) if b > a]
 
 
 _LINE_BREAK = re.compile(r"[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")  # where str.splitlines splits
@@ -165,10 +182,18 @@ def known_answer(pair: PreferencePair) -> str | None:
 
 
 def check_answer(response: str, gold: str, task: Task | str) -> tuple[bool, str]:
-    """(ok, reason): does `response` reach the known answer `gold`?"""
+    """(ok, reason): does `response` reach the known answer `gold`, and state no other final answer anywhere?
+
+    A response whose last statement is right but which also says "#### 1" or "The answer is 176" earlier (an
+    editor that fixed one answer line and left another) does not reach the answer: a reader cannot tell which
+    one it means."""
     predicted = extract_answer(response)
     if predicted is None:
         return False, "states no final answer (expected 'The answer is X', '#### X' or \\boxed{X})"
     if not answers_match(predicted, gold, task):
         return False, f"final answer {predicted!r} does not match the ground truth {gold!r}"
+    conflicting = [answer for answer in stated_answers(response) if not answers_match(answer, gold, task)]
+    if conflicting:
+        return False, (f"states conflicting final answers: {predicted!r} and {conflicting[0]!r} (only the ground "
+                       f"truth {gold!r} may be stated)")
     return True, ""
