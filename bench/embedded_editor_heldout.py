@@ -3,8 +3,8 @@
     python bench/embedded_editor_heldout.py                    # 50 QASC test + 50 GSM8K test problems
     python bench/embedded_editor_heldout.py --limit 10 --sources qasc
 
-For each source: `make_pairs` samples y_l from the same model (greedy; problems it answers correctly are left out,
-as in the paper's QA setup), `bridge_dataset` bridges the pairs with reply format "structured". Reports per source:
+For each source: `make_pairs` samples y_l from the same model (greedy, after `--shots` worked examples of the
+source, as the demo does; problems it answers correctly are left out, as in the paper's QA setup), `bridge_dataset` bridges the pairs with reply format "structured". Reports per source:
 the bridged share, the answer-correct share (rows whose ỹ_w states the reference answer), real minimal edits
 (ỹ_w ≠ y_l and closer to y_l than y_w is) and how many of them change more than the final-answer line, median
 word edit distances y_w↔y_l and ỹ_w↔y_l over the bridged rows, the share of bridged rows whose only change is
@@ -30,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=50, help="problems per source (default: %(default)s)")
     parser.add_argument("--sources", default="qasc,gsm8k")
+    parser.add_argument("--shots", type=int, default=2, help="worked examples before each problem (default: %(default)s)")
     parser.add_argument("--cache-dir", default=str(REPO / ".bmc_cache" / "bench" / "embedded_editor_heldout"))
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "embedded_editor_heldout.json"))
     args = parser.parse_args()
@@ -41,14 +42,15 @@ def main() -> None:
     from bmc_demo.__main__ import real_minimal_edit
 
     provider = EmbeddedProvider()
-    result = {"command": f"python bench/embedded_editor_heldout.py --limit {args.limit} --sources {args.sources}",
+    result = {"command": f"python bench/embedded_editor_heldout.py --limit {args.limit} --sources {args.sources} "
+                         f"--shots {args.shots}",
               "provider": provider.identity(), "n_threads": provider.n_threads, "sources": {}}
     for name in args.sources.split(","):
         path, task, answer_tokens = SOURCES[name]
         load = os.getloadavg()[0]
         started = time.perf_counter()
         pairs = make_pairs(str(path), model=provider, task=task, keep="wrong", limit=args.limit,
-                           max_tokens=answer_tokens, cache_dir=args.cache_dir, progress=False)
+                           max_tokens=answer_tokens, cache_dir=args.cache_dir, progress=False, shots=args.shots)
         sampled = time.perf_counter()
         bridged = bridge_dataset(pairs, task=task, provider=provider, reply_format="structured", concurrency=16,
                                  max_tokens=512, cache_dir=args.cache_dir, progress=False)

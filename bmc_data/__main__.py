@@ -28,9 +28,10 @@ from .cli.args import (
     build_provider,
     check_default_cache_folder,
     check_provider_args,
+    non_negative_int,
     positive_int,
 )
-from .errors import AllRowsFailed, InputError
+from .errors import AllRowsFailed, InputError, UsageError
 from .outputs import OutputFolder
 from .pairs.schema import Status, Task
 from .redaction import redact
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="QA/math only: sample y_l for each problem first (y_w = ground-truth solution)")
     bridge.add_argument("--keep", default="all", choices=["all", "wrong"],
                         help="with --make-pairs: keep all pairs, or only those whose y_l is wrong")
+    bridge.add_argument("--shots", type=non_negative_int, default=0,
+                        help="with --make-pairs: show the model the source's first N problems and solutions as "
+                             "worked examples, so its answers take their form (they are not paired)")
     bridge.add_argument("--skip-invalid", action="store_true",
                         help="skip bad input rows (each listed in summary.json) instead of stopping at the first")
     add_answer_check_arg(bridge)
@@ -106,6 +110,8 @@ def _bridge(argv: list[str] | None) -> int:
         return run_batches(args)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     check_provider_args(args)  # every option is checked before any data is read, model loaded or call made
+    if args.shots and not args.make_pairs:
+        raise UsageError("--shots shows worked examples to the model that samples y_l: it needs --make-pairs")
     if args.cache_dir is None:
         check_default_cache_folder()
     from .bridging.bridge import require_schema_support
@@ -141,7 +147,7 @@ def _run_bridge(args: argparse.Namespace, folder: OutputFolder) -> AllRowsFailed
         source = make_pairs(args.source, model=provider, task=args.task, keep=args.keep, limit=args.limit,
                             max_tokens=args.max_tokens, split=args.split, cache_dir=cache_dir,
                             progress=not args.quiet, concurrency=args.concurrency,
-                            answer_check=not args.no_answer_check)
+                            answer_check=not args.no_answer_check, shots=args.shots)
         sampling_usage = usage_since(before, provider.usage)
         if len(source) == 0 and sampling_usage.get("failures"):
             raise AllRowsFailed(f"y_l sampling failed for every problem ({sampling_usage['failures']} failed "

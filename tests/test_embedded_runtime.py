@@ -62,6 +62,27 @@ def test_demo_with_a_missing_source_says_so_in_one_line_exit_2(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+def test_demo_refuses_files_it_did_not_write_before_anything_runs(tmp_path, capsys, shared_data):
+    from bmc_data.runner import run_cli
+    from bmc_demo.__main__ import main
+
+    out = tmp_path / "out"
+    (out / "dpo-bmc").mkdir(parents=True)
+    (out / "dpo-bmc" / "my-notes.txt").write_text("mine")
+    (out / "report.html").write_text("my page")
+    (out / "notes.txt").write_text("outside the demo's paths")
+    source = shared_data / "qa" / "ecqa-train.jsonl"
+    for page_too in (True, False):
+        assert run_cli(main, ["--source", str(source), "--out", str(out), "--limit", "1"]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {out}: 1 file(s) in the way that bmc did not write")
+        assert ("report.html" if page_too else "dpo-bmc/my-notes.txt") in err[0] and "[1/5]" not in captured.out
+        (out / "report.html").unlink(missing_ok=True)
+    assert (out / "dpo-bmc" / "my-notes.txt").read_text() == "mine" and (out / "notes.txt").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["dpo-bmc", "notes.txt"]  # no lock or manifest left behind
+
+
 llama_cpp = pytest.importorskip("llama_cpp")
 
 
@@ -172,6 +193,23 @@ def test_demo_pipeline_runs_end_to_end_on_two_rows(tmp_path, shared_data):
     if record["bridged"]:
         assert (out / "dpo-bmc" / "model.safetensors").is_file()
         assert {"loss", "rewards/margins", "bmc/lambda_chosen_mean"} <= set(record["training"][0])
+    listed = json.loads((out / "bmc_files.json").read_text())["files"]
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"bmc_files.json"}
+    assert written - set(listed) <= {"cache/calls.sqlite-wal", "cache/calls.sqlite-shm"}, written - set(listed)
+    assert listed["pairs.jsonl"]["writer"] == "demo" and listed["report.html"]["writer"].startswith("report")
+    # a rerun without training: the policy is reused (not converted again), the calls replay from the cache, the
+    # earlier weights (the demo's own, unchanged) are removed, and a file the demo did not write stays
+    policy = out / "smollm2-135m-instruct-fp32" / "model.safetensors"
+    converted = policy.stat().st_mtime_ns
+    first_rows = (out / "bridged.jsonl").read_text()
+    (out / "notes.txt").write_text("mine")
+    again = subprocess.run([sys.executable, "-m", "bmc_demo", "--source", str(shared_data / "qa" / "ecqa-train.jsonl"),
+                            "--limit", "2", "--train-steps", "0", "--out", str(out)],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert again.returncode == done.returncode, again.stderr[-2000:]
+    assert policy.stat().st_mtime_ns == converted and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "dpo-bmc").exists()
+    assert (out / "bridged.jsonl").read_text() == first_rows  # every reply replayed from the cache
 
 
 def test_a_prompt_longer_than_the_context_fails_alone_and_its_batch_runs_on():

@@ -25,6 +25,11 @@ def positive_int(value: str) -> int:
     return number
 
 
+def non_negative_int(value: str) -> int:
+    """argparse's type for a count that may be 0."""
+    return 0 if value.strip() == "0" else positive_int(value)
+
+
 def positive_float(value: str) -> float:
     try:
         number = float(value)

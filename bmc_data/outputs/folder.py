@@ -126,6 +126,33 @@ class OutputFolder:
     def write_text(self, rel: str, text: str) -> Path:
         return self.write_bytes(rel, text.encode("utf-8"))
 
+    def adopt_tree(self, source: str | Path, prefix: str) -> None:
+        """Move every file of `source` (a folder a library wrote, e.g. `save_pretrained` into a temporary folder of
+        this one) to `prefix/<its path>`, each through `path()`: the same checks and the same record as a file
+        this writer wrote itself."""
+        source = Path(source)
+        for file in sorted(f for f in source.rglob("*") if f.is_file() and not f.is_symlink()):
+            os.replace(file, self.path(f"{prefix.rstrip('/')}/{file.relative_to(source).as_posix()}"))
+
+    def keep_tree(self, prefix: str) -> bool:
+        """Reuse what an earlier run of this writer wrote under `prefix/` instead of writing it again. True when
+        there are files and bmc wrote each of them, unchanged since: each is then recorded again, so that the end
+        of this run does not remove it as stale. Otherwise False, and nothing is recorded or touched: the caller
+        writes the tree anew, through `path()` and its rules."""
+        root = self.folder / prefix.rstrip("/")
+        rels = sorted(f.relative_to(self.folder).as_posix() for f in root.rglob("*") if f.is_file()) \
+            if root.is_dir() and not root.is_symlink() else []
+        def complete(rel: str) -> bool:  # (a PENDING file's run was killed while writing it: not reusable)
+            record = self._manifest.files.get(rel)
+            return (record is not None and record.writer == self.writer and record.sha256 != PENDING
+                    and is_bmcs(self.folder, rel, self._manifest))
+
+        if not rels or not all(map(complete, rels)):
+            return False
+        for rel in rels:
+            self.path(rel)
+        return True
+
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             self._record(success=exc_type is None)
