@@ -54,6 +54,31 @@ def test_contracts_catch_a_circle_and_an_upward_import(tmp_path, module, line, c
     assert any(contract in " ".join(block.split()) for block in broken), proc.stdout[-3000:]
 
 
+def test_the_wheel_holds_every_package_and_template(tmp_path):
+    """A user installs a wheel, not this checkout: every package folder, the prompts and the page resources must be
+    in it (bmc_data.outputs once was not, and only the editable install hid it)."""
+    import zipfile
+
+    source = tmp_path / "src"  # the tracked files only: a local build/ folder would hide a missing package
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout.decode()
+    for rel in filter(None, tracked.split("\0")):
+        if (REPO / rel).is_file():
+            (source / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, source / rel)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("bmc-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = {p.parent.relative_to(REPO).as_posix() for root in ("bmc_data", "bmc_train", "bmc_demo")
+                for p in (REPO / root).rglob("__init__.py")}
+    assert {f"{package}/__init__.py" for package in packages} <= names, sorted(
+        package for package in packages if f"{package}/__init__.py" not in names)
+    modules = {p.relative_to(REPO).as_posix() for package in packages for p in (REPO / package).glob("*.py")}
+    assert modules <= names, sorted(modules - names)
+    prompts = {f"bmc_data/prompts/{p.name}" for p in (REPO / "prompts").glob("*.yaml")}
+    assert prompts and prompts <= names, sorted(prompts - names)
+
+
 def test_no_module_over_500_lines():
     long = {str(p.relative_to(REPO)): n for p in [*REPO.glob("bmc_data/**/*.py"), *REPO.glob("bmc_train/**/*.py"), *REPO.glob("bmc_demo/**/*.py")]
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
