@@ -38,5 +38,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The demo folder: only the files bmc wrote there and that are unchanged (its bmc_files.json); anything else stays.
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	@if [ -d $(DEMO_OUT) ] && [ -x $(BIN)/python ]; then \
+		$(BIN)/python -c 'import sys; from bmc_data.outputs import remove_written; removed, kept = remove_written(sys.argv[1]); print(f"{sys.argv[1]}: removed {len(removed)} file(s) bmc wrote" + (f"; kept {len(kept)} changed since: {kept}" if kept else ""))' $(DEMO_OUT); \
+	elif [ -d $(DEMO_OUT) ]; then echo "$(DEMO_OUT): left as it is (no $(VENV) to tell which files bmc wrote)"; fi
+	rm -rf $(VENV) .pytest_cache

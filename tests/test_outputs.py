@@ -435,3 +435,36 @@ def test_merge_card_keeps_the_readmes_text_and_keys_and_owns_only_the_data_keys(
     assert merge_card(merged, generated) == merged  # merging again changes nothing
     broken = "---\nlicense: [unclosed\n---\nText.\n"
     assert merge_card(broken, generated).count("Text.") == 1
+
+
+def test_make_clean_removes_only_what_bmc_wrote_and_left_unchanged(tmp_path):
+    """`make clean` on the demo folder: bmc's unchanged files go, a file it did not write and one changed since stay
+    (the Makefile's own target, run with the demo folder and venv pointed into tmp_path)."""
+    from bmc_data.outputs import OutputFolder
+
+    demo = tmp_path / "bmc-demo"
+    with OutputFolder(demo, "demo", ["pairs.jsonl", "dpo-bmc/", "demo.json"]) as folder:
+        folder.write_text("pairs.jsonl", "{}\n")
+        folder.write_text("dpo-bmc/config.json", "{}")
+        folder.write_text("demo.json", "{}")
+    with OutputFolder(demo, "report:report.html", ["report.html"]) as folder:
+        folder.write_text("report.html", "<html>")
+    (demo / "dpo-bmc" / "my-notes.txt").write_text("mine")
+    (demo / "demo.json").write_text('{"edited": true}')  # changed since bmc wrote it: the user's now
+    repo = Path(__file__).resolve().parents[1]
+    venv = Path(sys.executable).parents[1]
+    done = subprocess.run(["make", "-s", "-f", str(repo / "Makefile"), "clean", f"DEMO_OUT={demo}",
+                           f"VENV={tmp_path / 'no-venv'}", f"BIN={venv / 'bin'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"{demo}: removed 3 file(s) bmc wrote; kept 1 changed since: ['demo.json']" in done.stdout
+    assert sorted(p.relative_to(demo).as_posix() for p in demo.rglob("*") if p.is_file()) == \
+        [MANIFEST, "demo.json", "dpo-bmc/my-notes.txt"]
+    assert list(read_manifest(demo).files) == ["demo.json"] and not (demo / LOCK).exists()
+    assert (demo / "demo.json").read_text() == '{"edited": true}'
+    # with the changed file gone too, the folder and its manifest go
+    (demo / "demo.json").unlink()
+    (demo / "dpo-bmc" / "my-notes.txt").unlink()
+    from bmc_data.outputs import remove_written
+
+    assert remove_written(demo) == ([], []) and not demo.exists()

@@ -14,11 +14,13 @@ warning). Nothing bmc did not write is ever deleted, and nothing outside the wri
 One run at a time per folder: `.bmc.lock` names its holder (pid, host, command, start time). A second run is
 refused (`OutputLocked`, exit 2) before it does anything; a lock whose process is gone (same host) is taken over
 with a warning. The lock is re-entrant within a process (publish holds it while save_bridged and the report write).
+
+`remove_written(folder)` (`make clean`) removes the listed files that are unchanged, and nothing else.
 """
 
 from __future__ import annotations
 
-from .folder import OutputFolder
+from .folder import OutputFolder, remove_written
 from .lock import LOCK, OutputLocked, folder_lock
 from .manifest import (
     FORMAT,
@@ -38,5 +40,5 @@ from .manifest import (
 __all__ = [
     "MANIFEST", "LOCK", "FORMAT", "OVERWRITE_HINT", "OutputConflict", "OutputLocked", "FileRecord", "Manifest",
     "OutputFolder", "folder_lock", "check_free", "file_record", "read_manifest", "parse_manifest", "describe",
-    "in_scope",
+    "in_scope", "remove_written",
 ]

@@ -212,3 +212,44 @@ class OutputFolder:
             except OSError:
                 return
             folder = folder.parent
+
+
+def remove_written(folder: str | Path) -> tuple[list[str], list[str]]:
+    """Remove what bmc wrote in `folder` (`make clean`): each file its manifest lists, while unchanged, then the
+    manifest and the folders this emptied. Returns (removed, kept): a listed file changed since is kept, and a file
+    bmc did not write is never looked at. Takes the folder's lock, so it never removes a running writer's files."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        return [], []
+    with folder_lock(folder):
+        manifest = read_manifest(folder)
+        if not manifest.valid:
+            raise UsageError(f"{folder / MANIFEST}: is not a bmc manifest; bmc removes nothing there")
+        removed, kept = [], []
+        for rel in sorted(manifest.files):
+            path = folder / rel
+            if not os.path.lexists(path):
+                continue
+            if is_bmcs(folder, rel, manifest):
+                path.unlink()
+                removed.append(rel)
+            else:
+                kept.append(rel)
+        write_manifest(folder, Manifest({rel: manifest.files[rel] for rel in kept}, manifest.scopes))
+        if not kept:
+            (folder / MANIFEST).unlink()
+        # the folders of the files it listed and of its writers' scopes, deepest first, when now empty
+        folders = {(folder / rel).parent for rel in manifest.files}
+        folders |= {folder / entry for scope in manifest.scopes.values() for entry in scope if entry.endswith("/")}
+        for directory in sorted(folders, key=lambda d: -len(d.parts)):
+            while directory != folder and folder in directory.parents:
+                try:
+                    directory.rmdir()
+                except OSError:
+                    break
+                directory = directory.parent
+    try:
+        folder.rmdir()  # only when nothing else is left in it
+    except OSError:
+        pass
+    return removed, kept
