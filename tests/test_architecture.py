@@ -77,6 +77,9 @@ def test_the_wheel_holds_every_package_and_template(tmp_path):
     assert modules <= names, sorted(modules - names)
     prompts = {f"bmc_data/prompts/{p.name}" for p in (REPO / "prompts").glob("*.yaml")}
     assert prompts and prompts <= names, sorted(prompts - names)
+    data = {rel for rel in tracked.split("\0") if rel.startswith(("bmc_data/", "bmc_train/", "bmc_demo/"))
+            and not rel.endswith(".py")}  # the page's scripts and styles, and anything else shipped beside code
+    assert data and data <= names, sorted(data - names)
 
 
 def test_no_module_over_500_lines():
