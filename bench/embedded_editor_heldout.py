@@ -42,6 +42,7 @@ def main() -> None:
     from bmc_demo.__main__ import real_minimal_edit
 
     provider = EmbeddedProvider()
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     result = {"command": f"python bench/embedded_editor_heldout.py --limit {args.limit} --sources {args.sources} "
                          f"--shots {args.shots}",
               "provider": provider.identity(), "n_threads": provider.n_threads, "sources": {}}
@@ -52,8 +53,9 @@ def main() -> None:
         pairs = make_pairs(str(path), model=provider, task=task, keep="wrong", limit=args.limit,
                            max_tokens=answer_tokens, cache_dir=args.cache_dir, progress=False, shots=args.shots)
         sampled = time.perf_counter()
-        bridged = bridge_dataset(pairs, task=task, provider=provider, reply_format="structured", concurrency=16,
-                                 max_tokens=512, cache_dir=args.cache_dir, progress=False)
+        bridged, summary = bridge_dataset(pairs, task=task, provider=provider, reply_format="structured",
+                                          concurrency=16, max_tokens=512, cache_dir=args.cache_dir, progress=False,
+                                          return_summary=True)
         done = time.perf_counter()
         bridged = add_edit_distance_stats(bridged)
         rows = bridged.to_list()
@@ -75,6 +77,11 @@ def main() -> None:
             "load_avg_1min_at_start": round(load, 2),
             "note": "seconds are this invocation's: near 0 for calls served from the cache",
         }
+        if summary.usage["calls"] == 0 and name in previous.get("sources", {}):  # a replay: keep the real timing
+            for key in ("seconds", "load_avg_1min_at_start"):
+                result["sources"][name][key] = previous["sources"][name][key]
+            result["sources"][name]["note"] = ("every call replayed from the cache: seconds and load are those of "
+                                               "the run that made the calls")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(json.dumps({name: {k: v for k, v in result["sources"][name].items() if k != "examples"}}), flush=True)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from bmc_data.errors import InputError, SystemicFailure, UsageError
 from bmc_data.pairs import schema as S
-from bmc_data.pairs.answers import check_answer, known_answer
+from bmc_data.pairs.answers import known_answer
 from bmc_data.pairs.loading import (
     InvalidRowError,
     Layout,
@@ -45,6 +45,7 @@ from bmc_data.providers.throttle import estimate_tokens
 from bmc_data.redaction import redact, redact_new, redact_obj
 from bmc_data.runner import check_writable_folder
 
+from .checks import good_verdict_problem, revision_problem
 from .concurrency import map_concurrently, run_sync
 from .parsing import ParsedReply, ReplyFormatError, Verdict, parse_reply
 from .templates import Template, load_template
@@ -175,8 +176,9 @@ class Bridger:
             raise _TruncatedReply(f"reply truncated at max_tokens={self.max_tokens} (finish_reason=length)")
         return response
 
-    def _schema_answer(self, pair: PreferencePair) -> str | None:
-        """The answer a structured reply's `final_answer` is constrained to: the known one, when it is checked."""
+    def _checked_answer(self, pair: PreferencePair) -> str | None:
+        """The known answer ỹ_w must reach, when answers are checked (a structured reply's `final_answer` is
+        constrained to it); else None."""
         return self._gold_answer(pair) if self.check_answers else None
 
     def response_schema(self, pair: PreferencePair) -> ResponseSchema | None:
@@ -186,7 +188,7 @@ class Bridger:
         from .protocol import SCHEMA_NAME, reply_schema
 
         return ResponseSchema(SCHEMA_NAME, reply_schema(pair.rejected, requires_verdict=self.template.requires_verdict,
-                                                        answer=self._schema_answer(pair), task=self.task))
+                                                        answer=self._checked_answer(pair), task=self.task))
 
     def _parse(self, text: str, pair: PreferencePair) -> ParsedReply:
         if self.template.reply_format == "edits":  # a list of replacements, applied to y_l here
@@ -197,7 +199,7 @@ class Bridger:
             from .protocol import parse_structured_reply
 
             return parse_structured_reply(text, pair.rejected, requires_verdict=self.template.requires_verdict,
-                                          answer=self._schema_answer(pair), task=self.task)
+                                          answer=self._checked_answer(pair), task=self.task)
         return parse_reply(text, requires_verdict=self.template.requires_verdict, rejected=pair.rejected)
 
     async def bridge(self, pair: PreferencePair) -> RowResult:
@@ -232,20 +234,16 @@ class Bridger:
         except ProviderError as error:
             return RowResult(Status.FAILED, f"provider error: {error}", calls=calls)
 
-        gold = self._gold_answer(pair)
+        gold = self._checked_answer(pair)
         if parsed.verdict is Verdict.GOOD:
-            if gold is not None and self.check_answers:
-                ok, why = check_answer(pair.rejected, gold, self.task)
-                if not ok:
-                    return RowResult(Status.FAILED, f"editor judged the rejected response good enough, but it {why}", calls=calls)
+            why = good_verdict_problem(pair.rejected, gold=gold, task=self.task)
+            if why:
+                return RowResult(Status.FAILED, why, calls=calls)
             return RowResult(Status.FILTERED, "editor judged the rejected response already good enough", calls=calls)
         assert parsed.revised is not None
-        if gold is not None and self.check_answers:
-            ok, why = check_answer(parsed.revised, gold, self.task)
-            if not ok:
-                return RowResult(Status.FAILED, f"pseudo-winning response {why}", calls=calls)
-        if parsed.revised.strip() == pair.rejected.strip():
-            return RowResult(Status.FAILED, "pseudo-winning response is identical to the rejected response", calls=calls)
+        why = revision_problem(parsed.revised, pair.rejected, gold=gold, task=self.task)
+        if why:
+            return RowResult(Status.FAILED, why, calls=calls)
         return RowResult(Status.BRIDGED, "", parsed.revised, calls=calls)
 
     def _gold_answer(self, pair: PreferencePair) -> str | None:
