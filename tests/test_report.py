@@ -310,3 +310,14 @@ def test_offsets_come_from_the_same_tokenization_as_the_masks(tokenizer, data):
                     piece = tokenizer.decode([t])
                     if "\ufffd" not in piece:  # not a byte-level piece of a multi-byte character
                         assert piece.strip() == text[s:e].strip(), (piece, text[s:e])
+
+
+def test_the_page_says_what_the_editor_did_as_the_summary_and_card_do(tmp_path, data):
+    import html as html_lib
+
+    from bmc_data.tokens.stats import editor_statistics, editor_statistics_lines
+
+    page = html_lib.unescape(render_report(data, tmp_path / "r.html").read_text())
+    lines = editor_statistics_lines(editor_statistics(data))
+    assert len(lines) >= 2 and "; ".join(lines) in page
+    assert lines[0].startswith(f"bridged: {sum(s == 'bridged' for s in data['bmc_status'])} of {len(data)} rows")

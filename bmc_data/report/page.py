@@ -152,6 +152,8 @@ def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, token
         WORD_NORM_AFTER,
         WORD_NORM_BEFORE,
         add_edit_distance_stats,
+        editor_statistics,
+        editor_statistics_lines,
     )
 
     files_dir = out.with_name(out.stem + "_files")
@@ -260,7 +262,9 @@ def _render(dataset: datasets.Dataset, out: Path, folder: OutputFolder, *, token
                  ("editor", " · ".join(f"{k} {v}" for k, v in provider.items()) or "not recorded"),
                  ("prompt version", ", ".join(versions) or "not recorded"),
                  ("mask tokenizer", f"{tok['name']} (hash {tok['hash']})" if tok else "no diff masks"),
-                 ("rows", f"{n:,}")]
+                 ("rows", f"{n:,}"),
+                 # the same three sentences as the run summary and the dataset card
+                 ("what the editor did", "; ".join(editor_statistics_lines(editor_statistics(dataset))))]
     if weight_info:
         meta_rows.append(("λ preview", weight_info))
     count_html = "".join(
