@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -197,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()  # the demo prints one line per step instead
     transformers.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
-    # transformers 5's renames that TRL 1.16 still calls (gradient → activation checkpointing): not the user's to fix
-    warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated and will be removed in v6")
     return run(args)
 
 

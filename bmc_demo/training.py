@@ -69,7 +69,7 @@ def _train(rows: list[dict[str, Any]], policy: Path, out: Path, *, steps: int, d
                      lr_scheduler_type="constant", warmup_steps=0, max_steps=steps, per_device_train_batch_size=2,
                      max_length=320, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
                      use_cpu=True, dataloader_num_workers=0,
-                     activation_checkpointing=False)  # 135M on CPU: nothing to save, and TRL's default warns
+                     activation_checkpointing=False)  # 135M on CPU: no memory to save, only recomputation
     trainer = BMCTrainer(str(policy), args=args, train_dataset=Dataset.from_list([as_conversation(r) for r in rows]))
     trainer.remove_callback(PrinterCallback)  # the demo prints its own lines from the log history
     trainer.train()

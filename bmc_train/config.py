@@ -318,6 +318,12 @@ class BMCConfig(DPOConfig):
         # CPU-only machines: TRL defaults bf16 to True, which transformers rejects without a bf16 GPU
         if self.bf16 is None and not self.fp16 and not _bf16_available():
             self.bf16 = False
+        # TRL 1.16 sets `gradient_checkpointing` (default True), which transformers 5 renamed and warns about on
+        # every run: carry the values over under the new names, exactly as transformers would, without the warning
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if hasattr(self, new) and getattr(self, new) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
         super().__post_init__()
         self.loss_type = loss_type  # DPOConfig.__post_init__ wraps it in a list
         if self.hub_token:

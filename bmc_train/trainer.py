@@ -22,6 +22,7 @@ logging, saving — is TRL's own code path):
 from __future__ import annotations
 
 import textwrap
+import warnings
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,6 +36,13 @@ from bmc_data.pairs.schema import CHOSEN_DIFF_MASK, REJECTED_DIFF_MASK
 from bmc_data.tokens.ref_logps import REF_CHOSEN_TOKEN_LOGPS, REF_REJECTED_TOKEN_LOGPS
 
 from .collator import DIFF_MASK, DataCollatorForBMC
+
+
+def _hide_renamed_checkpointing_warnings() -> None:
+    """TRL 1.16 calls transformers 5's renamed gradient-checkpointing methods (now `activation_checkpointing_*`) on
+    every step with a reference forward; the FutureWarning names code that is neither bmc's nor the user's."""
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`(is_)?gradient_checkpointing\w*` is deprecated and will be removed in v6")
 from .config import BMCConfig
 from .dataset_columns import (
     check_batch_input_columns,
@@ -85,6 +93,7 @@ class BMCTrainer(BMCMetricsMixin, DPOTrainer):
     }
 
     def __init__(self, model, ref_model=None, args: BMCConfig | None = None, *pos, **kwargs):
+        _hide_renamed_checkpointing_warnings()
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = BMCConfig(f"{str(name).rstrip('/').split('/')[-1]}-BMC")

@@ -291,3 +291,21 @@ def test_smollm2_held_out_reward_accuracy_rises(tmp_path):
     assert after["eval_rewards/accuracies"] >= 0.75
     assert after["eval_rewards/margins"] > 0.0
     assert 2.0 <= after["eval_bmc/lambda_chosen_mean"] <= 3.0
+
+
+def test_training_with_checkpointing_shows_no_warning_about_trl_s_renamed_names(tmp_path, tiny_model, rows):
+    """TRL 1.16's `gradient_checkpointing` (default True) and its calls of the renamed methods printed four
+    FutureWarnings per run; the value still reaches transformers under the new name."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = BMCConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2,
+                         report_to="none", save_strategy="no", max_length=256, disable_tqdm=True)  # TRL's default
+        assert args.activation_checkpointing is True and args.gradient_checkpointing is True
+        trainer = BMCTrainer(str(tiny_model), args=args, train_dataset=_bridged(rows, 4))
+        trainer.train()
+    assert trainer.model.is_activation_checkpointing
+    renamed = [str(w.message) for w in caught if "deprecated and will be removed in v6" in str(w.message)]
+    assert renamed == []
+    assert BMCConfig(output_dir=str(tmp_path), report_to="none", gradient_checkpointing=False).activation_checkpointing is False
