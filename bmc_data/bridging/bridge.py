@@ -378,6 +378,9 @@ def require_schema_support(provider: Provider | type[Provider], reply_format: st
     if reply_format == "structured" and not provider.supports_response_schema:
         raise UsageError(f"reply format 'structured' needs a provider that constrains replies to a JSON schema; "
                          f"the {provider.name} provider cannot (use --reply-format full or edits with it)")
+    problem = provider.schema_runtime_problem() if reply_format == "structured" else None
+    if problem:
+        raise UsageError(f"reply format 'structured' with the {provider.name} provider: {problem}")
 
 
 def bridge_dataset(

@@ -123,6 +123,12 @@ class Provider(abc.ABC):
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """One chat completion. Raises `ProviderError` when it cannot succeed."""
 
+    @classmethod
+    def schema_runtime_problem(cls) -> str | None:
+        """Why this provider cannot enforce a schema on this machine although it supports one (e.g. an optional
+        package is missing), or None. Checked before a model is loaded or a call is made."""
+        return None
+
     def refuse_response_schema(self, request: ChatRequest) -> None:
         """Raise `ProviderError` when `request` asks for a response schema this provider cannot enforce."""
         if request.response_schema is not None and not self.supports_response_schema:
