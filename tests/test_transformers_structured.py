@@ -42,7 +42,7 @@ def tiny(tmp_path_factory, one_torch_thread):
 
     from bmc_train.testing import build_tiny_model
 
-    texts = [p[k] for p in PAIRS for k in ("prompt", "chosen", "rejected")] + ['{"verdict": "REVISE", "edits": []}']
+    texts = [p[k] for p in PAIRS for k in ("prompt", "chosen", "rejected")]
     folder = build_tiny_model(tmp_path_factory.mktemp("tiny"), texts * 4)
     model = AutoModelForCausalLM.from_pretrained(folder)
     model.config.max_position_embeddings = 4096  # room for the bridge's prompt (~1,200 tokens of a 384-token BPE)
@@ -114,6 +114,25 @@ def test_a_structured_reply_is_never_cut_at_its_token_cap(tiny):
         assert_follows_schema(reply.text, pair, request, limits)
         # without the grammar the same request runs to the cap and is cut
         assert run_one(provider(tiny), free(request)).finish_reason == "length"
+
+
+def test_sampled_replies_name_segments_and_close_their_strings_at_the_limit(tiny):
+    # greedy, this random model opens no edit ("[]" wins); sampled, it writes edits of random bytes
+    limits = GrammarLimits(max_string_chars=30, max_array_items=3)
+    p = provider(tiny, grammar_limits=limits)
+    edits = []
+    for seed in range(6):
+        pair = PAIRS[seed % 3]
+        base = structured(pair, 400)
+        request = ChatRequest(messages=base.messages, max_tokens=400, temperature=1.0, seed=seed,
+                              response_schema=base.response_schema)
+        reply = run_one(p, request)
+        assert reply.finish_reason == "stop"
+        edits += assert_follows_schema(reply.text, pair, request, limits)["edits"]
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(run_one(p, free(request)).text)
+    assert len(edits) >= 3
+    assert any(len(e["replacement"]) == 30 for e in edits)  # a string that reached its limit was closed there
 
 
 def test_a_schema_that_cannot_be_enforced_fails_its_own_request_only(tiny):
