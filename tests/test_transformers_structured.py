@@ -17,7 +17,7 @@ from bmc_data import bridge_dataset
 from bmc_data.pairs.answers import check_answer
 from bmc_data.bridging.protocol import SCHEMA_NAME, VERDICTS, reply_schema, segment
 from bmc_data.providers import ChatRequest, ProviderError, ResponseSchema
-from bmc_data.providers.grammar import GrammarLimits, fit_limits
+from bmc_data.providers.grammar import MIN_FITTED_STRING_CHARS, GrammarLimits, fit_limits, schema_to_gbnf
 from bmc_data.providers.transformers_local import TransformersProvider
 
 pytest.importorskip("xgrammar", reason="grammar-constrained decoding needs xgrammar (make install)")
@@ -150,6 +150,21 @@ def test_a_schema_that_cannot_be_enforced_fails_its_own_request_only(tiny):
     assert isinstance(refused, ProviderError)
     assert "reply schema 'counts': root-n: a local grammar supports object, array, string and enum" in str(refused)
     assert plain.text and p.usage.failures == 2 and p.usage.calls == 2
+
+
+def test_fitted_limits_are_the_largest_that_fit_the_cap_keeping_a_sentence_per_edit():
+    schema = reply_schema(PAIRS[0]["rejected"], requires_verdict=True, answer=PAIRS[0]["answer"])
+    least = schema_to_gbnf(schema, GrammarLimits(0, 1))[1]
+    assert fit_limits(schema, GrammarLimits(), least - 1) is None
+    seen_items = set()
+    for cap in range(least, 12000, 97):
+        limits = fit_limits(schema, GrammarLimits(), cap)
+        assert schema_to_gbnf(schema, limits)[1] <= cap, cap
+        assert limits.max_array_items == 1 or limits.max_string_chars >= MIN_FITTED_STRING_CHARS
+        if limits.max_string_chars < 400:  # one more character would not fit
+            assert schema_to_gbnf(schema, GrammarLimits(limits.max_string_chars + 1, limits.max_array_items))[1] > cap
+        seen_items.add(limits.max_array_items)
+    assert min(seen_items) == 1 and max(seen_items) > 3
 
 
 def test_grammar_limits_are_part_of_the_identity_only_when_changed(tiny):
