@@ -104,6 +104,32 @@ def engine_rows(tokenizer, schema: dict, reply_ids: list[int], limits) -> list[d
             assert matcher.accept_token(token)
         rows.append({"engine": label, "compile_ms": round(compile_ms, 1),
                      "mask_ms_per_token": round((time.perf_counter() - started) * 1000 / len(reply_ids), 2)})
+    # xgrammar's own JSON Schema converter, with the same bounds as maxItems / maxLength
+    bounded = json.loads(json.dumps(schema))
+    bounded["properties"]["edits"]["maxItems"] = limits.max_array_items
+    bounded["properties"]["edits"]["items"]["properties"]["replacement"]["maxLength"] = limits.max_string_chars
+    compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+    started = time.perf_counter()
+    compiled = compiler.compile_json_schema(json.dumps(bounded), any_whitespace=False)
+    compile_ms = (time.perf_counter() - started) * 1000
+    matcher = xgrammar.GrammarMatcher(compiled)
+    bitmask = xgrammar.allocate_token_bitmask(1, vocab)
+    logits = torch.zeros(1, vocab)
+    replay = tokenizer.encode(json.dumps(json.loads(tokenizer.decode(reply_ids)), separators=(", ", ": ")),
+                              add_special_tokens=False)  # its converter allows no optional spaces
+    started = time.perf_counter()
+    for token in replay:
+        matcher.fill_next_token_bitmask(bitmask)
+        xgrammar.apply_token_bitmask_inplace(logits, bitmask)
+        assert matcher.accept_token(token)
+    mask_ms = (time.perf_counter() - started) * 1000 / len(replay)
+    probe = xgrammar.GrammarMatcher(compiled)
+    edit = json.loads(tokenizer.decode(reply_ids))["edits"]
+    prefix = f'{{"verdict": "REVISE", "edits": [{{"segment": {json.dumps(edit[0]["segment"]) if edit else ""}, '
+    raw_tab = bool(edit) and probe.accept_string(prefix + '"replacement": "a\tb')
+    rows.append({"engine": "xgrammar, its own JSON Schema converter (maxLength, maxItems)",
+                 "compile_ms": round(compile_ms, 1), "mask_ms_per_token": round(mask_ms, 2),
+                 "accepts_a_raw_tab_in_a_string": raw_tab})
     if importlib.util.find_spec("lmformatenforcer"):
         from lmformatenforcer import JsonSchemaParser, TokenEnforcer, TokenEnforcerTokenizerData
 
@@ -118,9 +144,6 @@ def engine_rows(tokenizer, schema: dict, reply_ids: list[int], limits) -> list[d
             regular.append((token, after_zero, len(after_zero) > len(tokenizer.decode([token]))))
         data = TokenEnforcerTokenizerData(regular, tokenizer.decode, tokenizer.eos_token_id, False, vocab)
         setup_s = time.perf_counter() - started
-        bounded = json.loads(json.dumps(schema))
-        bounded["properties"]["edits"]["maxItems"] = limits.max_array_items
-        bounded["properties"]["edits"]["items"]["properties"]["replacement"]["maxLength"] = limits.max_string_chars
         started = time.perf_counter()
         enforcer = TokenEnforcer(data, JsonSchemaParser(bounded))
         compile_ms = (time.perf_counter() - started) * 1000
@@ -142,6 +165,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--free-max-tokens", type=int, default=192)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--engines-only", action="store_true", help="skip the generation rows")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "transformers_structured.json"))
     args = parser.parse_args()
 
@@ -165,16 +189,18 @@ def main() -> None:
     free = [ChatRequest(messages=m, max_tokens=args.free_max_tokens) for m in messages]
     constrained = [ChatRequest(messages=m, max_tokens=args.max_tokens, response_schema=ResponseSchema(SCHEMA_NAME, s))
                    for m, s in zip(messages, schemas)]
-    provider._generate([ChatRequest(messages=messages[0], max_tokens=4)])  # warm-up
+    if not args.engines_only:
+        provider._generate([ChatRequest(messages=messages[0], max_tokens=4)])  # warm-up
     rows = []
-    for batch in batches:
+    for batch in [] if args.engines_only else batches:
         rows.append(measure(provider, free, chosen, "free text", batch))
         rows.append(measure(provider, constrained, chosen, "grammar-constrained (xgrammar)", batch))
     reply = provider._generate(constrained[:1])[0]
     limits = fit_limits(schemas[0], provider.grammar_limits, args.max_tokens)
     engines = engine_rows(tokenizer, schemas[0], tokenizer.encode(reply.text, add_special_tokens=False), limits)
     result = {"command": "python bench/transformers_structured.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "engines_only"))
+                  + (" --engines-only" if args.engines_only else ""),
               "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} usable cores",
               "model": "SmolLM2-135M-Instruct float32 (embedded GGUF dequantized by transformers)",
               "fitted_grammar_limits": {"max_string_chars": limits.max_string_chars,
