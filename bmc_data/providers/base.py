@@ -156,3 +156,15 @@ class Provider(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+def schema_support_problem(provider: Provider | type[Provider], reply_format: str) -> str | None:
+    """Why `provider` (an instance, or a class: checked before a local model is loaded) cannot give `reply_format`
+    ("structured" needs a schema-constrained reply), or None."""
+    if reply_format != "structured":
+        return None
+    if not provider.supports_response_schema:
+        return (f"reply format 'structured' needs a provider that constrains replies to a JSON schema; the "
+                f"{provider.name} provider cannot (use --reply-format full or edits with it)")
+    problem = provider.schema_runtime_problem()
+    return f"reply format 'structured' with the {provider.name} provider: {problem}" if problem else None
