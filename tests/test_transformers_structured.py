@@ -36,9 +36,9 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, one_torch_thread):
-    """A random 2-layer Llama with a byte-level BPE tokenizer trained on the pairs (built offline)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def tiny_folder(tmp_path_factory, one_torch_thread):
+    """A random 2-layer Llama with a byte-level BPE tokenizer trained on the pairs (built offline), saved."""
+    from transformers import AutoModelForCausalLM
 
     from bmc_train.testing import build_tiny_model
 
@@ -46,7 +46,15 @@ def tiny(tmp_path_factory, one_torch_thread):
     folder = build_tiny_model(tmp_path_factory.mktemp("tiny"), texts * 4)
     model = AutoModelForCausalLM.from_pretrained(folder)
     model.config.max_position_embeddings = 4096  # room for the bridge's prompt (~1,200 tokens of a 384-token BPE)
-    return model, AutoTokenizer.from_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_folder), AutoTokenizer.from_pretrained(tiny_folder)
 
 
 def provider(tiny, **kwargs) -> TransformersProvider:
@@ -190,6 +198,21 @@ def test_bridge_with_structured_replies_on_a_local_transformers_model(tiny, tmp_
     again = bridge_dataset(PAIRS, task="qa", provider=provider(tiny), reply_format="structured", max_tokens=300,
                            cache_dir=tmp_path, progress=False)
     assert again["chosen"] == ds["chosen"]
+
+
+def test_cli_bridges_with_structured_replies_on_a_transformers_model(tiny_folder, tmp_path):
+    from bmc_data.__main__ import main as cli_main
+
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    code = cli_main(["bridge", "--source", str(source), "--task", "qa", "--provider", "transformers", "--model",
+                     str(tiny_folder), "--reply-format", "structured", "--max-tokens", "300", "--out",
+                     str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "bridged.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["bmc_status"] == "bridged" for r in rows), [r["bmc_reason"] for r in rows]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["usage"]["by_finish_reason"] == {"stop": 3}
 
 
 def test_structured_without_xgrammar_is_refused_before_the_model_is_loaded(tmp_path):

@@ -100,6 +100,10 @@ class RowConstraints:
                     self._bitmask = xgrammar.allocate_token_bitmask(len(self.rows), self.vocab_size)
                 row.matcher.fill_next_token_bitmask(self._bitmask, index)
                 masked.append(index)
-        if masked:
-            xgrammar.apply_token_bitmask_inplace(scores, self._bitmask, vocab_size=self.vocab_size, indices=masked)
+        if masked:  # xgrammar masks logits on CPU or CUDA (as its own transformers processor does: others via CPU)
+            device = scores.device
+            target = scores if device.type in ("cpu", "cuda") else scores.to("cpu")
+            xgrammar.apply_token_bitmask_inplace(target, self._bitmask.to(target.device), vocab_size=self.vocab_size,
+                                                 indices=masked)
+            scores = target.to(device)
         return scores
