@@ -145,7 +145,8 @@ class TransformersProvider(LocalBatchingProvider):
             limits = fit_limits(schema, self.grammar_limits, cap)
             if limits is None:
                 least = schema_to_gbnf(schema, GrammarLimits(0, 1))[1]
-                window = "" if room is None else f", the context leaves {max(room, 0)} after the {prompt_tokens}-token prompt"
+                window = "" if room is None else \
+                    f", the context leaves {max(room, 0)} after the {prompt_tokens}-token prompt"
                 raise ProviderError(f"{where}: its shortest complete reply may need {least} tokens, more than the "
                                     f"cap of {cap} (max_tokens {request.max_tokens}{window}); raise max_tokens",
                                     retryable=False)
