@@ -8,8 +8,8 @@ GGUF dequantized), run by `TransformersProvider`. Each pair's editor prompt is t
 a wrong one; the constrained request carries the pair's `reply_schema`, the free one is the same request without
 it (and a smaller cap: SmolLM2 rarely ends free text by itself, and the rate per token is what is compared;
 the constrained cap is what the grammar's limits are fitted to, `grammar.fit_limits`). Per row: new tokens over
-wall time of the provider's own `_generate` (prefill included), finish reasons, and the parse rate: replies that `parse_structured_reply` accepts (valid JSON, edits naming y_l's segments, the
-reference final answer).
+wall time of the provider's own `_generate` (prefill included), finish reasons, and the parse rate: replies
+that `parse_structured_reply` accepts (valid JSON, edits naming y_l's segments, the reference final answer).
 
 Engine section (one recorded reply, replayed token by token through each engine's matcher): compile time and
 the time to compute the allowed-token mask per token, for xgrammar on the bmc GBNF with counted strings
