@@ -232,3 +232,22 @@ def test_structured_without_xgrammar_is_refused_before_the_model_is_loaded(tmp_p
         "error: reply format 'structured' with the transformers provider: it needs xgrammar, which is not "
         "installed: pip install --no-deps 'xgrammar>=0.2.8,<0.3' && pip install 'apache-tvm-ffi>=0.1.11'")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # SmolLM2-135M as float32 transformers: ~20 s to load, then 3 constrained replies
+def test_bridge_with_structured_replies_on_smollm2_through_transformers(shared_data, tmp_path):
+    """The real tokenizer (49,152 tokens, from the embedded GGUF) through xgrammar: every reply parses."""
+    from bmc_data.providers.embedded import load_embedded_model
+
+    rows = [json.loads(line) for line in (shared_data / "qa" / "ecqa-test.jsonl").read_text().splitlines()[:3]]
+    pairs = [{"prompt": r["problem"], "chosen": r["solution"], "answer": r["answer"],
+              "rejected": r["solution"].replace(r["answer"], "nowhere")} for r in rows]
+    smol = TransformersProvider.from_pretrained_objects(*load_embedded_model(), name="smollm2", max_batch_size=3)
+    ds, summary = bridge_dataset(pairs, task="qa", provider=smol, reply_format="structured", max_tokens=1024,
+                                 cache_dir=False, progress=False, return_summary=True)
+    assert summary.usage["by_finish_reason"] == {"stop": 3} and smol.batch_stats["max_batch"] == 3
+    assert all("JSON" not in reason for reason in ds["bmc_reason"]), ds["bmc_reason"]
+    for pair, row in zip(pairs, ds):
+        if row["bmc_status"] == "bridged":
+            assert check_answer(row["chosen"], pair["answer"], "qa")[0]
+    assert ds["bmc_status"].count("bridged") >= 2
