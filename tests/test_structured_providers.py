@@ -218,10 +218,11 @@ def test_cli_structured_mistakes_are_one_line_exit_2_before_any_model_or_call(tm
     source.write_text("".join(json.dumps(r) + "\n" for r in MATH))
     common = ["bridge", "--source", str(source), "--task", "math", "--out", str(tmp_path / "out"), "--reply-format",
               "structured", "--cache-dir", str(tmp_path / "cache")]
-    # a local model without grammar-constrained decoding: refused before it is loaded (the path does not exist)
+    # a provider class without grammar-constrained decoding (every built-in one has it now: transformers stands in)
+    # is refused before its model is loaded (the path does not exist)
     from bmc_data.providers.transformers_local import TransformersProvider
 
-    monkeypatch.setattr(TransformersProvider, "supports_response_schema", False)  # pinned: grammars may come to it
+    monkeypatch.setattr(TransformersProvider, "supports_response_schema", False)
     assert cli_main([*common, "--provider", "transformers", "--model", str(tmp_path / "no-model")]) == 2
     assert ("error: reply format 'structured' needs a provider that constrains replies to a JSON schema; the "
             "transformers provider cannot") in capsys.readouterr().err

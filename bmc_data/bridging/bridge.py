@@ -40,6 +40,7 @@ from bmc_data.providers.base import (
     Provider,
     ProviderError,
     ResponseSchema,
+    schema_support_problem,
 )
 from bmc_data.providers.throttle import estimate_tokens
 from bmc_data.redaction import redact, redact_new, redact_obj
@@ -371,11 +372,10 @@ def _summary(provider: Provider, results: list[RowResult], template: Template, e
 
 
 def require_schema_support(provider: Provider | type[Provider], reply_format: str) -> None:
-    """UsageError when the reply format needs a JSON-schema-constrained reply that `provider` (an instance, or a
-    class: checked before a local model is loaded) cannot give."""
-    if reply_format == "structured" and not provider.supports_response_schema:
-        raise UsageError(f"reply format 'structured' needs a provider that constrains replies to a JSON schema; "
-                         f"the {provider.name} provider cannot (use --reply-format full or edits with it)")
+    """UsageError when `provider` (an instance, or a class: before a local model is loaded) cannot give the reply
+    format (`providers.base.schema_support_problem`)."""
+    if problem := schema_support_problem(provider, reply_format):
+        raise UsageError(problem)
 
 
 def bridge_dataset(

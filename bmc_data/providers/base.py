@@ -123,6 +123,12 @@ class Provider(abc.ABC):
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """One chat completion. Raises `ProviderError` when it cannot succeed."""
 
+    @classmethod
+    def schema_runtime_problem(cls) -> str | None:
+        """Why this provider cannot enforce a schema on this machine although it supports one (e.g. an optional
+        package is missing), or None. Checked before a model is loaded or a call is made."""
+        return None
+
     def refuse_response_schema(self, request: ChatRequest) -> None:
         """Raise `ProviderError` when `request` asks for a response schema this provider cannot enforce."""
         if request.response_schema is not None and not self.supports_response_schema:
@@ -150,3 +156,15 @@ class Provider(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+def schema_support_problem(provider: Provider | type[Provider], reply_format: str) -> str | None:
+    """Why `provider` (an instance, or a class: checked before a local model is loaded) cannot give `reply_format`
+    ("structured" needs a schema-constrained reply), or None."""
+    if reply_format != "structured":
+        return None
+    if not provider.supports_response_schema:
+        return (f"reply format 'structured' needs a provider that constrains replies to a JSON schema; the "
+                f"{provider.name} provider cannot (use --reply-format full or edits with it)")
+    problem = provider.schema_runtime_problem()
+    return f"reply format 'structured' with the {provider.name} provider: {problem}" if problem else None

@@ -228,9 +228,7 @@ class LlamaCppProvider(LocalBatchingProvider):
                     "model_sha256": self._sha256}
         if self.repeat_penalty != 1.0:  # changes free-text replies: part of the cache key and provenance
             identity["repeat_penalty"] = f"{self.repeat_penalty}/{self.repeat_last_n}"
-        if self.grammar_limits != GrammarLimits():  # bounds structured replies: likewise
-            identity["grammar_limits"] = f"{self.grammar_limits.max_string_chars}/{self.grammar_limits.max_array_items}"
-        return identity
+        return {**identity, **self.grammar_limits.identity()}  # the limits bound structured replies: likewise
 
     # --- worker thread ---------------------------------------------------------------------------
     def _context(self) -> Any:
