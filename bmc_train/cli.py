@@ -308,6 +308,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_main, args + (["--debug"] if traceback else []))
 
 
+def _checkpoint_to_resume(training_args: Any) -> str | None:
+    """`--resume_from_checkpoint`, else the last checkpoint an earlier (killed) run left in `--output_dir`: a rerun of
+    the same command continues where it stopped, as alignment-handbook's scripts do, instead of training from step
+    0 again over the checkpoints it had saved."""
+    if training_args.resume_from_checkpoint is not None or not training_args.output_dir \
+            or not Path(training_args.output_dir).is_dir():
+        return training_args.resume_from_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(training_args.output_dir)
+    if last is not None:
+        logger.info("--output_dir %s holds checkpoints of an earlier run: resuming from %s (choose another "
+                    "--output_dir to start over)", training_args.output_dir, last)
+    return last
+
+
 def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) -> int:
     from trl import get_peft_config, get_quantization_config
 
@@ -373,7 +389,7 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
     except OSError as error:  # no weights, no config, no tokenizer at that path or Hub id
         raise InputError(f"--model_name_or_path {model_args.model_name_or_path}: cannot load the model or its "
                          f"tokenizer: {first_line(error)}") from None
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=_checkpoint_to_resume(training_args))
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         trainer.save_state()  # trainer_state.json with the log history (bmc/* metrics included)
