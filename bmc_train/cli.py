@@ -336,6 +336,10 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
     output_dir = training_args.output_dir
     if output_dir:
         check_writable_folder(output_dir, f"--output_dir {output_dir}")
+        model_dir = Path(model_args.model_name_or_path).expanduser()
+        if model_dir.is_dir() and model_dir.resolve() == Path(output_dir).expanduser().resolve():
+            raise UsageError(f"--output_dir {output_dir} is the folder of --model_name_or_path: the trained model "
+                             "would be saved over the model it starts from; choose another --output_dir")
     eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
     # Data first: a bad dataset fails here, before minutes of model loading
     dataset = load_preference_dataset(script_args.dataset_name, script_args.dataset_config)

@@ -115,3 +115,15 @@ def test_recomputing_masks_for_another_tokenizer_warns_naming_both(caplog):
     assert len(warnings) == 1
     assert "Qwen/Qwen2.5-7B-Instruct" in warnings[0] and "tiny-bpe-600" in warnings[0]
     assert out[0][CHOSEN_DIFF_MASK] == [False, True, True]
+
+
+def test_output_dir_that_is_the_model_folder_is_refused(tmp_path, data, capsys):
+    # save_model would write the trained weights over the model the run starts from (and its reference)
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "config.json").write_text("{}")
+    code = cli_main(["--model_name_or_path", str(sft), "--dataset_name", str(data), "--output_dir",
+                     str(tmp_path / "." / "sft"), "--report_to", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--output_dir" in err and "would be saved over the model it starts from" in err
+    assert (sft / "config.json").read_text() == "{}" and sorted(p.name for p in sft.iterdir()) == ["config.json"]
