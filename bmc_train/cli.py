@@ -165,6 +165,24 @@ def check_model_path(name: str) -> None:
                                "'org/name')")
 
 
+def check_chat_template(name: str, dataset, *, revision: str | None = None, trust_remote_code: bool = False) -> None:
+    """Conversational rows (lists of messages) need a tokenizer with a chat template: said before the model loads,
+    naming the model, instead of TRL's error from inside the trainer after it."""
+    if not len(dataset) or not isinstance(dataset[0][CHOSEN], list):
+        return
+    from transformers import AutoProcessor
+
+    try:  # what DPOTrainer loads as its processing class
+        processor = AutoProcessor.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return  # the model load names what is wrong with the path
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if not (getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)):
+        raise InputError(f"--model_name_or_path {name}: its tokenizer has no chat template, but the dataset's rows "
+                         "are conversations (lists of messages); train a chat (instruct/SFT) model, or give plain-text "
+                         "prompt/chosen/rejected")
+
+
 def check_config_file(argv: Sequence[str], parser) -> None:
     """`--config FILE`: it exists, is a YAML mapping, every key is an option and every value has the option's type
     (checked before TRL reads it)."""
@@ -368,6 +386,8 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
     if eval_strategy != "no" and script_args.dataset_test_split:
         eval_dataset = split(script_args.dataset_test_split, None)
     check_model_path(model_args.model_name_or_path)
+    check_chat_template(model_args.model_name_or_path, train_dataset, revision=model_args.model_revision,
+                        trust_remote_code=training_args.trust_remote_code)
 
     model_init_kwargs = {
         "revision": model_args.model_revision,

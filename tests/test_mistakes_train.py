@@ -127,3 +127,27 @@ def test_output_dir_that_is_the_model_folder_is_refused(tmp_path, data, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--output_dir" in err and "would be saved over the model it starts from" in err
     assert (sft / "config.json").read_text() == "{}" and sorted(p.name for p in sft.iterdir()) == ["config.json"]
+
+
+def test_conversational_rows_with_a_model_without_chat_template_exit_2(tmp_path, capsys):
+    # before: TRL's ValueError after the model had loaded, reported as a bug (exit 1, "please report it")
+    from bmc_train.testing import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "base", ["the answer is 4"] * 8)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    for file in model.glob("chat_template*"):
+        file.unlink()
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"q{i}"}],
+                                        "chosen": [{"role": "assistant", "content": f"good {i}"}],
+                                        "rejected": [{"role": "assistant", "content": f"bad {i}"}]}) + "\n"
+                            for i in range(3)))
+    code = cli_main(["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir",
+                     str(tmp_path / "o"), "--report_to", "none"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"--model_name_or_path {model}: its tokenizer has no chat template" in lines[0]
+    assert "please report it" not in lines[0]
