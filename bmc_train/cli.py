@@ -176,8 +176,9 @@ def check_chat_template(name: str, dataset, *, revision: str | None = None, trus
         processor = AutoProcessor.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         return  # the model load names what is wrong with the path
-    tokenizer = getattr(processor, "tokenizer", processor)
-    if not (getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)):
+    from bmc_data.tokens.tokenization import has_chat_template
+
+    if not has_chat_template(processor):
         raise InputError(f"--model_name_or_path {name}: its tokenizer has no chat template, but the dataset's rows "
                          "are conversations (lists of messages); train a chat (instruct/SFT) model, or give plain-text "
                          "prompt/chosen/rejected")

@@ -322,3 +322,26 @@ def test_publish_with_a_rejected_hub_token_exits_3_before_any_call(tmp_path):
     assert not out.exists()
     _assert_no_secret(proc, tmp_path, key=wrong)
     _assert_no_secret(proc, tmp_path)
+
+
+def test_publish_conversational_pairs_with_a_tokenizer_without_chat_template_exit_2_before_any_call(
+        tmp_path, capsys, monkeypatch):
+    # before: every pair was bridged (paid calls), then the diff masks failed as a bug (exit 1, "please report it")
+    from test_hub import tiny_tokenizer
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path / "tok")
+    source = tmp_path / "chat.jsonl"
+    source.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Question {i}?"}],
+                                          "chosen": [{"role": "assistant", "content": f"A good answer {i}."}],
+                                          "rejected": [{"role": "assistant", "content": f"A bad answer {i}."}]})
+                              + "\n" for i in range(2)))
+    with LLMServer(reply=bridge_reply) as server:
+        code = publish_main(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor",
+                             "--base-url", server.openai_base_url, "--tokenizer", str(tmp_path / "tok"),
+                             "--out", str(tmp_path / "pub"), "--quiet"])
+        assert server.call_count == 0
+    err = capsys.readouterr().err
+    assert code == 2 and f"--tokenizer {tmp_path / 'tok'}: it has no chat template" in err, err
