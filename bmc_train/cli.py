@@ -269,8 +269,17 @@ def select_rows(dataset, split_label: str, *, status_filter: str, use_original_c
             f"the {split_label} split is missing column(s) {missing}{hint}; it has {columns}. A preference dataset "
             f"needs `{PROMPT}`, `{CHOSEN}` and `{REJECTED}` (bmc_data writes them)."
         )
-    if STATUS in columns and status_filter.strip().lower() != "all":
-        keep = {s.strip() for s in status_filter.split(",") if s.strip()}
+    keep = {s.strip() for s in status_filter.split(",") if s.strip()}
+    filtered = STATUS in columns and status_filter.strip().lower() != "all"
+    if per_example:  # a bad number would stop training when its batch comes up
+        from .dataset_columns import check_batch_input_values
+
+        try:
+            check_batch_input_values(dataset, per_example, split_label,
+                                     keep=(lambda row: row[STATUS] in keep) if filtered else None)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+    if filtered:
         before = len(dataset)
         dataset = dataset.filter(lambda status: status in keep, input_columns=STATUS, desc=f"Keeping {status_filter} rows")
         logger.info("kept %d of %d %s rows with %s in %s", len(dataset), before, split_label, STATUS, sorted(keep))
