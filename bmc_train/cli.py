@@ -174,8 +174,8 @@ def check_chat_template(name: str, dataset, *, revision: str | None = None, trus
 
     try:  # what DPOTrainer loads as its processing class
         processor = AutoProcessor.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError):
-        return  # the model load names what is wrong with the path
+    except Exception:  # noqa: BLE001 - a best-effort early look: the trainer's own load reports what is wrong
+        return
     from bmc_data.tokens.tokenization import has_chat_template
 
     if not has_chat_template(processor):
