@@ -266,6 +266,9 @@ def _publish(args: argparse.Namespace, out: Path, repo_name: str) -> int:
         first = next(iter(summary.reasons.get("failed", {})), "")
         raise AllRowsFailed(f"every one of the {summary.total} pair(s) failed (most common reason: {first}); "
                             f"nothing written or pushed")
+    from .hub.save import check_test_size
+
+    check_test_size(args.test_size, summary.counts.get("bridged", 0))  # before the masks and statistics
     if tokenizer is not None:
         from .tokens.masks import add_diff_masks
 

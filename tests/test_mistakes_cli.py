@@ -345,3 +345,23 @@ def test_publish_conversational_pairs_with_a_tokenizer_without_chat_template_exi
         assert server.call_count == 0
     err = capsys.readouterr().err
     assert code == 2 and f"--tokenizer {tmp_path / 'tok'}: it has no chat template" in err, err
+
+
+def test_publish_test_size_above_the_bridged_rows_is_one_usage_line(tmp_path, capsys, monkeypatch):
+    # 6 pairs pass the check before the calls, but only 3 bridge: before, datasets' ValueError ended the run as a
+    # bug (exit 1, "please report it") with nothing written
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    source = _pairs(tmp_path / "pairs.jsonl", 6)
+
+    def reply(messages):
+        text = " ".join(m["content"] for m in messages)  # the repair turn too
+        return "no tags here" if any(f"Maybe {i}." in text for i in (0, 1, 2)) else bridge_reply(messages)
+
+    with LLMServer(reply=reply) as server:
+        code = publish_main(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor",
+                             "--base-url", server.openai_base_url, "--test-size", "4", "--no-stats", "--no-report",
+                             "--out", str(tmp_path / "pub"), "--quiet"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(lines) == 1, err
+    assert "test_size 4 (--test-size) leaves no training row: only 3 pair(s) were bridged" in lines[0]
