@@ -93,14 +93,19 @@ def compute_diff_mask_columns(
 ) -> Dataset | IterableDataset:
     """Return a tokenized (TRL-prepared) dataset with usable `chosen_diff_mask` / `rejected_diff_mask` columns.
 
-    Stored masks are kept when they fit (see `_stored_masks_usable`); otherwise they are computed once from the
-    trainer's own `chosen_ids` / `rejected_ids`, so they match its tokenization by construction.
+    Stored masks are kept when they fit (see `_stored_masks_usable`) and `ignore_stopwords` is off; otherwise they are
+    computed once from the trainer's own `chosen_ids` / `rejected_ids`, so they match its tokenization by construction.
     """
-    if _stored_masks_usable(dataset, tokenizer):
+    usable = _stored_masks_usable(dataset, tokenizer)
+    if usable and not ignore_stopwords:
         return dataset
     columns = dataset.column_names or []
     stale = [c for c in (CHOSEN_DIFF_MASK, REJECTED_DIFF_MASK) if c in columns]
-    if stale:
+    if stale and usable:  # stored masks do not say whether stopwords were left unmarked
+        logging.getLogger(__name__).info("the %s dataset's diff masks: recomputed with ignore_stopwords=True (stopword "
+                                         "tokens never marked)", dataset_name)
+        dataset = dataset.remove_columns(stale)
+    elif stale:
         from bmc_data.pairs.schema import MASK_TOKENIZER
         from bmc_data.tokens.tokenization import tokenizer_name
 

@@ -151,3 +151,21 @@ def test_conversational_rows_with_a_model_without_chat_template_exit_2(tmp_path,
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert f"--model_name_or_path {model}: its tokenizer has no chat template" in lines[0]
     assert "please report it" not in lines[0]
+
+
+def test_ignore_stopwords_applies_to_masks_stored_in_the_dataset(caplog):
+    # before: masks stored for the same tokenizer were kept as they were, so --ignore_stopwords had no effect
+    from bmc_data.tokens.stopwords import stopword_token_ids
+    from bmc_data.tokens.tokenization import tokenizer_fingerprint, tokenizer_name
+
+    tok = tiny_tokenizer()
+    stop = min(stopword_token_ids(tok))
+    word = next(i for i in range(50, len(tok)) if i not in stopword_token_ids(tok))
+    ds = Dataset.from_list([{"chosen_ids": [word, stop], "rejected_ids": [word, word + 1],
+                             CHOSEN_DIFF_MASK: [False, True], REJECTED_DIFF_MASK: [False, True],
+                             MASK_TOKENIZER: tokenizer_name(tok), MASK_TOKENIZER_HASH: tokenizer_fingerprint(tok)}])
+    assert compute_diff_mask_columns(ds, tok)[0][CHOSEN_DIFF_MASK] == [False, True]  # stored masks fit: kept
+    caplog.set_level(logging.INFO)
+    out = compute_diff_mask_columns(ds, tok, ignore_stopwords=True)
+    assert out[0][CHOSEN_DIFF_MASK] == [False, False] and out[0][REJECTED_DIFF_MASK] == [False, True]
+    assert any("ignore_stopwords" in r.getMessage() for r in caplog.records)
