@@ -365,3 +365,16 @@ def test_publish_test_size_above_the_bridged_rows_is_one_usage_line(tmp_path, ca
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(lines) == 1, err
     assert "test_size 4 (--test-size) leaves no training row: only 3 pair(s) were bridged" in lines[0]
+
+
+def test_bridge_keep_wrong_without_make_pairs_is_refused_before_any_call(tmp_path, capsys, monkeypatch):
+    # before: --keep was silently ignored without --make-pairs (every pair bridged, the "wrong only" asked for lost)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    source = _pairs(tmp_path / "pairs.jsonl", 2)
+    with LLMServer(reply=bridge_reply) as server:
+        code = bridge_main(["bridge", "--source", str(source), "--task", "instruction", "--provider", "openai",
+                            "--model", "editor", "--base-url", server.openai_base_url, "--keep", "wrong",
+                            "--out", str(tmp_path / "out"), "--quiet"])
+        assert server.call_count == 0
+    assert code == 2 and "--keep wrong chooses which sampled pairs to keep: it needs --make-pairs" in \
+        capsys.readouterr().err
