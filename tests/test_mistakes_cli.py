@@ -378,3 +378,20 @@ def test_bridge_keep_wrong_without_make_pairs_is_refused_before_any_call(tmp_pat
         assert server.call_count == 0
     assert code == 2 and "--keep wrong chooses which sampled pairs to keep: it needs --make-pairs" in \
         capsys.readouterr().err
+
+
+def test_structured_output_without_the_structured_reply_format_is_refused(tmp_path, capsys, monkeypatch):
+    # before: silently ignored (no schema is sent with --reply-format full, and publish has no structured format)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    source = _pairs(tmp_path / "pairs.jsonl", 2)
+    with LLMServer(reply=bridge_reply) as server:
+        code = bridge_main(["bridge", "--source", str(source), "--task", "instruction", "--provider", "openai",
+                            "--model", "editor", "--base-url", server.openai_base_url, "--structured-output",
+                            "guided_json", "--out", str(tmp_path / "out"), "--quiet"])
+        assert code == 2 and "--structured-output carries the reply schema of --reply-format structured" in \
+            capsys.readouterr().err
+        code = publish_main(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor",
+                             "--base-url", server.openai_base_url, "--structured-output", "guided_json",
+                             "--out", str(tmp_path / "pub"), "--quiet"])
+        assert code == 2 and "--structured-output" in capsys.readouterr().err
+        assert server.call_count == 0
