@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from bmc_data.errors import UsageError
-from bmc_data.redaction import redact
 from bmc_data.providers.batch_store import (
     COLLECTED,
     TERMINAL_STATES,
     BatchRecord,
     BatchStore,
 )
+from bmc_data.redaction import redact
 
 
 def add_parser(sub: Any, cache_default: str) -> None:

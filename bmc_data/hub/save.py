@@ -74,7 +74,7 @@ def _require_columns(dataset: datasets.Dataset, where: str) -> None:
         )
 
 
-def check_test_size(test_size: float | int | None, bridged: int) -> None:
+def check_test_size(test_size: float | None, bridged: int) -> None:
     """A test split of a row count must leave a bridged row to train on (a fraction always does)."""
     if isinstance(test_size, int) and not isinstance(test_size, bool) and bridged >= 2 and test_size >= bridged:
         raise UsageError(f"test_size {test_size} (--test-size) leaves no training row: only {bridged} pair(s) were "
