@@ -112,6 +112,8 @@ def _bridge(argv: list[str] | None) -> int:
     check_provider_args(args)  # every option is checked before any data is read, model loaded or call made
     if args.shots and not args.make_pairs:
         raise UsageError("--shots shows worked examples to the model that samples y_l: it needs --make-pairs")
+    if args.keep != "all" and not args.make_pairs:
+        raise UsageError(f"--keep {args.keep} chooses which sampled pairs to keep: it needs --make-pairs")
     if args.cache_dir is None:
         check_default_cache_folder()
     from .bridging.bridge import require_schema_support

@@ -249,6 +249,12 @@ def _publish(args: argparse.Namespace, out: Path, repo_name: str) -> int:
                        on_invalid="skip" if args.skip_invalid else "raise", answer_check=not args.no_answer_check)
     _check_test_size(args.test_size, len(pairs))
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
+    if tokenizer is not None and any(p.is_conversational for p in pairs):
+        from .tokens.tokenization import has_chat_template
+
+        if not has_chat_template(tokenizer):  # the masks would fail after every paid call
+            raise InputError(f"--tokenizer {args.tokenizer}: it has no chat template, but the source's pairs are "
+                             "conversations (lists of messages); give the tokenizer of the chat model you will train")
     provider = provider or build_provider(args)
     dataset, summary = bridge_dataset(
         pairs, task=args.task, provider=provider, cache_dir=cache_dir, concurrency=args.concurrency,
@@ -260,6 +266,9 @@ def _publish(args: argparse.Namespace, out: Path, repo_name: str) -> int:
         first = next(iter(summary.reasons.get("failed", {})), "")
         raise AllRowsFailed(f"every one of the {summary.total} pair(s) failed (most common reason: {first}); "
                             f"nothing written or pushed")
+    from .hub.save import check_test_size
+
+    check_test_size(args.test_size, summary.counts.get("bridged", 0))  # before the masks and statistics
     if tokenizer is not None:
         from .tokens.masks import add_diff_masks
 

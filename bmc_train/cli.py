@@ -165,6 +165,25 @@ def check_model_path(name: str) -> None:
                                "'org/name')")
 
 
+def check_chat_template(name: str, dataset, *, revision: str | None = None, trust_remote_code: bool = False) -> None:
+    """Conversational rows (lists of messages) need a tokenizer with a chat template: said before the model loads,
+    naming the model, instead of TRL's error from inside the trainer after it."""
+    if not len(dataset) or not isinstance(dataset[0][CHOSEN], list):
+        return
+    from transformers import AutoProcessor
+
+    try:  # what DPOTrainer loads as its processing class
+        processor = AutoProcessor.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - a best-effort early look: the trainer's own load reports what is wrong
+        return
+    from bmc_data.tokens.tokenization import has_chat_template
+
+    if not has_chat_template(processor):
+        raise InputError(f"--model_name_or_path {name}: its tokenizer has no chat template, but the dataset's rows "
+                         "are conversations (lists of messages); train a chat (instruct/SFT) model, or give plain-text "
+                         "prompt/chosen/rejected")
+
+
 def check_config_file(argv: Sequence[str], parser) -> None:
     """`--config FILE`: it exists, is a YAML mapping, every key is an option and every value has the option's type
     (checked before TRL reads it)."""
@@ -250,8 +269,17 @@ def select_rows(dataset, split_label: str, *, status_filter: str, use_original_c
             f"the {split_label} split is missing column(s) {missing}{hint}; it has {columns}. A preference dataset "
             f"needs `{PROMPT}`, `{CHOSEN}` and `{REJECTED}` (bmc_data writes them)."
         )
-    if STATUS in columns and status_filter.strip().lower() != "all":
-        keep = {s.strip() for s in status_filter.split(",") if s.strip()}
+    keep = {s.strip() for s in status_filter.split(",") if s.strip()}
+    filtered = STATUS in columns and status_filter.strip().lower() != "all"
+    if per_example:  # a bad number would stop training when its batch comes up
+        from .dataset_columns import check_batch_input_values
+
+        try:
+            check_batch_input_values(dataset, per_example, split_label,
+                                     keep=(lambda row: row[STATUS] in keep) if filtered else None)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+    if filtered:
         before = len(dataset)
         dataset = dataset.filter(lambda status: status in keep, input_columns=STATUS, desc=f"Keeping {status_filter} rows")
         logger.info("kept %d of %d %s rows with %s in %s", len(dataset), before, split_label, STATUS, sorted(keep))
@@ -308,6 +336,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_main, args + (["--debug"] if traceback else []))
 
 
+def _checkpoint_to_resume(training_args: Any) -> str | None:
+    """`--resume_from_checkpoint`, else the last checkpoint an earlier (killed) run left in `--output_dir`: a rerun of
+    the same command continues where it stopped, as alignment-handbook's scripts do, instead of training from step
+    0 again over the checkpoints it had saved."""
+    if training_args.resume_from_checkpoint is not None or not training_args.output_dir \
+            or not Path(training_args.output_dir).is_dir():
+        return training_args.resume_from_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(training_args.output_dir)
+    if last is not None:
+        logger.info("--output_dir %s holds checkpoints of an earlier run: resuming from %s (choose another "
+                    "--output_dir to start over)", training_args.output_dir, last)
+    return last
+
+
 def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) -> int:
     from trl import get_peft_config, get_quantization_config
 
@@ -320,6 +364,10 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
     output_dir = training_args.output_dir
     if output_dir:
         check_writable_folder(output_dir, f"--output_dir {output_dir}")
+        model_dir = Path(model_args.model_name_or_path).expanduser()
+        if model_dir.is_dir() and model_dir.resolve() == Path(output_dir).expanduser().resolve():
+            raise UsageError(f"--output_dir {output_dir} is the folder of --model_name_or_path: the trained model "
+                             "would be saved over the model it starts from; choose another --output_dir")
     eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
     # Data first: a bad dataset fails here, before minutes of model loading
     dataset = load_preference_dataset(script_args.dataset_name, script_args.dataset_config)
@@ -348,6 +396,8 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
     if eval_strategy != "no" and script_args.dataset_test_split:
         eval_dataset = split(script_args.dataset_test_split, None)
     check_model_path(model_args.model_name_or_path)
+    check_chat_template(model_args.model_name_or_path, train_dataset, revision=model_args.model_revision,
+                        trust_remote_code=training_args.trust_remote_code)
 
     model_init_kwargs = {
         "revision": model_args.model_revision,
@@ -373,7 +423,7 @@ def train(script_args: BMCScriptArguments, training_args: Any, model_args: Any) 
     except OSError as error:  # no weights, no config, no tokenizer at that path or Hub id
         raise InputError(f"--model_name_or_path {model_args.model_name_or_path}: cannot load the model or its "
                          f"tokenizer: {first_line(error)}") from None
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=_checkpoint_to_resume(training_args))
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         trainer.save_state()  # trainer_state.json with the log history (bmc/* metrics included)

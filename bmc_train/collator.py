@@ -87,11 +87,16 @@ class DataCollatorForBMC(DataCollatorForPreference):
         return output
 
 
+def finite_number(value: Any) -> bool:
+    """What a per-example float column (MADPO's `reward_margin`) must hold in every row."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
 def _float_column(examples: list[dict[str, Any]], column: str) -> torch.Tensor:
     values = []
     for i, example in enumerate(examples):
         value = example.get(column)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if not finite_number(value):
             raise ValueError(f"batch example {i}: `{column}` must be a finite number, got {value!r}")
         values.append(float(value))
     return torch.tensor(values, dtype=torch.float32)

@@ -91,8 +91,9 @@ class BMCConfig(DPOConfig):
             Train on `original_chosen` (y_w) instead of `chosen` (ỹ_w), with diff masks recomputed for (y_w, y_l):
             with `loss_type="bmc"` this is the paper's DPO-MC ablation.
         ignore_stopwords (`bool`, defaults to `False`):
-            When the trainer computes diff masks itself, never mark English stopword tokens (the official BMC code
-            does this; the paper does not mention it). Masks already stored in the dataset are used as they are.
+            Never mark English stopword tokens in the diff masks (the official BMC code does this; the paper does not
+            mention it). The trainer then computes the masks itself, also when the dataset stores fitting ones (they
+            do not say whether stopwords were left unmarked).
         padding_free (`bool`, defaults to `False`):
             TRL's option, implemented here for every objective: each batch is packed into one row without padding and
             unpacked into rows after the forward (`bmc_train.packing`), so no padding is computed.
@@ -232,7 +233,8 @@ class BMCConfig(DPOConfig):
     )
     ignore_stopwords: bool = field(
         default=False,
-        metadata={"help": "When computing diff masks, never mark English stopword tokens (official-code behaviour)."},
+        metadata={"help": "Never mark English stopword tokens in the diff masks (official-code behaviour); the masks are "
+                          "then computed by the trainer, also when the dataset stores some."},
     )
     # precomputed per-token reference log-probs (bmc_train/reference.py)
     precompute_ref_dtype: str = field(

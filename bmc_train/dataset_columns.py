@@ -15,12 +15,13 @@ from bmc_data.pairs.schema import (
     MASK_COLUMNS,
     ORIGINAL_CHOSEN,
     REJECTED_DIFF_MASK,
+    STATUS,
 )
 from bmc_data.tokens.diff import token_diff_masks
 
 from .losses import get_loss_type
 
-__all__ = ["check_batch_input_columns", "compute_diff_mask_columns", "use_original_chosen"]
+__all__ = ["check_batch_input_columns", "check_batch_input_values", "compute_diff_mask_columns", "use_original_chosen"]
 
 
 def check_batch_input_columns(dataset: Dataset | IterableDataset, loss_type: str, dataset_name: str) -> None:
@@ -36,6 +37,27 @@ def check_batch_input_columns(dataset: Dataset | IterableDataset, loss_type: str
             f"lacks; it has {columns}. Add it (for MADPO: `reward_margin` = r(x, chosen) − r(x, rejected) from a "
             "reward model or from scores such as UltraFeedback's; see docs/related-objectives.md)."
         )
+    check_batch_input_values(dataset, needed, dataset_name)
+
+
+def check_batch_input_values(dataset: Dataset | IterableDataset, columns: list[str], dataset_name: str, *,
+                             keep: Any = None) -> None:
+    """Every row's per-example number is finite, checked before training (the collator would meet a bad one only
+    when its batch comes up); `keep(row) -> bool` skips rows that will not be trained. A ValueError names the row."""
+    from .collator import finite_number
+
+    if not isinstance(dataset, Dataset) or not columns:
+        return  # streaming: the collator checks each batch
+    table = dataset.select_columns([*columns, *(c for c in (STATUS,) if c in dataset.column_names)])
+    for start, batch in enumerate(table.iter(batch_size=4096)):
+        for k in range(len(batch[columns[0]])):
+            row = {c: v[k] for c, v in batch.items()}
+            if keep is not None and not keep(row):
+                continue
+            for column in columns:
+                if not finite_number(row[column]):
+                    raise ValueError(f"the {dataset_name} dataset, row {start * 4096 + k}: `{column}` must be a finite "
+                                     f"number, got {row[column]!r}")
 
 
 def _diff_mask_row(example: dict[str, Any], ignore_token_ids: frozenset[int] | None) -> dict[str, list[bool]]:
@@ -71,14 +93,19 @@ def compute_diff_mask_columns(
 ) -> Dataset | IterableDataset:
     """Return a tokenized (TRL-prepared) dataset with usable `chosen_diff_mask` / `rejected_diff_mask` columns.
 
-    Stored masks are kept when they fit (see `_stored_masks_usable`); otherwise they are computed once from the
-    trainer's own `chosen_ids` / `rejected_ids`, so they match its tokenization by construction.
+    Stored masks are kept when they fit (see `_stored_masks_usable`) and `ignore_stopwords` is off; otherwise they are
+    computed once from the trainer's own `chosen_ids` / `rejected_ids`, so they match its tokenization by construction.
     """
-    if _stored_masks_usable(dataset, tokenizer):
+    usable = _stored_masks_usable(dataset, tokenizer)
+    if usable and not ignore_stopwords:
         return dataset
     columns = dataset.column_names or []
     stale = [c for c in (CHOSEN_DIFF_MASK, REJECTED_DIFF_MASK) if c in columns]
-    if stale:
+    if stale and usable:  # stored masks do not say whether stopwords were left unmarked
+        logging.getLogger(__name__).info("the %s dataset's diff masks: recomputed with ignore_stopwords=True (stopword "
+                                         "tokens never marked)", dataset_name)
+        dataset = dataset.remove_columns(stale)
+    elif stale:
         from bmc_data.pairs.schema import MASK_TOKENIZER
         from bmc_data.tokens.tokenization import tokenizer_name
 

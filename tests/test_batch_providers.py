@@ -254,7 +254,7 @@ def test_sigkilled_run_resumes_its_batch_without_submitting_again(server, tmp_pa
     assert [r["chosen"] for r in rows] == [f"{row['rejected']} (revised)" for row in data]
 
 
-def test_batches_cli_lists_and_cancels(server, tmp_path):
+def test_batches_cli_lists_and_cancels(server, tmp_path, capsys):
     from bmc_data.__main__ import main
 
     bridge(make("openai", server), pairs(2), tmp_path)
@@ -278,7 +278,9 @@ def test_batches_cli_lists_and_cancels(server, tmp_path):
     assert main(["batches", "--cache-dir", str(tmp_path), "--cancel", "batch_2"]) == 0
     assert server.batches["batch_2"].cancel_requested
     assert store.get(record.local_id).state == "cancelling"
+    capsys.readouterr()
     assert main(["batches", "--cache-dir", str(tmp_path), "--cancel", "nope"]) == 2
+    assert "error: --cancel nope: no open batch with that id" in capsys.readouterr().err  # (was on stdout)
     assert main(["batches", "--cache-dir", str(tmp_path / "missing")]) == 2
 
 

@@ -322,3 +322,76 @@ def test_publish_with_a_rejected_hub_token_exits_3_before_any_call(tmp_path):
     assert not out.exists()
     _assert_no_secret(proc, tmp_path, key=wrong)
     _assert_no_secret(proc, tmp_path)
+
+
+def test_publish_conversational_pairs_with_a_tokenizer_without_chat_template_exit_2_before_any_call(
+        tmp_path, capsys, monkeypatch):
+    # before: every pair was bridged (paid calls), then the diff masks failed as a bug (exit 1, "please report it")
+    from test_hub import tiny_tokenizer
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path / "tok")
+    source = tmp_path / "chat.jsonl"
+    source.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Question {i}?"}],
+                                          "chosen": [{"role": "assistant", "content": f"A good answer {i}."}],
+                                          "rejected": [{"role": "assistant", "content": f"A bad answer {i}."}]})
+                              + "\n" for i in range(2)))
+    with LLMServer(reply=bridge_reply) as server:
+        code = publish_main(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor",
+                             "--base-url", server.openai_base_url, "--tokenizer", str(tmp_path / "tok"),
+                             "--out", str(tmp_path / "pub"), "--quiet"])
+        assert server.call_count == 0
+    err = capsys.readouterr().err
+    assert code == 2 and f"--tokenizer {tmp_path / 'tok'}: it has no chat template" in err, err
+
+
+def test_publish_test_size_above_the_bridged_rows_is_one_usage_line(tmp_path, capsys, monkeypatch):
+    # 6 pairs pass the check before the calls, but only 3 bridge: before, datasets' ValueError ended the run as a
+    # bug (exit 1, "please report it") with nothing written
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    source = _pairs(tmp_path / "pairs.jsonl", 6)
+
+    def reply(messages):
+        text = " ".join(m["content"] for m in messages)  # the repair turn too
+        return "no tags here" if any(f"Maybe {i}." in text for i in (0, 1, 2)) else bridge_reply(messages)
+
+    with LLMServer(reply=reply) as server:
+        code = publish_main(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor",
+                             "--base-url", server.openai_base_url, "--test-size", "4", "--no-stats", "--no-report",
+                             "--out", str(tmp_path / "pub"), "--quiet"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(lines) == 1, err
+    assert "test_size 4 (--test-size) leaves no training row: only 3 pair(s) were bridged" in lines[0]
+
+
+def test_bridge_keep_wrong_without_make_pairs_is_refused_before_any_call(tmp_path, capsys, monkeypatch):
+    # before: --keep was silently ignored without --make-pairs (every pair bridged, the "wrong only" asked for lost)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    source = _pairs(tmp_path / "pairs.jsonl", 2)
+    with LLMServer(reply=bridge_reply) as server:
+        code = bridge_main(["bridge", "--source", str(source), "--task", "instruction", "--provider", "openai",
+                            "--model", "editor", "--base-url", server.openai_base_url, "--keep", "wrong",
+                            "--out", str(tmp_path / "out"), "--quiet"])
+        assert server.call_count == 0
+    assert code == 2 and "--keep wrong chooses which sampled pairs to keep: it needs --make-pairs" in \
+        capsys.readouterr().err
+
+
+def test_structured_output_without_the_structured_reply_format_is_refused(tmp_path, capsys, monkeypatch):
+    # before: silently ignored (no schema is sent with --reply-format full, and publish has no structured format)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    source = _pairs(tmp_path / "pairs.jsonl", 2)
+    with LLMServer(reply=bridge_reply) as server:
+        code = bridge_main(["bridge", "--source", str(source), "--task", "instruction", "--provider", "openai",
+                            "--model", "editor", "--base-url", server.openai_base_url, "--structured-output",
+                            "guided_json", "--out", str(tmp_path / "out"), "--quiet"])
+        assert code == 2 and "--structured-output carries the reply schema of --reply-format structured" in \
+            capsys.readouterr().err
+        code = publish_main(["--no-push", "--source", str(source), "--provider", "openai", "--model", "editor",
+                             "--base-url", server.openai_base_url, "--structured-output", "guided_json",
+                             "--out", str(tmp_path / "pub"), "--quiet"])
+        assert code == 2 and "--structured-output" in capsys.readouterr().err
+        assert server.call_count == 0

@@ -115,3 +115,57 @@ def test_recomputing_masks_for_another_tokenizer_warns_naming_both(caplog):
     assert len(warnings) == 1
     assert "Qwen/Qwen2.5-7B-Instruct" in warnings[0] and "tiny-bpe-600" in warnings[0]
     assert out[0][CHOSEN_DIFF_MASK] == [False, True, True]
+
+
+def test_output_dir_that_is_the_model_folder_is_refused(tmp_path, data, capsys):
+    # save_model would write the trained weights over the model the run starts from (and its reference)
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "config.json").write_text("{}")
+    code = cli_main(["--model_name_or_path", str(sft), "--dataset_name", str(data), "--output_dir",
+                     str(tmp_path / "." / "sft"), "--report_to", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--output_dir" in err and "would be saved over the model it starts from" in err
+    assert (sft / "config.json").read_text() == "{}" and sorted(p.name for p in sft.iterdir()) == ["config.json"]
+
+
+def test_conversational_rows_with_a_model_without_chat_template_exit_2(tmp_path, capsys):
+    # before: TRL's ValueError after the model had loaded, reported as a bug (exit 1, "please report it")
+    from bmc_train.testing import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "base", ["the answer is 4"] * 8)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    for file in model.glob("chat_template*"):
+        file.unlink()
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"q{i}"}],
+                                        "chosen": [{"role": "assistant", "content": f"good {i}"}],
+                                        "rejected": [{"role": "assistant", "content": f"bad {i}"}]}) + "\n"
+                            for i in range(3)))
+    code = cli_main(["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir",
+                     str(tmp_path / "o"), "--report_to", "none"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"--model_name_or_path {model}: its tokenizer has no chat template" in lines[0]
+    assert "please report it" not in lines[0]
+
+
+def test_ignore_stopwords_applies_to_masks_stored_in_the_dataset(caplog):
+    # before: masks stored for the same tokenizer were kept as they were, so --ignore_stopwords had no effect
+    from bmc_data.tokens.stopwords import stopword_token_ids
+    from bmc_data.tokens.tokenization import tokenizer_fingerprint, tokenizer_name
+
+    tok = tiny_tokenizer()
+    stop = min(stopword_token_ids(tok))
+    word = next(i for i in range(50, len(tok)) if i not in stopword_token_ids(tok))
+    ds = Dataset.from_list([{"chosen_ids": [word, stop], "rejected_ids": [word, word + 1],
+                             CHOSEN_DIFF_MASK: [False, True], REJECTED_DIFF_MASK: [False, True],
+                             MASK_TOKENIZER: tokenizer_name(tok), MASK_TOKENIZER_HASH: tokenizer_fingerprint(tok)}])
+    assert compute_diff_mask_columns(ds, tok)[0][CHOSEN_DIFF_MASK] == [False, True]  # stored masks fit: kept
+    caplog.set_level(logging.INFO)
+    out = compute_diff_mask_columns(ds, tok, ignore_stopwords=True)
+    assert out[0][CHOSEN_DIFF_MASK] == [False, False] and out[0][REJECTED_DIFF_MASK] == [False, True]
+    assert any("ignore_stopwords" in r.getMessage() for r in caplog.records)

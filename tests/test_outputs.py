@@ -430,11 +430,34 @@ def test_merge_card_keeps_the_readmes_text_and_keys_and_owns_only_the_data_keys(
            "# Old card\n<!-- bmc:end -->\nOutro.\n")
     merged = merge_card(old, generated)
     data = DatasetCard(merged).data
-    assert data["license"] == "mit" and [c["config_name"] for c in data["configs"]] == ["default"]
+    # the README's own config (its own file) is kept beside bmc's: only bmc's configs are bmc's to write
+    assert data["license"] == "mit" and [c["config_name"] for c in data["configs"]] == ["default", "mine"]
+    assert data["configs"][1]["data_files"] == "x.csv"
     assert "Intro." in merged and "Outro." in merged and "# New card" in merged and "# Old card" not in merged
     assert merge_card(merged, generated) == merged  # merging again changes nothing
     broken = "---\nlicense: [unclosed\n---\nText.\n"
     assert merge_card(broken, generated).count("Text.") == 1
+
+
+def test_merge_card_keeps_the_readmes_other_configs_loadable():
+    # before: the README's own configs (and their dataset_info) were dropped, so load_dataset(repo, "raw") broke
+    from datasets.utils.metadata import MetadataConfigs
+
+    from bmc_data.hub.card_merge import merge_card
+
+    generated = ("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/default/train-*\n"
+                 "  default: true\ndataset_info:\n- config_name: default\n  splits:\n  - name: train\n"
+                 "    num_examples: 3\n---\n\n<!-- bmc:begin -->\n# New card\n<!-- bmc:end -->\n")
+    old = ("---\nconfigs:\n- config_name: raw\n  data_files: raw/*.csv\n  default: true\n- config_name: default\n"
+           "  data_files: old/*.csv\ndataset_info:\n- config_name: raw\n  splits:\n  - name: train\n"
+           "    num_examples: 7\n---\nMy data.\n")
+    data = DatasetCard(merge_card(old, generated)).data
+    configs = {c["config_name"]: c for c in data["configs"]}
+    assert list(configs) == ["default", "raw"] and configs["raw"]["data_files"] == "raw/*.csv"
+    assert configs["default"]["data_files"][0]["path"] == "data/default/train-*"  # bmc's name: bmc's files
+    assert "default" not in configs["raw"]  # two default configs would make the repo unloadable
+    assert MetadataConfigs.from_dataset_card_data(data).get_default_config_name() == "default"
+    assert [i["config_name"] for i in data["dataset_info"]] == ["default", "raw"]
 
 
 def test_make_clean_removes_only_what_bmc_wrote_and_left_unchanged(tmp_path):

@@ -90,3 +90,15 @@ def test_by_id_matches_one_split_of_the_reviewed_rows(data):
     assert out[schema.ID] == ["r3", "r5"] and review.dropped == 1 and review.reviewed == 1
     with pytest.raises(ReviewMismatch, match="carry no `id`"):
         apply_review(part, [{"row": 4, "decision": "drop"}], by="id")
+
+
+def test_by_id_refuses_an_id_that_names_several_rows():
+    # several pairs per prompt often share the prompt's id: matching by id would pick one of them, maybe not the
+    # row the reviewer decided on (before: the last row with that id was dropped, silently)
+    data = datasets.Dataset.from_list([
+        {schema.ID: i, schema.PROMPT: "p", schema.CHOSEN: f"c{k}", schema.REJECTED: f"r{k}"}
+        for k, i in enumerate(["p0", "p1", "p1", "p2"])])
+    with pytest.raises(ReviewMismatch, match="id 'p1' names 2 rows"):
+        apply_review(data, [{"row": 1, "id": "p1", "decision": "drop"}], by="id")
+    out = apply_review(data, [{"row": 3, "id": "p2", "decision": "drop"}], by="id")  # unique ids still match
+    assert out[schema.CHOSEN] == ["c0", "c1", "c2"]

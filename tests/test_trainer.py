@@ -309,3 +309,21 @@ def test_training_with_checkpointing_shows_no_warning_about_trl_s_renamed_names(
     renamed = [str(w.message) for w in caught if "deprecated and will be removed in v6" in str(w.message)]
     assert renamed == []
     assert BMCConfig(output_dir=str(tmp_path), report_to="none", gradient_checkpointing=False).activation_checkpointing is False
+
+def test_cli_rerun_resumes_from_the_last_checkpoint(tmp_path, tiny_model, dataset_dir, caplog):
+    # a killed run started again continues from its last checkpoint (as alignment-handbook's scripts do) instead of
+    # training from step 0 again and writing over the checkpoints it had saved
+    out = tmp_path / "run"
+    args = ["--model_name_or_path", str(tiny_model), "--dataset_name", str(dataset_dir), "--output_dir", str(out),
+            "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--save_strategy", "steps",
+            "--save_steps", "1", "--report_to", "none", "--bf16", "false", "--dtype", "float32",
+            "--gradient_checkpointing", "false", "--max_length", "256", "--disable_tqdm", "true"]
+    assert cli_main([*args, "--max_steps", "2"]) == 0
+    first = out / "checkpoint-1" / "trainer_state.json"
+    before = (first.read_bytes(), first.stat().st_mtime_ns)
+    with caplog.at_level("INFO", logger="bmc_train"):
+        assert cli_main([*args, "--max_steps", "3"]) == 0
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == before  # step 1 was not trained (and saved) again
+    assert (out / "checkpoint-3").is_dir()
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+    assert any("resuming from" in r.getMessage() and "checkpoint-2" in r.getMessage() for r in caplog.records)

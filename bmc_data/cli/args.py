@@ -122,6 +122,9 @@ def check_provider_args(args: argparse.Namespace) -> None:
                          "takes one")
     if getattr(args, "structured_output", None) and args.provider not in ("openai", "openai-batch"):
         raise UsageError(f"--structured-output is for the openai and openai-batch providers, not {args.provider!r}")
+    if getattr(args, "structured_output", None) and getattr(args, "reply_format", None) != "structured":
+        raise UsageError("--structured-output carries the reply schema of --reply-format structured (python -m "
+                         "bmc_data bridge); without it no schema is sent, so it would be ignored")
     if args.provider in (*REMOTE_PROVIDERS, "transformers") and not args.model:
         raise UsageError(f"--provider {args.provider} needs --model")
     check_folder_arg(getattr(args, "cache_dir", None), "--cache-dir")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from bmc_data.providers.batch_store import (
     BatchRecord,
     BatchStore,
 )
+from bmc_data.redaction import redact
 
 
 def add_parser(sub: Any, cache_default: str) -> None:
@@ -74,14 +76,13 @@ def run(args: argparse.Namespace) -> int:
         targets = [r for r in records if r.state != COLLECTED and r.state not in TERMINAL_STATES
                    and (args.cancel == "all" or r.batch_id == args.cancel)]
         if not targets and args.cancel != "all":
-            print(f"error: --cancel {args.cancel}: no open batch with that id in {cache_dir}")
-            return 2
+            raise UsageError(f"--cancel {args.cancel}: no open batch with that id in {cache_dir}")
         for record in targets:
             try:
                 state = run_sync(_provider(record, store).cancel_batch(record))
                 print(f"{record.batch_id}: {state}")
             except Exception as error:  # noqa: BLE001 - one line per batch, keep going
-                print(f"{record.batch_id}: could not cancel: {error}")
+                print(f"{record.batch_id}: could not cancel: {redact(str(error))}", file=sys.stderr)
                 status = 1
     elif args.refresh:
         for record in records:
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 run_sync(_refresh(_provider(record, store), record))
             except Exception as error:  # noqa: BLE001
-                print(f"{record.batch_id}: could not refresh: {error}")
+                print(f"{record.batch_id}: could not refresh: {redact(str(error))}", file=sys.stderr)
                 status = 1
     records = store.batches()
     print(_table(records, store) if records else f"no batches recorded in {cache_dir}")

@@ -3,8 +3,9 @@
 The generated body goes between `<!-- bmc:begin -->` and `<!-- bmc:end -->`: it replaces what is between the
 markers when the README has them, else it is appended after the README's own text. In the YAML header the keys that
 describe the data bmc pushes (`configs`, `dataset_info`, `size_categories`) are the generated ones, so `datasets`
-reads the right files; every other key the README has (license, tags, a description, ...) is kept, and the ones it
-lacks are added.
+reads the right files, except that the README's entries of `configs` / `dataset_info` for configs bmc does not write
+(its own files) are kept after bmc's; every other key the README has (license, tags, a description, ...) is kept,
+and the ones it lacks are added.
 """
 
 from __future__ import annotations
@@ -46,12 +47,25 @@ def _section(body: str) -> str:
     return f"{BEGIN}\n{body.strip()}\n{END}"
 
 
+_PER_CONFIG = ("configs", "dataset_info")  # lists with one entry per `config_name`
+
+
+def _other_configs(theirs: list, ours: list) -> list:
+    """The README's entries for configs bmc does not write (their own files): kept. Only one config may be the
+    default, and bmc's `default` is by its name, so such an entry loses its `default: true`."""
+    names = {entry.get("config_name") for entry in ours if isinstance(entry, dict)}
+    kept = [entry for entry in theirs if isinstance(entry, dict) and entry.get("config_name") not in names]
+    return [{k: v for k, v in entry.items() if k != "default"} if "default" in names else entry for entry in kept]
+
+
 def merge_card(existing: str, generated: str) -> str:
     """The README to push when the one on the Hub (`existing`) is not bmc's own: see the module docstring."""
     meta, body = _split(existing)
     generated_meta, generated_body = _split(generated)
     for key, value in generated_meta.items():
-        if key in BMC_KEYS or key not in meta:
+        if key in _PER_CONFIG and isinstance(value, list) and isinstance(meta.get(key), list):
+            meta[key] = value + _other_configs(meta[key], value)
+        elif key in BMC_KEYS or key not in meta:
             meta[key] = value
     section = _section(generated_body)
     start, end = body.find(BEGIN), body.find(END)

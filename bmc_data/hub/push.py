@@ -12,7 +12,6 @@ leaves the others. A README.md that bmc did not write is kept, with the generate
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -231,10 +230,3 @@ def push_bridged(
                 repo_id, info.oid)
     return PushResult(repo_id, info.oid, info.commit_url, info.oid != head, tuple(plan.uploads), tuple(plan.deletes),
                       plan.readme_merged, tuple(plan.kept))
-
-
-def hf_token_from_env() -> str | None:
-    """The token `push_bridged` would use when none is passed (for callers that need to know one exists)."""
-    from huggingface_hub import get_token
-
-    return os.environ.get("HF_TOKEN") or get_token()

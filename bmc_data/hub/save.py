@@ -28,6 +28,7 @@ from typing import Any
 
 import datasets
 
+from bmc_data.errors import UsageError
 from bmc_data.outputs import OutputFolder
 from bmc_data.pairs import schema
 
@@ -71,6 +72,14 @@ def _require_columns(dataset: datasets.Dataset, where: str) -> None:
             f"{where} is missing column(s) {missing}; a bridged dataset needs {list(schema.BRIDGED_COLUMNS)} "
             f"(it has {dataset.column_names}). Produce it with bmc_data.bridging.bridge.bridge_dataset."
         )
+
+
+def check_test_size(test_size: float | None, bridged: int) -> None:
+    """A test split of a row count must leave a bridged row to train on (a fraction always does)."""
+    if isinstance(test_size, int) and not isinstance(test_size, bool) and bridged >= 2 and test_size >= bridged:
+        raise UsageError(f"test_size {test_size} (--test-size) leaves no training row: only {bridged} pair(s) were "
+                         "bridged; use fewer, or a fraction such as 0.1 (the LLM replies are cached: a rerun pays "
+                         "nothing again)")
 
 
 def partition_by_status(splits: Mapping[str, datasets.Dataset]) -> dict[str, dict[str, datasets.Dataset]]:
@@ -200,6 +209,7 @@ def save_bridged(
     parts = partition_by_status(splits)
     if test_size and set(splits) == {"train"}:
         bridged = parts["default"]["train"]
+        check_test_size(test_size, len(bridged))
         if len(bridged) >= 2:
             divided = bridged.train_test_split(test_size=test_size, seed=seed)
             parts["default"] = {"train": divided["train"].flatten_indices(), "test": divided["test"].flatten_indices()}

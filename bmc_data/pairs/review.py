@@ -157,6 +157,13 @@ def apply_review(dataset: Any, decisions: str | Path | Iterable[Mapping[str, Any
         unknown = [item["line"] for item in items if item.get("id") is None]
         if unknown:
             raise ReviewMismatch(f"decisions on line(s) {_named(unknown)} carry no `id` to match by")
+        rows_of = Counter(v for v in ids if v is not None)
+        shared = sorted({str(item["id"]) for item in items if rows_of[str(item["id"])] > 1})
+        if shared:  # which of its rows the reviewer meant cannot be told by id
+            raise ReviewMismatch(f"id {shared[0]!r} names {rows_of[shared[0]]} rows of the dataset"
+                                 + (f" (and {len(shared) - 1} more such id(s))" if len(shared) > 1 else "")
+                                 + ": decisions cannot be matched by id; apply them to the data file the review "
+                                   "page showed, where they are matched by row")
         ignored = 0
         for item in items:
             i = where.get(str(item["id"]))

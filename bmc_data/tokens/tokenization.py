@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from trl.data_utils import _tokenize, common_prefix_length, is_conversational
 
-__all__ = ["tokenize_pair", "tokenize_pairs_batched", "tokenizer_fingerprint", "tokenizer_name"]
+__all__ = ["has_chat_template", "tokenize_pair", "tokenize_pairs_batched", "tokenizer_fingerprint", "tokenizer_name"]
 
 # Text the fingerprint tokenizes to capture behaviour that the vocabulary alone does not (merges, normalizer,
 # pre-tokenizer, BOS/EOS post-processing): two tokenizers that agree on vocab but split this differently differ.
@@ -44,6 +44,11 @@ _PROBE_TEXT = (
 def _text_tokenizer(tokenizer: Any) -> Any:
     """The text tokenizer of a tokenizer or processor (TRL reads `eos_token` from `processor.tokenizer`)."""
     return getattr(tokenizer, "tokenizer", tokenizer)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether a tokenizer (or processor) can render conversational rows, as DPOTrainer tokenizes them."""
+    return bool(getattr(tokenizer, "chat_template", None) or getattr(_text_tokenizer(tokenizer), "chat_template", None))
 
 
 def _as_messages(value: Any, field: str) -> list[dict[str, Any]]:
