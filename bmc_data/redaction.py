@@ -28,7 +28,7 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
@@ -110,6 +110,23 @@ def register_secret(value: str | None, source: str | None = None) -> None:
         with _lock:
             _registered.add(value)
         install_log_redaction()
+
+
+#: an option whose name ends so holds a secret, whatever the CLI (`--hub_token`, a mistyped `--hubtoken`, `--api-key`)
+_SECRET_OPTION = re.compile(r"^--?[\w-]*(token|api[-_]?key|apikey|secret|password|passwd|credentials?)$", re.I)
+#: values shaped like a Hugging Face token or an OpenAI/Anthropic key are secrets wherever they appear on a command line
+_SECRET_SHAPED = re.compile(r"^(hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,})$")
+
+
+def register_command_line_secrets(argv: Sequence[str]) -> None:
+    """Register the values of secret-named options (`--x-token V`, `--x-token=V`) and secret-shaped arguments, before
+    the command line is parsed: a usage error that quotes them (an unknown or mistyped option) is then masked."""
+    for index, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if _SECRET_OPTION.match(name):
+            register_secret(value if eq else (argv[index + 1] if index + 1 < len(argv) else None), source=name)
+        elif _SECRET_SHAPED.match(arg) or (eq and _SECRET_SHAPED.match(value)):
+            register_secret(value if eq else arg, source="the command line")
 
 
 def registered_secrets() -> frozenset[str]:

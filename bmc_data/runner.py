@@ -23,7 +23,7 @@ from bmc_data.errors import (
     BMCError,
     UsageError,
 )
-from bmc_data.redaction import install_log_redaction, redact
+from bmc_data.redaction import install_log_redaction, redact, register_command_line_secrets
 
 __all__ = ["ArgumentParser", "OneLineErrors", "add_logging_args", "check_writable_folder", "debug_enabled", "run_cli", "setup_logging"]
 
@@ -38,7 +38,7 @@ class OneLineErrors:
     prog: str
 
     def error(self, message: str):  # noqa: D102 - argparse's hook
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")  # type: ignore[attr-defined]
+        self.exit(2, f"error: {redact(message)} (see {self.prog} --help)\n")  # type: ignore[attr-defined]
 
 
 class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
@@ -80,6 +80,7 @@ def run_cli(main: Callable[[list[str] | None], int], argv: Sequence[str] | None 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = debug_enabled(args)
     args = [a for a in args if a != "--debug"]
+    register_command_line_secrets(args)  # before parsing: a usage error may quote them
     install_log_redaction()
     try:
         return main(args)

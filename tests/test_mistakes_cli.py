@@ -395,3 +395,22 @@ def test_structured_output_without_the_structured_reply_format_is_refused(tmp_pa
                              "--out", str(tmp_path / "pub"), "--quiet"])
         assert code == 2 and "--structured-output" in capsys.readouterr().err
         assert server.call_count == 0
+
+
+@pytest.mark.parametrize("cli,argv", [
+    ("bridge", ["bridge", "--source", "x.jsonl", "--task", "qa", "--out", "o", "--api-key", "sk-typedKEY-Distinct-00aa11bb22cc"]),
+    ("bridge", ["bridge", "--source", "x.jsonl", "--task", "qa", "--out", "o", "--openai_api_key=not-shaped-but-named-99"]),
+    ("bridge", ["bridge", "--source", "x.jsonl", "--task", "qa", "--out", "o", "hf_StrayTokenPastedHereAbCdEf0123456789"]),
+    ("train", ["--model_name_or_path", "m", "--dataset_name", "d", "--hubtoken", "hf_MistypedOptionTokenXyZ0123456789abcd"]),
+])
+def test_a_secret_typed_on_the_command_line_is_masked_in_the_usage_error(cli, argv, capsys):
+    from bmc_train.cli import main as train_main
+
+    secret = argv[-1].partition("=")[2] or argv[-1]
+    try:
+        code = (bridge_main if cli == "bridge" else train_main)(argv)
+    except SystemExit as stop:  # argparse's own exit
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "***" in err, err
+    assert not any(form in err for form in secret_forms(secret)), err

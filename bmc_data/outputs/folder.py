@@ -230,7 +230,8 @@ def remove_written(folder: str | Path) -> tuple[list[str], list[str]]:
             path = folder / rel
             if not os.path.lexists(path):
                 continue
-            if is_bmcs(folder, rel, manifest):
+            # a PENDING record (its run was killed mid-write) cannot prove the bytes are bmc's: kept
+            if manifest.files[rel].sha256 != PENDING and is_bmcs(folder, rel, manifest):
                 path.unlink()
                 removed.append(rel)
             else:
