@@ -328,3 +328,23 @@ def test_precomputed_stats_and_plots_are_used(tmp_path):
     assert "| metric | phase |" in card and all(f"](figures/{p.name})" in card for p in saved)
     assert json.loads((out / "bmc_manifest.json").read_text())["figures"] == [f"figures/{p.name}" for p in
                                                                               map(Path, pngs)]
+
+
+def test_push_uploads_the_dataset_not_what_other_bmc_commands_wrote_in_the_folder(hub, tmp_path, tokenizer):
+    """A `bridge --out` run and a demo's call cache in the same folder as save_bridged are bmc's too (listed in the
+    manifest), but they are not the dataset: they stay local."""
+    from bmc_data.outputs import OutputFolder, read_manifest
+
+    out = tmp_path / "out"
+    with OutputFolder(out, "bridge", ["bridged.parquet", "pairs.jsonl"]) as folder:
+        folder.write_text("pairs.jsonl", '{"rejected": "y_l"}\n')
+        folder.write_bytes("bridged.parquet", b"PAR1")
+    with OutputFolder(out, "demo", ["cache/calls.sqlite"]) as folder:
+        folder.write_bytes("cache/calls.sqlite", b"SQLite format 3\0")
+    save_bridged(with_masks(bridged_rows(), tokenizer), out, repo_id=REPO, source="ecqa-train.jsonl")
+    assert {"pairs.jsonl", "bridged.parquet", "cache/calls.sqlite"} <= set(read_manifest(out).files)
+    push_bridged(out, REPO)
+    remote = set(hub.files(REPO))
+    assert not remote & {"pairs.jsonl", "bridged.parquet", "cache/calls.sqlite"}, remote
+    assert "README.md" in remote and any(p.startswith("data/") for p in remote)
+    assert set(json.loads(hub.files(REPO)["bmc_files.json"])["files"]) == remote - {"bmc_files.json", ".gitattributes"}

@@ -20,6 +20,7 @@ from typing import Any
 from bmc_data.outputs import (
     MANIFEST,
     OVERWRITE_HINT,
+    REPORT_WRITER,
     FileRecord,
     Manifest,
     OutputConflict,
@@ -31,6 +32,7 @@ from bmc_data.outputs import (
 )
 
 from .card_merge import merge_card
+from .save import WRITER as SAVE_WRITER
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +55,13 @@ class PushResult:
 
 
 def local_files(folder: str | Path) -> dict[str, Path]:
-    """Files `push_bridged` uploads: those the folder's bmc_files.json lists (and the manifest itself)."""
+    """Files `push_bridged` uploads: those the folder's bmc_files.json lists as the dataset's (written by
+    `save_bridged` or a review page), and the manifest itself. What other bmc commands wrote into the same folder
+    (`bridge --out`'s files, a demo's call cache) stays local."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    out = {rel: folder / rel for rel in sorted(manifest.files) if (folder / rel).is_file()}
+    out = {rel: folder / rel for rel, record in sorted(manifest.files.items())
+           if (record.writer == SAVE_WRITER or record.writer.startswith(REPORT_WRITER)) and (folder / rel).is_file()}
     if manifest.files and (folder / MANIFEST).is_file():
         out[MANIFEST] = folder / MANIFEST
     return dict(sorted(out.items()))

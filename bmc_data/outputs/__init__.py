@@ -26,6 +26,7 @@ from .manifest import (
     FORMAT,
     MANIFEST,
     OVERWRITE_HINT,
+    REPORT_WRITER,
     FileRecord,
     Manifest,
     OutputConflict,
@@ -40,5 +41,5 @@ from .manifest import (
 __all__ = [
     "MANIFEST", "LOCK", "FORMAT", "OVERWRITE_HINT", "OutputConflict", "OutputLocked", "FileRecord", "Manifest",
     "OutputFolder", "folder_lock", "check_free", "file_record", "read_manifest", "parse_manifest", "describe",
-    "in_scope", "remove_written",
+    "in_scope", "remove_written", "REPORT_WRITER",
 ]

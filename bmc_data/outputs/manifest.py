@@ -21,6 +21,8 @@ ABOUT = ("The files bmc wrote here, with their hashes. bmc replaces or removes o
          "unchanged; it never deletes a file it did not write.")
 #: the hash of a file bmc had started to write when its run was killed (recorded before the first byte): still bmc's
 PENDING = "pending"
+#: a review page's writer is REPORT_WRITER + its file name (`bmc_data.report.page.report_scope`)
+REPORT_WRITER = "report:"
 OVERWRITE_HINT = "pass --overwrite (overwrite=True) to replace them; bmc never deletes a file it did not write"
 
 

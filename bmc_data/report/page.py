@@ -25,7 +25,7 @@ import datasets
 import numpy as np
 
 from bmc_data.errors import InputError
-from bmc_data.outputs import OutputFolder
+from bmc_data.outputs import REPORT_WRITER, OutputFolder
 from bmc_data.pairs import schema
 from bmc_data.pairs.review import review_fingerprint
 
@@ -96,7 +96,7 @@ def _dl(items: Sequence[tuple[str, str]]) -> str:
 def report_scope(path: str | Path) -> tuple[str, tuple[str, ...]]:
     """(writer, scope) of the review page at `path`, relative to its folder: the page and its `<stem>_files/`."""
     out = Path(path)
-    return f"report:{out.name}", (out.name, f"{out.stem}_files/")
+    return f"{REPORT_WRITER}{out.name}", (out.name, f"{out.stem}_files/")
 
 
 def render_report(
