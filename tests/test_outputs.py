@@ -491,3 +491,20 @@ def test_make_clean_removes_only_what_bmc_wrote_and_left_unchanged(tmp_path):
     from bmc_data.outputs import remove_written
 
     assert remove_written(demo) == ([], []) and not demo.exists()
+
+
+def test_a_killed_runs_lock_with_this_process_pid_is_taken_over(tmp_path, caplog):
+    """In a container a rerun often gets the pid of the run that was killed: its lock is stale, not ours."""
+    import socket
+
+    from bmc_data.outputs import OutputFolder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": "bridge",
+                                        "started": "2026-01-01T00:00:00+00:00"}))
+    with caplog.at_level(logging.WARNING, logger="bmc_data.outputs"), \
+            OutputFolder(out, "bridge", ["summary.json"]) as folder:
+        folder.write_text("summary.json", "{}")
+    assert "took over the lock of a bmc run that is gone" in caplog.text
+    assert not (out / LOCK).exists() and (out / "summary.json").read_text() == "{}"

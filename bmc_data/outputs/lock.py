@@ -60,7 +60,11 @@ def _stale(holder: dict[str, Any] | None) -> bool:
     if not holder or holder.get("host") != socket.gethostname():
         return False  # another machine's process cannot be checked from here
     pid = holder.get("pid")
-    return isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid)
+    if pid == os.getpid():
+        # this process does not hold it (re-entry is found before a lock file is read): a killed run's lock whose
+        # pid came round again, as it does in containers, which start their processes at the same pids
+        return True
+    return isinstance(pid, int) and not _pid_alive(pid)
 
 
 def _command() -> str:
