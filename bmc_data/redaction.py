@@ -162,16 +162,17 @@ def _compiled() -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
     env = tuple(map(os.environ.get, SECRET_ENV_VARS))
     if _state[0] == len(_registered) and _state[1] == env:  # the registry only grows: its size is its version
         return _pattern_cache[1], _pattern_cache[2]
+    version = len(_registered)  # read before the secrets: a secret registered meanwhile makes the next call rebuild
     secrets = registered_secrets()
-    _state[:] = [len(_registered), env]
     cached_for, pattern, anchors = _pattern_cache
-    if secrets == cached_for:
-        return pattern, anchors
-    forms = set().union(*(secret_forms(s) for s in secrets)) if secrets else set()
-    # longest first, so "sk-abc\\r" is masked whole rather than leaving "\\r" behind
-    pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))) if forms else None
-    anchors = tuple(sorted({f[:6] for f in forms}))
-    _pattern_cache = (secrets, pattern, anchors)
+    if secrets != cached_for:
+        forms = set().union(*(secret_forms(s) for s in secrets)) if secrets else set()
+        # longest first, so "sk-abc\\r" is masked whole rather than leaving "\\r" behind
+        pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))) if forms else None
+        anchors = tuple(sorted({f[:6] for f in forms}))
+        _pattern_cache = (secrets, pattern, anchors)
+    # marked fresh only now: another thread that sees the new version finds the pattern that covers it
+    _state[:] = [version, env]
     return pattern, anchors
 
 
