@@ -31,7 +31,7 @@ from bmc_data.pairs.loading import (
     load_pairs,
     unencodable,
 )
-from bmc_data.pairs.options import check_count, parse_task
+from bmc_data.pairs.options import DEFAULT_MAX_INPUT_TOKENS, check_count, parse_task
 from bmc_data.pairs.schema import PreferencePair, Status, Task
 from bmc_data.providers.accounting import usage_since
 from bmc_data.providers.base import (
@@ -53,9 +53,6 @@ from .templates import Template, load_template
 
 logger = logging.getLogger(__name__)
 
-#: Default budget for one editor prompt, in estimated tokens (≈4 characters each): with the reply's max_tokens it
-#: fits a 32k context window, the smallest common one among the models strong enough to edit (most have 128k+).
-DEFAULT_MAX_INPUT_TOKENS = 30_000
 
 
 @dataclass(frozen=True)

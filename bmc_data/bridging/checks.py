@@ -19,6 +19,7 @@ from collections import Counter
 from bmc_data.pairs.answers import check_answer
 from bmc_data.pairs.schema import Task
 
+from .edits import quoted
 from .protocol import segment
 
 LOOP_REPEATS = 3
@@ -47,8 +48,7 @@ def revision_problem(revised: str, rejected: str, *, gold: str | None, task: Tas
     loop = looping_segment(revised, rejected)
     if loop is not None:
         text, count = loop
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        return f"pseudo-winning response repeats {shown!r} {count} times (a looping edit; y_l has it fewer times)"
+        return f"pseudo-winning response repeats {quoted(text)} {count} times (a looping edit; y_l has it fewer times)"
     return None
 
 

@@ -46,7 +46,8 @@ class Edit:
     replace: str
 
 
-def _quote(text: str, limit: int = 60) -> str:
+def quoted(text: str, limit: int = 60) -> str:
+    """`text` quoted for a row's reason, cut to `limit` characters."""
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
@@ -55,13 +56,13 @@ def _locate(text: str, start: int, find: str, number: int) -> int:
     first = text.find(find, start)
     if first == -1:
         where = "after the previous edit's span" if number > 1 and find in text else "in the response"
-        raise EditError(f"edit {number}: the span {_quote(find)} does not occur {where}")
+        raise EditError(f"edit {number}: the span {quoted(find)} does not occur {where}")
     if text.find(find, first + 1) != -1:
         count, at = 0, first
         while at != -1:
             count, at = count + 1, text.find(find, at + 1)
         scope = "after the previous edit's span" if number > 1 else "in the response"
-        raise EditError(f"edit {number}: the span {_quote(find)} occurs {count} times {scope}; quote more context "
+        raise EditError(f"edit {number}: the span {quoted(find)} occurs {count} times {scope}; quote more context "
                         "to make it unique")
     return first
 

@@ -56,7 +56,7 @@ from typing import Any
 from bmc_data.pairs.answers import answers_match, check_answer, final_answer_span
 from bmc_data.pairs.schema import Task
 
-from .edits import EditError
+from .edits import EditError, quoted
 from .parsing import ParsedReply, ReplyFormatError, Verdict, strip_fences
 
 #: the `name` of the schema (OpenAI `json_schema.name`, the Anthropic tool name): [a-zA-Z0-9_-]{1,64}
@@ -130,10 +130,6 @@ def reply_schema(rejected: str, *, requires_verdict: bool, answer: str | None = 
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-def _quote(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
-
-
 def _collapsed(text: str) -> str:
     return " ".join(text.split())
 
@@ -151,7 +147,7 @@ def apply_segment_edits(rejected: str, edits: list[tuple[str, str]]) -> str:
     for number, (text, replacement) in enumerate(edits, 1):
         indices = exact.get(text) or loose.get(_collapsed(text))
         if not indices:
-            raise EditError(f"edit {number}: {_quote(text)} is not a sentence or line of the response")
+            raise EditError(f"edit {number}: {quoted(text)} is not a sentence or line of the response")
         free = [i for i in indices if i not in chosen]
         # a repeat (every occurrence already edited) overrides the latest edit of that text; identical: no change
         target = free[0] if free else max(indices, key=order.__getitem__)

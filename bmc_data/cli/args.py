@@ -6,7 +6,7 @@ import argparse
 import math
 
 from bmc_data.errors import UsageError
-from bmc_data.pairs.options import is_count
+from bmc_data.pairs.options import DEFAULT_MAX_INPUT_TOKENS, is_count
 from bmc_data.providers.base import STRUCTURED_OUTPUT_FIELDS, Provider
 from bmc_data.providers.remote import check_base_url
 from bmc_data.runner import check_writable_folder
@@ -62,7 +62,7 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
                        help="per-request timeout in seconds (default: 120)")
     group.add_argument("--max-tokens", type=positive_int, default=2048,
                        help="max tokens of each editor reply (default: %(default)s)")
-    group.add_argument("--max-input-tokens", type=positive_int, default=30_000,
+    group.add_argument("--max-input-tokens", type=positive_int, default=DEFAULT_MAX_INPUT_TOKENS,
                        help="rows whose editor prompt is estimated (4 characters a token) above this fail before any "
                             "call is made (default: %(default)s, fits a 32k context window)")
     group.add_argument("--structured-output", default=None, choices=STRUCTURED_OUTPUT_FIELDS,

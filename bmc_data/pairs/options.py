@@ -10,6 +10,10 @@ from bmc_data.errors import UsageError
 
 from .schema import Task
 
+#: Default budget for one editor prompt, in estimated tokens (≈4 characters each): with the reply's max_tokens it
+#: fits a 32k context window, the smallest common one among the models strong enough to edit (most have 128k+).
+DEFAULT_MAX_INPUT_TOKENS = 30_000
+
 
 def is_count(value: Any) -> bool:
     """A whole number >= 1 (a bool is no count, nor is a float or a string)."""
