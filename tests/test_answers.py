@@ -67,11 +67,11 @@ def test_math_answers_that_differ_in_value_do_not_match(predicted, gold):
 
 
 def test_one_compare_function_serves_bridging_and_sampling():
-    import bmc_data.bridging.bridge as bridge
+    import bmc_data.bridging.checks as checks
     import bmc_data.bridging.sampling as sampling
     from bmc_data.pairs import answers
 
-    assert bridge.check_answer is answers.check_answer and sampling.check_answer is answers.check_answer
+    assert checks.check_answer is answers.check_answer and sampling.check_answer is answers.check_answer
 
 
 # A held-out GSM8K ỹ_w of the embedded editor (bench/results/embedded_editor_heldout.json, before the fix): the
