@@ -414,3 +414,15 @@ def test_a_secret_typed_on_the_command_line_is_masked_in_the_usage_error(cli, ar
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "***" in err, err
     assert not any(form in err for form in secret_forms(secret)), err
+
+
+def test_poll_interval_with_a_provider_that_does_not_poll_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    source = _pairs(tmp_path / "pairs.jsonl", 2)
+    with LLMServer(reply=bridge_reply) as server:
+        code = bridge_main(["bridge", "--source", str(source), "--task", "qa", "--provider", "openai", "--model", "m",
+                            "--base-url", server.openai_base_url, "--poll-interval", "5", "--out", str(tmp_path / "o")])
+        assert server.call_count == 0
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --poll-interval is for the batch providers") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -194,7 +194,7 @@ def test_cli_reads_a_save_bridged_folder_and_reports_bad_input_in_one_line(tmp_p
 
 
 @pytest.mark.parametrize("case", ["empty-parquet", "empty-jsonl", "blank-jsonl", "missing-folder", "bad-chunk-rows",
-                                  "not-a-data-file", "out-is-a-folder"])
+                                  "not-a-data-file", "out-is-a-folder", "delta-without-model", "rows-without-model"])
 def test_report_cli_bad_input_is_one_line_exit_2(tmp_path, data, capsys, case):
     from bmc_data.report.cli import main
 
@@ -213,6 +213,10 @@ def test_report_cli_bad_input_is_one_line_exit_2(tmp_path, data, capsys, case):
     elif case == "bad-chunk-rows":
         data.to_parquet(str(tmp_path / "rows.parquet"))
         argv, expected = [str(tmp_path / "rows.parquet"), "--chunk-rows", "0"], "--chunk-rows must be >= 1, got 0"
+    elif case in ("delta-without-model", "rows-without-model"):  # would be silently ignored
+        data.to_parquet(str(tmp_path / "rows.parquet"))
+        flag = "--delta" if case == "delta-without-model" else "--weight-rows"
+        argv, expected = [str(tmp_path / "rows.parquet"), flag, "3"], f"{flag} sets the λ preview, which needs --model"
     elif case == "out-is-a-folder":
         data.to_parquet(str(tmp_path / "rows.parquet"))
         (tmp_path / "x.html").mkdir()

@@ -11,6 +11,7 @@ from bmc_data.providers.base import STRUCTURED_OUTPUT_FIELDS, Provider
 from bmc_data.providers.remote import check_base_url
 from bmc_data.runner import check_writable_folder
 
+POLL_INTERVAL_S = 30.0
 PROVIDERS = ["embedded", "openai", "anthropic", "transformers", "openai-batch", "anthropic-batch"]
 
 
@@ -51,8 +52,8 @@ def add_provider_args(parser: argparse.ArgumentParser, *, cache_default: str) ->
                        help="OpenAI-compatible server URL (vLLM, llama.cpp, transformers serve) or Anthropic base "
                             "URL; API keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY, never from flags. Several "
                             "(repeat the flag or a comma list): a pool of self-hosted openai endpoints")
-    group.add_argument("--poll-interval", type=positive_float, default=30.0,
-                       help="batch providers: seconds between polls of pending batches (default: %(default)s)")
+    group.add_argument("--poll-interval", type=positive_float, default=None,
+                       help=f"batch providers: seconds between polls of pending batches (default: {POLL_INTERVAL_S})")
     group.add_argument("--concurrency", type=positive_int, default=16, help="pairs in flight at once (default: %(default)s)")
     group.add_argument("--requests-per-minute", type=positive_int, default=None,
                        help="client-side request rate limit (default: none)")
@@ -125,6 +126,9 @@ def check_provider_args(args: argparse.Namespace) -> None:
     if getattr(args, "structured_output", None) and getattr(args, "reply_format", None) != "structured":
         raise UsageError("--structured-output carries the reply schema of --reply-format structured (python -m "
                          "bmc_data bridge); without it no schema is sent, so it would be ignored")
+    if getattr(args, "poll_interval", None) is not None and not args.provider.endswith("-batch"):
+        raise UsageError(f"--poll-interval is for the batch providers (openai-batch, anthropic-batch), not "
+                         f"{args.provider!r}, which answers each request as it comes")
     if args.provider in (*REMOTE_PROVIDERS, "transformers") and not args.model:
         raise UsageError(f"--provider {args.provider} needs --model")
     check_folder_arg(getattr(args, "cache_dir", None), "--cache-dir")
@@ -139,7 +143,7 @@ def build_provider(args: argparse.Namespace) -> Provider:
     kwargs: dict = {}
     urls = base_urls(args.base_url)
     if args.provider.endswith("-batch"):
-        kwargs["poll_interval_s"] = getattr(args, "poll_interval", 30.0)
+        kwargs["poll_interval_s"] = getattr(args, "poll_interval", None) or POLL_INTERVAL_S
         kwargs["progress"] = not getattr(args, "quiet", False)
     if args.provider in REMOTE_PROVIDERS:
         from bmc_data.providers.limits import ProviderLimits

@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rows per lazily loaded data file (default: %(default)s)")
     parser.add_argument("--model", default=None,
                         help="policy model (Hub id or path) for the optional λ = 1 + min(1/π_θ, δ) preview")
-    parser.add_argument("--delta", type=float, default=2.0, help="δ of the λ preview (default: %(default)s)")
-    parser.add_argument("--weight-rows", type=int, default=32,
-                        help="rows whose λ the preview computes (default: %(default)s)")
+    parser.add_argument("--delta", type=float, default=None,
+                        help=f"with --model: δ of the λ preview (default: {ReportConfig.delta})")
+    parser.add_argument("--weight-rows", type=int, default=None,
+                        help=f"with --model: rows whose λ the preview computes (default: {ReportConfig.weight_rows})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files bmc did not write (or that changed since) at the page's path or in its "
                              "<stem>_files/ folder; without it they are refused (exit 2). Nothing else is touched")
@@ -64,9 +65,12 @@ def _main(argv: list[str] | None) -> int:
     setup_logging(quiet=args.quiet)
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
-    if args.weight_rows < 1:
+    for name in ("delta", "weight_rows"):
+        if getattr(args, name) is not None and not args.model:
+            raise UsageError(f"--{name.replace('_', '-')} sets the λ preview, which needs --model (the policy)")
+    if args.weight_rows is not None and args.weight_rows < 1:
         raise UsageError(f"--weight-rows must be >= 1, got {args.weight_rows}")
-    if args.delta < 0:
+    if args.delta is not None and args.delta < 0:
         raise UsageError(f"--delta must be >= 0, got {args.delta}")
     if Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a folder; give the .html file to write (e.g. {args.out}/report.html)")
@@ -82,8 +86,8 @@ def _main(argv: list[str] | None) -> int:
         except (OSError, ValueError) as error:
             raise InputError(f"--tokenizer {args.tokenizer}: cannot load a tokenizer from it: "
                              f"{first_line(error)}") from None
-    config = ReportConfig(chunk_rows=args.chunk_rows, title=args.title, model=args.model, delta=args.delta,
-                          weight_rows=args.weight_rows, provenance=prov)
+    preview = {name: getattr(args, name) for name in ("delta", "weight_rows") if getattr(args, name) is not None}
+    config = ReportConfig(chunk_rows=args.chunk_rows, title=args.title, model=args.model, provenance=prov, **preview)
     out = render_report(dataset, args.out, tokenizer=tokenizer, config=config, progress=not args.quiet,
                         overwrite=args.overwrite)
     print(f"wrote {out} and {out.with_name(out.stem + '_files')}/ ({len(dataset):,} rows); open it in a browser")
