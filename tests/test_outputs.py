@@ -508,3 +508,27 @@ def test_a_killed_runs_lock_with_this_process_pid_is_taken_over(tmp_path, caplog
         folder.write_text("summary.json", "{}")
     assert "took over the lock of a bmc run that is gone" in caplog.text
     assert not (out / LOCK).exists() and (out / "summary.json").read_text() == "{}"
+
+
+def test_merge_card_keeps_the_readmes_header_text_comments_and_all():
+    """Only the blocks of the keys bmc sets change; the user's comments, quoting and order stay as written."""
+    from bmc_data.hub.card_merge import merge_card
+
+    generated = ("---\nlicense: other\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                 "    path: data/default/train-*\nsize_categories:\n- n<1K\n---\n\n<!-- bmc:begin -->\n# New card\n"
+                 "<!-- bmc:end -->\n")
+    old = ("---\n# Maintained by the data team: ask before editing\nlicense: 'mit'   # see LICENSE\n"
+           "size_categories:\n  - 1K<n<10K\n# tags below are for search\ntags: [qa, 'reasoning']\n"
+           "pretty_name: \"Our QA set\"\n---\nIntro.\n")
+    merged = merge_card(old, generated)
+    header = merged.split("---\n")[1]
+    for kept in ("# Maintained by the data team: ask before editing\n", "license: 'mit'   # see LICENSE\n",
+                 "# tags below are for search\ntags: [qa, 'reasoning']\n", 'pretty_name: "Our QA set"\n'):
+        assert kept in header, kept
+    assert "1K<n<10K" not in header and "- n<1K" in header  # bmc's key: its value
+    data = DatasetCard(merged).data
+    assert data["license"] == "mit" and data["tags"] == ["qa", "reasoning"]
+    assert data["configs"][0]["data_files"][0]["path"] == "data/default/train-*"
+    assert merge_card(merged, generated) == merged
+    flow = "---\n{license: mit, tags: [a]}\n---\nText.\n"  # not editable line by line: written out from its values
+    assert DatasetCard(merge_card(flow, generated)).data["tags"] == ["a"]
