@@ -19,7 +19,7 @@ from bmc_data.selection.margins import (
     POLICY_CHOSEN_LOGPS,
     REF_CHOSEN_LOGPS,
     REJECTED_TOKENS,
-    SOURCE_INDEX,
+    SELECTION_INDEX,
     add_alignment_potential,
     add_dual_margin,
     add_implicit_reward_margins,
@@ -67,10 +67,10 @@ def test_select_top_order_ties_missing_and_log(caplog):
     with caplog.at_level(logging.INFO, logger="bmc_data.selection"):
         out = select_top(ds, "score", 0.5)
     assert out["score"] == [3.0, 2.0, 2.0, 2.0, 1.0]  # ties stay in dataset order
-    assert out[SOURCE_INDEX] == [6, 2, 3, 9, 8] and out["id"] == out[SOURCE_INDEX]
+    assert out[SELECTION_INDEX] == [6, 2, 3, 9, 8] and out["id"] == out[SELECTION_INDEX]
     assert "kept 5 of 10 row(s)" in caplog.text and "2 row(s) without a score" in caplog.text
     low = select_top(ds, "score", 0.2, largest=False, index_column=None)
-    assert low["score"] == [-1.0, 0.0] and SOURCE_INDEX not in low.column_names
+    assert low["score"] == [-1.0, 0.0] and SELECTION_INDEX not in low.column_names
     # never more rows than have a score
     assert len(select_top(ds, "score", 1.0)) == 8
 
@@ -262,5 +262,13 @@ def test_real_pairs_scores_and_best_ten_percent(tiny, qa_rows):
 
     best = select_top(ds, ALIGNMENT_POTENTIAL, 0.1)
     assert len(best) == 2  # floor(0.1 * 24)
-    dropped = sorted(set(range(len(ds))) - set(best[SOURCE_INDEX]))
+    dropped = sorted(set(range(len(ds))) - set(best[SELECTION_INDEX]))
     assert min(best[ALIGNMENT_POTENTIAL]) >= max(potential[dropped])
+
+
+def test_select_top_works_on_a_bridged_dataset_and_keeps_its_source_index():
+    """bridge_dataset writes `bmc_source_index` (the row's place in the bridging source); select_top's own index
+    once had the same name, so it refused every bridged dataset unless told another name."""
+    ds = Dataset.from_dict({"bmc_source_index": [10, 11, 12, 13], "score": [0.1, 0.9, 0.5, 0.7]})
+    best = select_top(ds, "score", 0.5)
+    assert best["bmc_source_index"] == [11, 13] and best[SELECTION_INDEX] == [1, 3]

@@ -44,7 +44,7 @@ __all__ = [
     "ALIGNMENT_POTENTIAL",
     "DUAL_MARGIN",
     "IMPLICIT_MARGIN",
-    "SOURCE_INDEX",
+    "SELECTION_INDEX",
     "add_alignment_potential",
     "add_dual_margin",
     "add_implicit_reward_margins",
@@ -63,7 +63,9 @@ CHOSEN_TOKENS = "bmc_chosen_tokens"  # completion tokens scored (after truncatio
 REJECTED_TOKENS = "bmc_rejected_tokens"
 ALIGNMENT_POTENTIAL = "bmc_alignment_potential"
 DUAL_MARGIN = "bmc_dual_margin"
-SOURCE_INDEX = "bmc_source_index"  # row index in the dataset select_top selected from
+#: row index in the dataset select_top selected from (not `bmc_source_index`, which bridge_dataset writes: the
+#: row's index in the bridging source, kept as it is)
+SELECTION_INDEX = "bmc_selection_index"
 
 _LOGP_COLUMNS = (POLICY_CHOSEN_LOGPS, POLICY_REJECTED_LOGPS, REF_CHOSEN_LOGPS, REF_REJECTED_LOGPS, CHOSEN_TOKENS,
                  REJECTED_TOKENS, IMPLICIT_MARGIN)
@@ -361,7 +363,7 @@ def select_top(
     fraction: float,
     *,
     largest: bool = True,
-    index_column: str | None = SOURCE_INDEX,
+    index_column: str | None = SELECTION_INDEX,
 ) -> Dataset:
     """The best `fraction` of the rows by `column`, best first, as a new dataset; logs how many were kept of how many.
 
