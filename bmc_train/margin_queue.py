@@ -71,7 +71,13 @@ class GapQueue:
                 "rng_state": [version, list(internal), gauss]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.maxlen, self.solve_size = int(state["maxlen"]), int(state["solve_size"])
+        """Restore the gaps and the RNG. The sizes stay this run's (its config), so a resume with another
+        `gammapo_queue_size` or solve size takes effect, with a warning; the newest gaps are kept."""
+        saved = (int(state["maxlen"]), int(state["solve_size"]))
+        if saved != (self.maxlen, self.solve_size):
+            logger.warning("γ-SimPO gap queue: the checkpoint's queue size %d and solve size %d differ from this "
+                           "run's %d and %d; this run's are used (the newest gaps are kept)", *saved, self.maxlen,
+                           self.solve_size)
         self.gaps = collections.deque((float(g) for g in state["gaps"]), maxlen=self.maxlen)
         version, internal, gauss = state["rng_state"]
         self._rng.setstate((version, tuple(internal), gauss))

@@ -220,6 +220,20 @@ def test_gap_queue_sizes_warm_start_and_state_round_trip(tmp_path):
     assert not GapQueue().load(tmp_path, 0)  # no file for process 0: a fresh queue
 
 
+def test_a_resume_with_another_queue_size_uses_this_runs_sizes(tmp_path, caplog):
+    import logging
+
+    queue = GapQueue(maxlen=10, solve_size=6, seed=3, warm_start=0)
+    queue.extend([float(g) for g in range(10)])
+    queue.save(tmp_path, 0)
+    smaller = GapQueue(maxlen=4, solve_size=3, seed=3, warm_start=0)
+    with caplog.at_level(logging.WARNING, logger="bmc_train.margin_queue"):
+        assert smaller.load(tmp_path, 0)
+    assert (smaller.maxlen, smaller.solve_size) == (4, 3) and list(smaller.gaps) == [6.0, 7.0, 8.0, 9.0]
+    assert "queue size 10 and solve size 6 differ from this run's 4 and 3" in caplog.text
+    assert len(smaller.sample(1)) == 2  # solve size 3, the batch's own gap included
+
+
 @pytest.mark.skipif(not SHARED_QA.exists(), reason=f"QA data not found at {SHARED_QA}")
 @pytest.mark.usefixtures("one_torch_thread")
 def test_trainer_queue_persists_across_steps_and_checkpoints(tmp_path):
