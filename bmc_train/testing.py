@@ -145,3 +145,15 @@ def save_gguf_as_float32(folder: str, gguf_file: str, out: str | Path) -> Path:
     plain.save_pretrained(out)
     AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(out)
     return out
+
+
+def loss_and_grads(trainer: Any, rows: Iterable[int] = range(4)) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """One training forward and backward of `trainer`'s loss on its dataset's `rows`, collated as in training:
+    (the batch, the loss, the gradients by parameter name)."""
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in rows])
+    trainer.model.zero_grad()
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return batch, loss.detach(), grads

@@ -14,7 +14,7 @@ from bmc_train import BMCConfig, BMCTrainer
 from bmc_train.collator import DIFF_MASK
 from bmc_train.packing import SEQ_LENGTHS, pack_batch, unpack_shifted, unpack_tokens
 from bmc_train.reference import REF_PER_TOKEN
-from bmc_train.testing import build_tiny_model, qa_bridged_rows, read_qa_rows
+from bmc_train.testing import build_tiny_model, loss_and_grads, qa_bridged_rows, read_qa_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_QA = REPO.parent / "shared" / "data" / "qa" / "ecqa-train.jsonl"
@@ -55,13 +55,7 @@ def _drift(trainer):
 
 def _loss_and_grads(trainer, rows):
     _drift(trainer)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in rows])
-    trainer.model.zero_grad()
-    trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    return batch, loss.detach(), grads
+    return loss_and_grads(trainer, rows)
 
 
 # every objective family in its BMC-weighted form (the plain types are the same functions with λ = 1), the paper's

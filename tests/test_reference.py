@@ -21,7 +21,7 @@ from bmc_data.tokens.ref_logps import (
     expected_token_counts,
 )
 from bmc_train import BMCConfig, BMCTrainer
-from bmc_train.testing import build_tiny_model, qa_bridged_rows, read_qa_rows
+from bmc_train.testing import build_tiny_model, loss_and_grads, qa_bridged_rows, read_qa_rows
 from launch import accelerate_launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,13 +66,7 @@ def _config(tmp_path, **kwargs) -> BMCConfig:
 
 
 def _loss_and_grads(trainer, rows=range(4)):
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in rows])
-    trainer.model.zero_grad()
-    trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads
+    return loss_and_grads(trainer, rows)[1:]
 
 
 @pytest.mark.parametrize("loss_type", ["bmc", "ipo_bmc", "rdpo"])
