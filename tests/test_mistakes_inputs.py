@@ -82,6 +82,18 @@ def test_csv_cells_are_read_as_the_text_the_user_wrote(tmp_path):
     assert [p.answer for p in load_pairs(qa, task="math")] == ["6", None]
 
 
+def test_a_folder_of_csv_files_is_read_as_written_too(tmp_path):
+    """A folder (or Hub repo) goes through `datasets`, which inferred types per column: "6" became 6, "1.50" 1.5
+    and "NA" a missing value. It is now read as a single CSV file is."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    (folder / "train.csv").write_text('prompt,chosen,rejected,answer\n"Is 7 prime?",true,false,true\n'
+                                      '"Half of 3?",1.50,1.5e0,1.50\n"Six?",6,"6.0",6\n"NA?",NA,007,\n')
+    pairs = load_pairs(folder, task="qa", answer_check=False)
+    assert [(p.chosen, p.rejected, p.answer) for p in pairs] == [
+        ("true", "false", "true"), ("1.50", "1.5e0", "1.50"), ("6", "6.0", "6"), ("NA", "007", None)]
+
+
 def test_dataset_float_answer_column_reads_as_the_integer_it_holds():
     ds = datasets.Dataset.from_dict({"problem": ["1+5?", "x?"], "solution": ["The answer is 6", "The answer is 0.5"],
                                      "answer": [6.0, 0.5], "model_output": ["The answer is 6", "The answer is 1"]})

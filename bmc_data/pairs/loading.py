@@ -105,13 +105,13 @@ def read_rows(source: Any, *, split: str = "train") -> datasets.Dataset:
                 raise _file_error(path, error) from error
         if path.is_dir():
             try:
-                loaded = datasets.load_dataset(str(path))
+                loaded = _load_as_written(str(path))
             except Exception as error:
                 raise InputError(f"{path}: cannot read the folder as a dataset: {first_line(error)}") from error
             return read_rows(loaded, split=split)
         if looks_like_hub_id(source):
             try:
-                return datasets.load_dataset(str(source), split=split)  # a Hub repo id
+                return _load_as_written(str(source), split=split)  # a Hub repo id
             except ValueError as error:
                 if "split" in str(error).lower():
                     raise InputError(f"{source}: {first_line(error)}") from error
@@ -124,6 +124,20 @@ def read_rows(source: Any, *, split: str = "train") -> datasets.Dataset:
             "" if _looks_like_path(source) else ", and not a Hub repo id of the form 'org/name'"))
     raise TypeError(f"unsupported data source of type {type(source).__name__}; expected a Dataset, DatasetDict, "
                     "path, Hub repo id, pandas DataFrame or list of dicts")
+
+
+def _load_as_written(source: str, **kwargs: Any) -> Any:
+    """`datasets.load_dataset(source)` for a folder or Hub repo; when it holds CSV files, their cells are read as
+    the text written, as a single CSV file is (`_read_csv_rows`): every column a string, only an empty cell missing.
+    `datasets` would otherwise infer types per column ("6" → 6, "1.50" → 1.5, "NA" → missing)."""
+    builder = datasets.load_dataset_builder(source)
+    if builder.name == "csv":
+        files = [f for split_files in (builder.config.data_files or {}).values() for f in split_files]
+        if files:
+            columns = pd.read_csv(files[0], nrows=0, encoding="utf-8-sig").columns
+            features = datasets.Features({str(c): datasets.Value("string") for c in columns})
+            return datasets.load_dataset(source, features=features, keep_default_na=False, na_values=[""], **kwargs)
+    return datasets.load_dataset(source, **kwargs)
 
 
 def _looks_like_path(source: Any) -> bool:
