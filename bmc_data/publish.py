@@ -197,14 +197,6 @@ def check_push_target(repo: str) -> None:
                               ) from None
 
 
-def _check_test_size(test_size: float | int | None, rows: int) -> None:
-    """--test-size against the rows there are, before any paid call (the test split is drawn from the bridged
-    pairs, so it must leave at least one row for training even if every row bridges)."""
-    if isinstance(test_size, int) and test_size >= rows:
-        raise UsageError(f"--test-size {test_size} leaves no training row: the source has {rows} pair(s) "
-                         f"(after --limit/--skip-invalid); use fewer, or a fraction such as 0.1")
-
-
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     from .hub import save
@@ -247,7 +239,11 @@ def _publish(args: argparse.Namespace, out: Path, repo_name: str) -> int:
 
     pairs = load_pairs(args.source, task=args.task, layout=args.layout, split=split, limit=args.limit,
                        on_invalid="skip" if args.skip_invalid else "raise", answer_check=not args.no_answer_check)
-    _check_test_size(args.test_size, len(pairs))
+    from .hub.save import check_bridged_test_size, check_test_size
+
+    # before any paid call: the split is drawn from the bridged pairs, at most the source's
+    check_test_size(args.test_size, len(pairs), f"the source has {len(pairs)} pair(s) (after --limit/--skip-invalid)",
+                    option="--test-size {}")
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
     if tokenizer is not None and any(p.is_conversational for p in pairs):
         from .tokens.tokenization import has_chat_template
@@ -266,9 +262,7 @@ def _publish(args: argparse.Namespace, out: Path, repo_name: str) -> int:
         first = next(iter(summary.reasons.get("failed", {})), "")
         raise AllRowsFailed(f"every one of the {summary.total} pair(s) failed (most common reason: {first}); "
                             f"nothing written or pushed")
-    from .hub.save import check_test_size
-
-    check_test_size(args.test_size, summary.counts.get("bridged", 0))  # before the masks and statistics
+    check_bridged_test_size(args.test_size, summary.counts.get("bridged", 0))  # before the masks and statistics
     if tokenizer is not None:
         from .tokens.masks import add_diff_masks
 

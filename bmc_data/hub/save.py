@@ -74,12 +74,21 @@ def _require_columns(dataset: datasets.Dataset, where: str) -> None:
         )
 
 
-def check_test_size(test_size: float | None, bridged: int) -> None:
-    """A test split of a row count must leave a bridged row to train on (a fraction always does)."""
-    if isinstance(test_size, int) and not isinstance(test_size, bool) and bridged >= 2 and test_size >= bridged:
-        raise UsageError(f"test_size {test_size} (--test-size) leaves no training row: only {bridged} pair(s) were "
-                         "bridged; use fewer, or a fraction such as 0.1 (the LLM replies are cached: a rerun pays "
-                         "nothing again)")
+def check_test_size(test_size: float | None, rows: int, counted: str, *, option: str = "test_size {} (--test-size)",
+                    hint: str = "") -> None:
+    """A test split of a row count must leave a row to train on (a fraction always does). `rows`: what the split
+    is drawn from, or at most that (before bridging: the source's pairs); `counted` says what they are."""
+    if isinstance(test_size, int) and not isinstance(test_size, bool) and test_size >= rows:
+        raise UsageError(f"{option.format(test_size)} leaves no training row: {counted}; use fewer, or a fraction "
+                         f"such as 0.1{hint}")
+
+
+def check_bridged_test_size(test_size: float | None, bridged: int) -> None:
+    """`check_test_size` on the bridged pairs, which the test split is drawn from (with fewer than 2 there is no
+    split: the one row trains)."""
+    if bridged >= 2:
+        check_test_size(test_size, bridged, f"only {bridged} pair(s) were bridged",
+                        hint=" (the LLM replies are cached: a rerun pays nothing again)")
 
 
 def partition_by_status(splits: Mapping[str, datasets.Dataset]) -> dict[str, dict[str, datasets.Dataset]]:
@@ -209,7 +218,7 @@ def save_bridged(
     parts = partition_by_status(splits)
     if test_size and set(splits) == {"train"}:
         bridged = parts["default"]["train"]
-        check_test_size(test_size, len(bridged))
+        check_bridged_test_size(test_size, len(bridged))
         if len(bridged) >= 2:
             divided = bridged.train_test_split(test_size=test_size, seed=seed)
             parts["default"] = {"train": divided["train"].flatten_indices(), "test": divided["test"].flatten_indices()}
